@@ -1,0 +1,507 @@
+"""The `marketrec` command line: each command a thin shell over a library function.
+
+Bad input never shows a traceback: errors the user can fix print one line
+(`marketrec: error: ...`) and exit non-zero; `--debug` shows the traceback of anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import polars as pl
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from marketrec.core.errors import ConfigError, DataError, MarketrecError
+from marketrec.core.logging import configure_logging
+
+console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console = Console(width=160)  # logs and CI: wide enough for the metric tables
+err_console = Console(stderr=True)
+log = logging.getLogger("marketrec")
+
+EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage problem in one line instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
+    return value
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got '{text}'") from None
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_validate(args: argparse.Namespace) -> None:
+    from marketrec.data.schema import load_dataset
+
+    data = load_dataset(args.data)
+    _print_summary(f"{args.data}: valid", data.summary(), data.notes)
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from marketrec.data import importers
+
+    if args.source == "movielens":
+        data = importers.import_movielens(args.src)
+    elif args.source == "amazon":
+        data = importers.import_amazon(args.src)
+    else:
+        data = importers.import_csv(
+            args.src,
+            importers.parse_mapping(args.map),
+            event_map=importers.parse_mapping(args.event_map, allowed=None)
+            if args.event_map
+            else None,
+            ts_unit=args.ts_unit,
+            items=args.items,
+            users=args.users,
+            item_mapping=importers.parse_mapping(args.item_map, allowed=importers.ITEM_FIELDS)
+            if args.item_map
+            else None,
+            user_mapping=importers.parse_mapping(args.user_map, allowed=importers.USER_FIELDS)
+            if args.user_map
+            else None,
+            separator=args.separator,
+        )
+    data.save(args.out)
+    _print_summary(f"imported {args.source} → {args.out}", data.summary(), data.notes)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from marketrec.data.synthetic import SyntheticConfig, write_marketplace
+
+    config = SyntheticConfig(
+        users=args.users, items=args.items, days=args.days, seed=args.seed, regions=args.regions
+    )
+    started = time.perf_counter()
+    with console.status("generating the marketplace…"):
+        data = write_marketplace(args.out, config)
+    _print_summary(
+        f"generated → {args.out} in {time.perf_counter() - started:.1f}s",
+        {**data.summary(), **_event_counts(data.events)},
+        (),
+    )
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from marketrec.data.schema import load_dataset
+    from marketrec.data.split import split_global, split_per_user
+
+    data = load_dataset(args.data)
+    if args.per_user is not None:
+        split = split_per_user(data, test_fraction=args.per_user, min_events=args.min_events)
+    else:
+        split = split_global(data, quantile=args.quantile, at=args.at)
+    split.save(args.out)
+    console.print(f"{split.description} → {args.out}/train, {args.out}/test")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from marketrec.data.schema import load_dataset
+    from marketrec.evaluation.tuning import tune, tune_fallback
+    from marketrec.models.config import load_train_config
+    from marketrec.models.registry import create, spec
+
+    config = load_train_config(args.config)
+    name = args.model or config.model.name
+    spec(name)  # unknown names fail before any data is read
+    data = load_dataset(args.data)
+    params: dict[str, Any] = dict(config.model.params)
+    fallback = config.fallback
+    interactions = config.interactions.to_config()
+    if args.tune or config.tuning.enabled:
+        protocol = args.validation or config.tuning.protocol
+        if fallback is None:
+            with console.status("tuning the cold-user fallback…"):
+                fallback = tune_fallback(data, interactions=interactions)
+        result = _with_trial_progress(
+            f"tuning {name}",
+            lambda on_trial: tune(
+                name,
+                data,
+                protocol=protocol,
+                metric=config.tuning.metric,
+                base_params=params,
+                fallback=fallback,
+                interactions=interactions,
+                on_trial=on_trial,
+            ),
+            total=_grid_size(name),
+        )
+        params = result.best_params
+        console.print(
+            f"tuned {name} on a {protocol} validation cut: {config.tuning.metric} "
+            f"{result.best_score:.4f} with {params}"
+        )
+    started = time.perf_counter()
+    with console.status(f"training {name}…"):
+        model = create(name, params, fallback=fallback, interactions=interactions).fit(data)
+        model.save(args.out)
+    console.print(f"trained {name} in {time.perf_counter() - started:.1f}s → {args.out}")
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from marketrec.models.registry import load_model
+
+    users = _read_user_list(args.users)
+    model = load_model(args.model)
+    with console.status(f"recommending for {len(users):,} users…"):
+        recs = model.recommend(users, args.k, include_seen=args.include_seen)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recs.write_parquet(out)
+    console.print(f"wrote {recs.height:,} recommendations for {len(users):,} users → {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from marketrec.data.split import load_split
+    from marketrec.evaluation.offline import (
+        TargetConfig,
+        evaluate_model,
+        evaluate_recommendations,
+    )
+
+    targets = TargetConfig(
+        min_rating=args.min_rating, events=tuple(args.target_events), all_events=args.all_events
+    )
+    if args.recs is not None and not Path(args.recs).is_file():
+        raise DataError(str(args.recs), "recommendations file not found")
+    model = None
+    if args.model is not None:
+        from marketrec.models.registry import load_model
+
+        model = load_model(args.model)
+    split = load_split(args.split)
+    with console.status("evaluating…"):
+        if model is not None:
+            report = evaluate_model(model, split, ks=args.k, targets=targets)
+        else:
+            recs = _read_parquet(Path(args.recs))
+            report = evaluate_recommendations(
+                recs,
+                split,
+                ks=args.k,
+                targets=targets,
+                model=Path(args.recs).name,
+                source=str(args.recs),
+            )
+    console.print(report.table())
+    console.print(f"evaluated in {report.seconds:.2f}s")
+    if args.json:
+        console.print(f"metrics → {report.write_json(args.json)}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from marketrec.models.registry import MODELS
+
+    table = Table(title="models")
+    for column in ("name", "what", "parameters (defaults)"):
+        table.add_column(column)
+    for s in MODELS.values():
+        defaults = s.params().model_dump() if not s.fixed else s.params(**s.fixed).model_dump()
+        table.add_row(s.name, s.summary, ", ".join(f"{k}={v}" for k, v in defaults.items()))
+    console.print(table)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from marketrec.evaluation.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        out=Path(args.out),
+        users=args.users,
+        items=args.items,
+        days=args.days,
+        seed=args.seed,
+        models=tuple(args.models),
+        tune=not args.no_tune,
+    )
+    started = time.perf_counter()
+    with console.status("demo…") as status:
+        result = run_demo(config, on_step=lambda text: status.update(f"demo: {text}…"))
+    console.print(result.summary)
+    console.print(result.table)
+    console.print(
+        f"demo finished in {time.perf_counter() - started:.0f}s; "
+        f"data, models and metrics are in {config.out}/"
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+def _with_trial_progress(label: str, run: Any, total: int) -> Any:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        return run(lambda trial: progress.advance(task))
+
+
+def _grid_size(name: str) -> int:
+    from marketrec.evaluation.tuning import grid_points
+
+    return len(grid_points(name))
+
+
+def _read_user_list(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(str(file), "user list not found (one user id per line)")
+    try:
+        lines = file.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(str(file), "not a text file (one user id per line)") from None
+    users = [line.strip() for line in lines if line.strip()]
+    if not users:
+        raise DataError(str(file), "no user ids in the file (one user id per line)")
+    return users
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for corrupt files
+        raise DataError(str(path), f"not a readable Parquet file ({str(exc)[:200]})") from exc
+
+
+def _event_counts(events: pl.DataFrame) -> dict[str, int]:
+    counts = events.group_by("event").agg(pl.len()).sort("len", descending=True)
+    return {f"events: {e}": n for e, n in counts.iter_rows()}
+
+
+def _print_summary(title: str, counts: dict[str, int], notes: Sequence[str]) -> None:
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key, value in counts.items():
+        table.add_row(key, f"{value:,}")
+    console.print(table)
+    for note in notes:
+        console.print(f"  note: {note}")
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="marketrec", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true", help="log progress in detail")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a dataset folder against the canonical schema")
+    p.add_argument("data")
+    p.set_defaults(run=cmd_validate)
+
+    p = sub.add_parser("import", help="import a public dataset or a clickstream CSV")
+    isub = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    for source, text in (
+        ("movielens", "MovieLens 100K or 1M folder"),
+        ("amazon", "Amazon review dump: reviews + meta_*.json"),
+    ):
+        q = isub.add_parser(source, help=text)
+        q.add_argument("src")
+        q.add_argument("out")
+        q.set_defaults(run=cmd_import)
+    q = isub.add_parser("csv", help="clickstream CSV with a column mapping (e.g. RetailRocket)")
+    q.add_argument("src")
+    q.add_argument("out")
+    q.add_argument(
+        "--map",
+        nargs="+",
+        required=True,
+        metavar="FIELD=COLUMN",
+        help="canonical field = source column, e.g. user_id=visitorid",
+    )
+    q.add_argument(
+        "--event-map",
+        nargs="+",
+        metavar="SOURCE=CANONICAL",
+        help="rename event values, e.g. addtocart=add_to_cart",
+    )
+    q.add_argument("--ts-unit", choices=("s", "ms", "us"), help="unit of epoch timestamps")
+    q.add_argument("--items", help="catalogue CSV")
+    q.add_argument("--users", help="user profile CSV")
+    q.add_argument("--item-map", nargs="+", metavar="FIELD=COLUMN")
+    q.add_argument("--user-map", nargs="+", metavar="FIELD=COLUMN")
+    q.add_argument("--separator", default=",")
+    q.set_defaults(run=cmd_import)
+
+    p = sub.add_parser("generate", help="generate the synthetic marketplace")
+    p.add_argument("out")
+    p.add_argument("--users", type=_positive_int, default=20_000)
+    p.add_argument("--items", type=_positive_int, default=3_000)
+    p.add_argument("--days", type=_positive_int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--regions", type=_positive_int, default=4)
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("split", help="temporal train/test split (global or per user)")
+    p.add_argument("data")
+    p.add_argument("out")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--quantile",
+        type=_fraction,
+        default=0.8,
+        help="cut at this quantile of event time (default 0.8, protocol P1g)",
+    )
+    how.add_argument("--at", type=_timestamp, help="cut at this ISO 8601 time")
+    how.add_argument(
+        "--per-user",
+        type=_fraction,
+        metavar="FRACTION",
+        help="hold out each user's last FRACTION of events (protocol P1u: 0.2)",
+    )
+    p.add_argument(
+        "--min-events",
+        type=_positive_int,
+        default=5,
+        help="with --per-user: users with fewer events stay in train",
+    )
+    p.set_defaults(run=cmd_split)
+
+    p = sub.add_parser("train", help="train a model on every event of a dataset")
+    p.add_argument("data")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--model", help="model name (default: the config's, else als)")
+    p.add_argument("--config", help="TOML training config (see configs/train.example.toml)")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose hyper-parameters on a validation cut of the data",
+    )
+    p.add_argument(
+        "--validation",
+        choices=("global", "per-user"),
+        help="validation cut for --tune (default: global)",
+    )
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("recommend", help="top-K recommendations for a list of users")
+    p.add_argument("model")
+    p.add_argument("--users", required=True, help="text file, one user id per line")
+    p.add_argument("--k", type=_positive_int, default=10)
+    p.add_argument("--out", required=True, help="Parquet file to write")
+    p.add_argument(
+        "--include-seen", action="store_true", help="keep items the user already interacted with"
+    )
+    p.set_defaults(run=cmd_recommend)
+
+    p = sub.add_parser("evaluate", help="offline top-K metrics on a split folder")
+    p.add_argument("split", help="folder written by `marketrec split` (train/ and test/)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model folder: recommend through it, then score")
+    source.add_argument("--recs", help="recommendations Parquet (user_id, item_id, rank)")
+    p.add_argument("--k", type=_positive_int, nargs="+", default=[10, 20, 100])
+    p.add_argument("--json", help="write the metrics as JSON here")
+    p.add_argument(
+        "--min-rating",
+        type=float,
+        default=4.0,
+        help="rating events count as targets from this value (default 4)",
+    )
+    p.add_argument(
+        "--target-events",
+        nargs="*",
+        default=["purchase", "add_to_cart", "click"],
+        help="event types that count as targets (default: purchase add_to_cart click)",
+    )
+    p.add_argument(
+        "--all-events",
+        action="store_true",
+        help="every test event with an item is a target (implicit data)",
+    )
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list the available models and their parameters")
+    p.set_defaults(run=cmd_models)
+
+    p = sub.add_parser("demo", help="generate a marketplace, train the baselines, evaluate")
+    p.add_argument("--out", default="demo-output")
+    p.add_argument("--users", type=_positive_int, default=20_000)
+    p.add_argument("--items", type=_positive_int, default=3_000)
+    p.add_argument("--days", type=_positive_int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["popularity", "region-popularity", "itemknn", "ease", "als", "bpr"],
+    )
+    p.add_argument("--no-tune", action="store_true", help="use default hyper-parameters")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        args.run(args)
+    except MarketrecError as exc:
+        err_console.print(f"marketrec: error: {exc}", markup=False, highlight=False)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        err_console.print("marketrec: interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        err_console.print(
+            f"marketrec: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback)",
+            markup=False,
+            highlight=False,
+        )
+        return EXIT_INTERNAL
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["ConfigError", "build_parser", "main"]

@@ -1,0 +1,334 @@
+"""The small interface every recommender implements, and the shared serving path of the
+collaborative baselines.
+
+`Recommender` is what evaluation, the CLI and later the services call: `fit`, `recommend`,
+`save`, `load`. Baselines differ only in how they score items for a user with history, so each
+is a `Scorer` plugged into one `CollaborativeRecommender` (composition, not a class tree) that
+owns everything else: vocabularies, the filter (seen items, delisted items, items not sold in
+the user's region), cold users (per-region popularity), top-K selection and the model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from marketrec import __version__
+from marketrec.core.errors import ConfigError, ModelError
+from marketrec.data.schema import Dataset
+from marketrec.features.interactions import IdVocab, InteractionConfig, build_interactions
+from marketrec.features.regions import home_regions, item_regions
+from marketrec.models.scoring import Scorer, TrainContext
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "marketrec-model"
+FORMAT_VERSION = 1
+_BATCH = 1024
+
+
+class Recommender(Protocol):
+    """What every model offers, offline and online alike."""
+
+    name: str
+
+    def fit(self, data: Dataset) -> Self: ...
+
+    def recommend(
+        self,
+        user_ids: Sequence[str] | pl.Series,
+        k: int,
+        *,
+        include_seen: bool = False,
+        regions: Sequence[str | None] | None = None,
+    ) -> pl.DataFrame: ...
+
+    def save(self, folder: str | Path) -> Path: ...
+
+
+class CollaborativeRecommender:
+    """Any `Scorer` behind the shared recommendation path.
+
+    Cold users (no training events) get the fallback: popularity of their home region,
+    time-decayed, or global popularity when the region is unknown.
+    """
+
+    kind: ClassVar[str] = "collaborative"
+
+    def __init__(
+        self,
+        name: str,
+        scorer: Scorer,
+        fallback: Scorer,
+        interaction_config: InteractionConfig | None = None,
+    ) -> None:
+        self.name = name
+        self.scorer = scorer
+        self.fallback = fallback
+        self.interaction_config = interaction_config or InteractionConfig()
+        self._users: IdVocab | None = None
+        self._items: IdVocab | None = None
+        self._history: sp.csr_matrix | None = None
+        self._user_region: np.ndarray | None = None
+        self._regions: tuple[str, ...] = ()
+        self._sellable: np.ndarray | None = None  # (n_regions + 1, n_items); last = no region
+        self._train_summary: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- training
+    def fit(self, data: Dataset) -> Self:
+        interactions = build_interactions(data, self.interaction_config)
+        regions, user_region = _user_regions(data, interactions.users)
+        self._users, self._items = interactions.users, interactions.items
+        self._history = interactions.matrix
+        self._user_region, self._regions = user_region, regions
+        self._sellable = _sellable_matrix(data, interactions.items, regions)
+        ctx = TrainContext(interactions, user_region, regions, data)
+        log.debug(
+            "%s: fitting on %s users × %s items, %s interactions",
+            self.name,
+            f"{len(interactions.users):,}",
+            f"{len(interactions.items):,}",
+            f"{interactions.matrix.nnz:,}",
+        )
+        self.fallback.fit(ctx)
+        self.scorer.fit(ctx)
+        self._train_summary = {**data.summary(), "reference_time": str(interactions.reference_time)}
+        return self
+
+    # ----------------------------------------------------------------- serving
+    def recommend(
+        self,
+        user_ids: Sequence[str] | pl.Series,
+        k: int,
+        *,
+        include_seen: bool = False,
+        regions: Sequence[str | None] | None = None,
+    ) -> pl.DataFrame:
+        """Top-k items per user: columns user_id, item_id, rank (1 = best), score.
+
+        Fewer than k rows only when fewer than k items are sellable to that user.
+        `regions` overrides each user's home region (request context).
+        """
+        if self._users is None or self._items is None or self._history is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        if int(k) != k or k <= 0:
+            raise ConfigError(f"k must be a positive integer, got {k}")
+        ids = pl.Series(
+            "user_id",
+            list(user_ids) if not isinstance(user_ids, pl.Series) else user_ids,
+            dtype=pl.String,
+        )
+        rows = self._users.lookup(ids)
+        region_idx = self._region_rows(rows, regions, len(ids))
+        k = min(int(k), len(self._items))
+        frames = []
+        for start in range(0, len(ids), _BATCH):
+            stop = min(start + _BATCH, len(ids))
+            frames.append(
+                self._recommend_batch(
+                    ids[start:stop], rows[start:stop], region_idx[start:stop], k, include_seen
+                )
+            )
+        if not frames:
+            return _empty_recs()
+        return pl.concat(frames)
+
+    def _region_rows(
+        self, rows: np.ndarray, regions: Sequence[str | None] | None, n: int
+    ) -> np.ndarray:
+        assert self._user_region is not None
+        no_region = len(self._regions)
+        home = np.where(rows >= 0, self._user_region[np.maximum(rows, 0)], -1)
+        if regions is not None:
+            if len(regions) != n:
+                raise ConfigError(f"got {len(regions)} regions for {n} users")
+            lookup = {name: i for i, name in enumerate(self._regions)}
+            given = np.array([lookup.get(r, -2) if r is not None else -1 for r in regions])
+            home = np.where(given >= 0, given, np.where(given == -2, -1, home))
+        return np.where(home >= 0, home, no_region)
+
+    def _recommend_batch(
+        self, ids: pl.Series, rows: np.ndarray, region_idx: np.ndarray, k: int, include_seen: bool
+    ) -> pl.DataFrame:
+        assert self._history is not None and self._sellable is not None
+        known = rows >= 0
+        history = self._history[np.maximum(rows, 0)]
+        history = sp.diags(known.astype(np.float32)) @ history  # unknown users: empty rows
+        warm = np.diff(history.indptr) > 0
+        scores = np.empty((len(rows), self._history.shape[1]), dtype=np.float32)
+        if warm.any():
+            warm_rows = np.flatnonzero(warm)
+            scores[warm_rows] = self.scorer.score(
+                rows[warm_rows], history[warm_rows], region_idx[warm_rows]
+            )
+        if (~warm).any():
+            cold_rows = np.flatnonzero(~warm)
+            scores[cold_rows] = self.fallback.score(
+                rows[cold_rows], history[cold_rows], region_idx[cold_rows]
+            )
+        scores[~self._sellable[region_idx]] = -np.inf
+        if not include_seen:
+            r, c = history.nonzero()
+            scores[r, c] = -np.inf
+        return _top_k(ids, scores, k, self._items)  # type: ignore[arg-type]
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, folder: str | Path) -> Path:
+        if self._users is None or self._items is None or self._history is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        assert self._user_region is not None and self._sellable is not None
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "model": self.name,
+            "params": self.scorer.params.model_dump(),
+            "fallback_params": self.fallback.params.model_dump(),
+            "interactions": {
+                "event_weights": self.interaction_config.event_weights,
+                "default_weight": self.interaction_config.default_weight,
+                "ignore": list(self.interaction_config.ignore),
+            },
+            "regions": list(self._regions),
+            "created_at": datetime.now(UTC).isoformat(),
+            "marketrec_version": __version__,
+            "train": self._train_summary,
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        pl.DataFrame({"user_id": self._users.ids, "region_idx": self._user_region}).write_parquet(
+            out / "users.parquet"
+        )
+        pl.DataFrame({"item_id": self._items.ids}).write_parquet(out / "items.parquet")
+        h = self._history
+        np.savez(
+            out / "state.npz",
+            history_data=h.data,
+            history_indices=h.indices,
+            history_indptr=h.indptr,
+            history_shape=np.array(h.shape),
+            sellable=self._sellable,
+        )
+        np.savez(out / "scorer.npz", **self.scorer.arrays())
+        np.savez(out / "fallback.npz", **self.fallback.arrays())
+        return out
+
+    def restore(self, folder: Path, manifest: dict[str, Any]) -> Self:
+        users = pl.read_parquet(folder / "users.parquet")
+        self._users = IdVocab(users.get_column("user_id").alias("id"))
+        self._user_region = users.get_column("region_idx").to_numpy()
+        self._items = IdVocab(
+            pl.read_parquet(folder / "items.parquet").get_column("item_id").alias("id")
+        )
+        self._regions = tuple(manifest["regions"])
+        self._train_summary = manifest.get("train", {})
+        with np.load(folder / "state.npz", allow_pickle=False) as state:
+            self._history = sp.csr_matrix(
+                (state["history_data"], state["history_indices"], state["history_indptr"]),
+                shape=tuple(state["history_shape"]),
+            )
+            self._sellable = state["sellable"]
+        with np.load(folder / "scorer.npz", allow_pickle=False) as arrays:
+            self.scorer.restore(dict(arrays))
+        with np.load(folder / "fallback.npz", allow_pickle=False) as arrays:
+            self.fallback.restore(dict(arrays))
+        return self
+
+
+def read_manifest(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Open a model folder's manifest, refusing anything that is not a marketrec model."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ModelError(f"{path}: model folder not found")
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise ModelError(
+            f"{path}: not a model folder ({MANIFEST} is missing; create one with `marketrec train`)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelError(f"{manifest_path}: not a marketrec model manifest")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(
+            f"{manifest_path}: written by a newer marketrec (format {manifest['format_version']})"
+        )
+    return path, manifest
+
+
+def _empty_recs() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={"user_id": pl.String, "item_id": pl.String, "rank": pl.Int32, "score": pl.Float64}
+    )
+
+
+def _top_k(ids: pl.Series, scores: np.ndarray, k: int, items: IdVocab) -> pl.DataFrame:
+    """Best k finite scores per row, best first; ties go to the lower item index."""
+    n_items = scores.shape[1]
+    if k < n_items:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(n_items), (scores.shape[0], 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    top = np.take_along_axis(part, order, axis=1)
+    top_scores = np.take_along_axis(part_scores, order, axis=1)
+    keep = np.isfinite(top_scores)
+    user_pos = np.repeat(np.arange(len(ids)), k).reshape(len(ids), k)
+    ranks = np.tile(np.arange(1, k + 1, dtype=np.int32), (len(ids), 1))
+    return pl.DataFrame(
+        {
+            "user_id": ids.gather(user_pos[keep]),
+            "item_id": items.ids.gather(top[keep]),
+            "rank": ranks[keep],
+            "score": top_scores[keep].astype(np.float64),
+        }
+    )
+
+
+def _user_regions(data: Dataset, users: IdVocab) -> tuple[tuple[str, ...], np.ndarray]:
+    """Region names known to the model and each user row's home region index (-1: unknown)."""
+    home = home_regions(data)
+    names = tuple(sorted(set(home.get_column("region").to_list()) | set(item_regions(data))))
+    region_index = pl.DataFrame({"region": list(names), "ridx": np.arange(len(names))})
+    frame = (
+        users.frame()
+        .join(home.rename({"user_id": "id"}), on="id", how="left")
+        .join(region_index, on="region", how="left")
+        .sort("idx")
+    )
+    return names, frame.get_column("ridx").fill_null(-1).to_numpy().astype(np.int64)
+
+
+def _sellable_matrix(data: Dataset, items: IdVocab, regions: tuple[str, ...]) -> np.ndarray:
+    """(n_regions + 1, n_items) bool: may the item be shown in the region (last row: unknown
+    region, where only delisted items are hidden)."""
+    n_items = len(items)
+    sellable = np.ones((len(regions) + 1, n_items), dtype=bool)
+    table = data.items
+    if "available" in table.columns:
+        delisted = table.filter(pl.col("available") == False).get_column("item_id")  # noqa: E712
+        sellable[:, items.lookup(delisted)] = False
+    if "regions" in table.columns and regions:
+        rows = table.select("item_id", "regions").filter(pl.col("regions").is_not_null())
+        exploded = rows.explode("regions")
+        idx = items.lookup(rows.get_column("item_id"))
+        sellable[: len(regions), idx] = False
+        region_index = pl.DataFrame({"regions": list(regions), "ridx": np.arange(len(regions))})
+        allowed = exploded.join(region_index, on="regions", how="inner")
+        sellable[
+            allowed.get_column("ridx").to_numpy(), items.lookup(allowed.get_column("item_id"))
+        ] = True
+    return sellable
