@@ -27,7 +27,6 @@ from marketrec.core.logging import configure_logging
 console = Console()
 if not console.is_terminal and "COLUMNS" not in os.environ:
     console = Console(width=160)  # logs and CI: wide enough for the metric tables
-err_console = Console(stderr=True)
 log = logging.getLogger("marketrec")
 
 EXIT_USER_ERROR = 1
@@ -267,6 +266,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
+def _error_line(text: str) -> None:
+    """One unwrapped line on stderr, whatever the terminal width."""
+    sys.stderr.write(" ".join(text.split()) + "\n")
+
+
 def _with_trial_progress(label: str, run: Any, total: int) -> Any:
     with Progress(
         SpinnerColumn(),
@@ -478,23 +482,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         args.run(args)
     except MarketrecError as exc:
-        err_console.print(f"marketrec: error: {exc}", markup=False, highlight=False)
+        _error_line(f"marketrec: error: {exc}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        err_console.print("marketrec: interrupted")
+        _error_line("marketrec: interrupted")
         return 130
     except Exception as exc:
         if args.debug:
             raise
-        err_console.print(
+        _error_line(
             f"marketrec: internal error: {type(exc).__name__}: {exc} "
-            "(rerun with --debug for the traceback)",
-            markup=False,
-            highlight=False,
+            "(rerun with --debug for the traceback)"
         )
         return EXIT_INTERNAL
     return 0

@@ -33,6 +33,8 @@ class BPRParams(Params):
     regularization: float = Field(default=0.01, ge=0)
     iterations: int = Field(default=100, gt=0)
     seed: int = 0
+    threads: int = Field(default=1, ge=0)
+    """Hogwild SGD threads race, so only 1 is reproducible per seed; 0 = all cores."""
 
 
 class _FactorScorer:

@@ -1,0 +1,69 @@
+"""Shared fixtures: small canonical datasets built in memory, and the real-data location."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from marketrec.data.schema import Dataset, make_dataset
+
+#: ../shared/data beside the checkout; real-data tests skip when it is absent.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ML100K = SHARED_DATA / "ml-100k"
+needs_ml100k = pytest.mark.skipif(
+    not (ML100K / "u.data").exists(), reason=f"real dataset not present: {ML100K}"
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def events_frame(rows: list[tuple[str, str | None, int, str]], **extra: list) -> pl.DataFrame:
+    """(user, item, hour offset, event) rows → an events frame."""
+    return pl.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "ts": [T0 + timedelta(hours=r[2]) for r in rows],
+            "event": [r[3] for r in rows],
+            **extra,
+        },
+        schema_overrides={"item_id": pl.String},
+    )
+
+
+@pytest.fixture
+def two_taste_world() -> Dataset:
+    """Two groups with disjoint tastes and a known answer.
+
+    30 users like items a0..a5, 30 like b0..b5; each user clicked 4 of their group's 6 items.
+    Item p is listed but delisted; item n sells only in region "north". User `fresh` has a
+    profile in region "south" but no events.
+    """
+    rows: list[tuple[str, str | None, int, str]] = []
+    for group in ("a", "b"):
+        for u in range(30):
+            chosen = [(u + j) % 6 for j in range(4)]
+            for h, i in enumerate(chosen):
+                rows.append((f"{group}{u:02d}", f"{group}{i}", u * 10 + h, "click"))
+    # a0 is the most popular item overall; n is popular in the north only.
+    for u in range(10):
+        rows.append((f"a{u:02d}", "n", 500 + u, "view"))
+    items = pl.DataFrame(
+        {
+            "item_id": [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(6)] + ["p", "n"],
+            "available": [True] * 12 + [False, True],
+            "regions": [None] * 13 + [["north"]],
+        }
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": [f"a{u:02d}" for u in range(30)]
+            + [f"b{u:02d}" for u in range(30)]
+            + ["fresh"],
+            "region": ["north"] * 30 + ["south"] * 30 + ["south"],
+        }
+    )
+    return make_dataset(events_frame(rows), items, users)

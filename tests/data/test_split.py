@@ -1,0 +1,64 @@
+"""Temporal splits: P1g global cut and P1u per-user holdout."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import T0, events_frame
+from marketrec.core.errors import ConfigError, DataError
+from marketrec.data.schema import make_dataset
+from marketrec.data.split import load_split, split_global, split_per_user
+
+
+def dataset():
+    rows = [("many", f"i{h}", h, "view") for h in range(10)]  # 10 events → 2 test
+    rows += [("five", f"i{h}", 100 + h, "view") for h in range(5)]  # 5 events → 1 test
+    rows += [("four", f"i{h}", 200 + h, "view") for h in range(4)]  # 4 events → all train
+    items = [f"i{h}" for h in range(12)]
+    return make_dataset(
+        events_frame(rows),
+        pl.DataFrame({"item_id": items}),
+        pl.DataFrame({"user_id": ["many", "five", "four", "nobody"]}),
+    )
+
+
+def test_per_user_holdout_counts() -> None:
+    split = split_per_user(dataset())
+    test_counts = dict(split.test.events.group_by("user_id").len().iter_rows())
+    assert test_counts == {"many": 2, "five": 1}
+    last_many = split.test.events.filter(user_id="many").get_column("item_id").to_list()
+    assert sorted(last_many) == ["i8", "i9"]  # the latest ones
+    assert split.train.events.height + split.test.events.height == 19
+    # tables are copied whole into both halves
+    assert split.train.items.height == split.test.items.height == 12
+    assert split.test.users.height == 4
+
+
+def test_global_split_at_quantile_and_instant() -> None:
+    data = dataset()
+    split = split_global(data, quantile=0.5)
+    cut = split.test.events.get_column("ts").min()
+    assert split.train.events.get_column("ts").max() < cut
+    assert split.train.events.height + split.test.events.height == data.events.height
+    at = split_global(data, quantile=None, at=(T0 + timedelta(hours=100)).replace(tzinfo=None))
+    assert at.test.events.get_column("ts").min() == T0 + timedelta(hours=100)
+    assert at.train.events.height == 10
+
+
+def test_bad_split_options() -> None:
+    with pytest.raises(ConfigError):
+        split_global(dataset(), quantile=1.5)
+    with pytest.raises(ConfigError):
+        split_per_user(dataset(), test_fraction=0.0)
+
+
+def test_save_and_load(tmp_path: Path) -> None:
+    split_per_user(dataset()).save(tmp_path / "s")
+    loaded = load_split(tmp_path / "s")
+    assert loaded.test.events.height == 3 and "per-user" in loaded.description
+    with pytest.raises(DataError, match="not a split folder"):
+        load_split(tmp_path / "s" / "train")
