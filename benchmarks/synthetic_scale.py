@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
+from docs_section import write_section
 from marketrec.data.synthetic import SyntheticConfig, generate_marketplace
 
 _RETAILROCKET = {
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--save", action="store_true", help="also time Dataset.save into a temporary folder"
     )
+    parser.add_argument("--write", type=Path, help="markdown file to update")
     args = parser.parse_args(argv)
 
     config = SyntheticConfig(users=args.users, items=args.items, days=args.days, seed=args.seed)
@@ -61,30 +63,44 @@ def main(argv: list[str] | None = None) -> None:
         "purchase / add_to_cart": counts.get("purchase", 0) / max(counts.get("add_to_cart", 1), 1),
     }
 
-    print(
+    lines = [
         f"### Synthetic marketplace: {args.users:,} users, {args.items:,} items, "
-        f"{args.days} days, seed {args.seed}\n"
-    )
-    print("| event | count |")
-    print("|---|---:|")
-    for name in ("search", "view", "click", "add_to_cart", "purchase"):
-        print(f"| {name} | {counts.get(name, 0):,} |")
-    print(f"| **total** | **{events.height:,}** |\n")
-    print("| metric | synthetic | RetailRocket |")
-    print("|---|---:|---:|")
-    for name, value in measured.items():
-        print(f"| {name} | {value:.4f} | {_RETAILROCKET[name]:.4f} |")
-    print(f"| click / view | {counts.get('click', 0) / max(views, 1):.4f} | – |")
-    print(f"| visitors | {visitors:,} | 1,407,580 |")
-    print(f"| events per user | {events.height / args.users:.2f} | – |")
-    print(f"| single-session visitors | {(sessions == 1).mean():.1%} | – |")
-    print(
+        f"{args.days} days, seed {args.seed}\n",
+        "| event | count |",
+        "|---|---:|",
+        *(
+            f"| {name} | {counts.get(name, 0):,} |"
+            for name in ("search", "view", "click", "add_to_cart", "purchase")
+        ),
+        f"| **total** | **{events.height:,}** |\n",
+        "| metric | synthetic | RetailRocket |",
+        "|---|---:|---:|",
+        *(
+            f"| {name} | {value:.4f} | {_RETAILROCKET[name]:.4f} |"
+            for name, value in measured.items()
+        ),
+        f"| click / view | {counts.get('click', 0) / max(views, 1):.4f} | – |",
+        f"| visitors | {visitors:,} | 1,407,580 |",
+        f"| events per user | {events.height / args.users:.2f} | – |",
+        f"| single-session visitors | {(sessions == 1).mean():.1%} | – |",
         f"| sessions per visitor (mean / p99 / max) | {sessions.mean():.2f} / "
-        f"{sessions.quantile(0.99):.0f} / {sessions.max()} | – |"
-    )
-    print(f"| generation seconds | {generate_s:.1f} | – |")
+        f"{sessions.quantile(0.99):.0f} / {sessions.max()} | – |",
+        f"| generation seconds | {generate_s:.1f} | – |",
+    ]
     if save_s is not None:
-        print(f"| save seconds (Parquet) | {save_s:.1f} | – |")
+        lines.append(f"| save seconds (Parquet) | {save_s:.1f} | – |")
+    body = "\n".join(lines)
+    print(body)
+    if args.write:
+        command = (
+            f"`.venv/bin/python benchmarks/synthetic_scale.py --users {args.users} "
+            f"--items {args.items} --days {args.days} --save --write docs/benchmarks.md`"
+        )
+        write_section(
+            args.write,
+            "synthetic",
+            f"## Synthetic marketplace: calibration and speed\n\nCommand: {command}\n\n{body}",
+        )
 
 
 if __name__ == "__main__":

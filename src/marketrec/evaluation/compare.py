@@ -88,15 +88,22 @@ def run_models(
     return runs
 
 
+def _columns(runs: Sequence[ModelRun]) -> list[tuple[str, str]]:
+    """Headline (slice, metric) pairs every run has, skipping slices without users."""
+    return [
+        (s, m)
+        for s, m in HEADLINE
+        if all(s in r.report.slices and m in r.report.slices[s] for r in runs)
+        and runs
+        and runs[0].report.slices[s]["users"] > 0
+    ]
+
+
 def comparison_table(runs: Sequence[ModelRun], title: str) -> Table:
     """One row per model with the headline metrics; the best of each column in bold."""
     table = Table(title=title, title_justify="left")
     table.add_column("model", style="bold")
-    columns = [
-        (s, m)
-        for s, m in HEADLINE
-        if all(s in r.report.slices and m in r.report.slices[s] for r in runs)
-    ]
+    columns = _columns(runs)
     for slice_name, metric in columns:
         users = int(runs[0].report.slices[slice_name]["users"]) if runs else 0
         table.add_column(f"{metric}\n{slice_name}\n({users:,})", justify="right")
@@ -112,11 +119,7 @@ def comparison_table(runs: Sequence[ModelRun], title: str) -> Table:
 
 def comparison_markdown(runs: Sequence[ModelRun]) -> str:
     """The comparison as a Markdown table (for docs/benchmarks.md)."""
-    columns = [
-        (s, m)
-        for s, m in HEADLINE
-        if all(s in r.report.slices and m in r.report.slices[s] for r in runs)
-    ]
+    columns = _columns(runs)
     header = (
         "| model | params | "
         + " | ".join(f"{m} {s} ({int(runs[0].report.slices[s]['users']):,})" for s, m in columns)

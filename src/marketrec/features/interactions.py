@@ -109,3 +109,11 @@ def build_interactions(data: Dataset, config: InteractionConfig | None = None) -
     matrix.sort_indices()
     reference = data.events.get_column("ts").max() if data.events.height else None
     return Interactions(users, item_vocab, matrix, ev, reference)  # type: ignore[arg-type]
+
+
+def weighted(matrix: sp.csr_matrix, binary: bool) -> sp.csr_matrix:
+    """A float32 copy of an interaction matrix, every stored weight set to 1 when `binary`."""
+    out = matrix.astype(np.float32, copy=True)
+    if binary:
+        out.data[:] = 1.0
+    return out

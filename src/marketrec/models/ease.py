@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from marketrec.core.errors import ConfigError
+from marketrec.features.interactions import weighted
 from marketrec.models.scoring import Params, TrainContext
 
 
@@ -29,7 +30,7 @@ class EASEScorer:
         self._weights = np.zeros((0, 0), dtype=np.float32)
 
     def fit(self, ctx: TrainContext) -> None:
-        x = _prepare(ctx.interactions.matrix, self.params.binary)
+        x = weighted(ctx.interactions.matrix, self.params.binary)
         n_items = x.shape[1]
         if n_items > self.params.max_items:
             raise ConfigError(
@@ -46,18 +47,10 @@ class EASEScorer:
     def score(
         self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
     ) -> np.ndarray:
-        return np.asarray(_prepare(history, self.params.binary) @ self._weights, dtype=np.float32)
+        return np.asarray(weighted(history, self.params.binary) @ self._weights, dtype=np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self._weights}
 
     def restore(self, arrays: dict[str, np.ndarray]) -> None:
         self._weights = arrays["weights"]
-
-
-def _prepare(x: sp.csr_matrix, binary: bool) -> sp.csr_matrix:
-    if not binary:
-        return x.astype(np.float32)
-    out = x.astype(np.float32, copy=True)
-    out.data[:] = 1.0
-    return out

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from pydantic import Field
 from threadpoolctl import threadpool_limits
 
+from marketrec.features.interactions import weighted
 from marketrec.models.scoring import Params, TrainContext
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,7 @@ class BPRScorer(_FactorScorer):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         p = self.params
-        binary = ctx.interactions.matrix.astype(np.float32, copy=True)
-        binary.data[:] = 1.0
+        binary = weighted(ctx.interactions.matrix, binary=True)
         with threadpool_limits(1, "blas"):
             model = BayesianPersonalizedRanking(
                 factors=p.factors,

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
+from marketrec.features.interactions import weighted
 from marketrec.models.scoring import Params, TrainContext
 
 _BLOCK = 1024
@@ -29,7 +30,7 @@ class ItemKNNScorer:
         self._similarity = sp.csr_matrix((0, 0), dtype=np.float32)
 
     def fit(self, ctx: TrainContext) -> None:
-        x = _prepare(ctx.interactions.matrix, self.params.binary).tocsc()
+        x = weighted(ctx.interactions.matrix, self.params.binary).tocsc()
         n_items = x.shape[1]
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
         xt = x.T.tocsr()
@@ -64,7 +65,7 @@ class ItemKNNScorer:
     def score(
         self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
     ) -> np.ndarray:
-        scores = _prepare(history, self.params.binary) @ self._similarity
+        scores = weighted(history, self.params.binary) @ self._similarity
         return np.asarray(scores.toarray(), dtype=np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -80,10 +81,3 @@ class ItemKNNScorer:
         self._similarity = sp.csr_matrix(
             (arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"])
         )
-
-
-def _prepare(x: sp.csr_matrix, binary: bool) -> sp.csr_matrix:
-    out = x.astype(np.float32, copy=True)
-    if binary:
-        out.data[:] = 1.0
-    return out
