@@ -135,6 +135,40 @@ def test_validate_models_and_tuned_training(workspace: Path, capsys) -> None:
     assert manifest["model"] == "popularity" and "half_life_days" in manifest["params"]
 
 
+def test_import_csv_with_event_renames(tmp_path: Path) -> None:
+    src = tmp_path / "events.csv"
+    src.write_text(
+        "timestamp,visitorid,event,itemid,transactionid\n"
+        "1433221332117,257597,view,355908,\n"
+        "1433224214164,992329,basket,248676,\n"
+        "1433221999827,111016,transaction,318965,1\n"
+    )
+    assert (
+        main(
+            [
+                "import",
+                "csv",
+                str(src),
+                str(tmp_path / "out"),
+                "--map",
+                "user_id=visitorid",
+                "item_id=itemid",
+                "ts=timestamp",
+                "event=event",
+                "--ts-unit",
+                "ms",
+                "--event-map",
+                "basket=add_to_cart",
+                "transaction=purchase",
+            ]
+        )
+        == 0
+    )
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet").sort("ts")
+    assert events.get_column("event").to_list() == ["view", "purchase", "add_to_cart"]
+    assert events.get_column("user_id").to_list() == ["257597", "111016", "992329"]
+
+
 def test_train_with_config_file(workspace: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[model]\nname = "ease"\n[model.params]\nl2 = 123.0\n')
@@ -250,6 +284,22 @@ def test_train_with_config_file(workspace: Path, tmp_path: Path) -> None:
             "file not found",
         ),
         (["import", "amazon", "{tmp}/missing", "{tmp}/out"], "not found"),
+        (
+            [
+                "import",
+                "csv",
+                "{tmp}/missing.csv",
+                "{tmp}/out",
+                "--map",
+                "user_id=a",
+                "item_id=b",
+                "ts=c",
+                "event=d",
+                "--event-map",
+                "oops",
+            ],
+            "expected SOURCE=CANONICAL",
+        ),
         (["generate", "{tmp}/g", "--users", "0"], "must be a positive integer"),
         (["demo", "--models", "nope", "--out", "{tmp}/demo"], "unknown model 'nope'"),
         (["frobnicate"], "invalid choice"),

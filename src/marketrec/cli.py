@@ -88,9 +88,7 @@ def cmd_import(args: argparse.Namespace) -> None:
         data = importers.import_csv(
             args.src,
             importers.parse_mapping(args.map),
-            event_map=importers.parse_mapping(args.event_map, allowed=None)
-            if args.event_map
-            else None,
+            event_map=_event_renames(args.event_map) if args.event_map else None,
             ts_unit=args.ts_unit,
             items=args.items,
             users=args.users,
@@ -266,6 +264,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
+def _event_renames(pairs: Sequence[str]) -> dict[str, str]:
+    """`--event-map addtocart=add_to_cart ...` → {source name: canonical name}."""
+    renames: dict[str, str] = {}
+    for pair in pairs:
+        source, sep, target = (part.strip() for part in pair.partition("="))
+        if not sep or not source or not target:
+            raise ConfigError(
+                f"--event-map {pair!r}: expected SOURCE=CANONICAL, e.g. addtocart=add_to_cart"
+            )
+        renames[source] = target
+    return renames
+
+
 def _error_line(text: str) -> None:
     """One unwrapped line on stderr, whatever the terminal width."""
     sys.stderr.write(" ".join(text.split()) + "\n")
