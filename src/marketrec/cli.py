@@ -84,6 +84,8 @@ def cmd_import(args: argparse.Namespace) -> None:
         data = importers.import_movielens(args.src)
     elif args.source == "amazon":
         data = importers.import_amazon(args.src)
+    elif args.source == "sequences":
+        data = importers.import_sequences(args.src)
     else:
         data = importers.import_csv(
             args.src,
@@ -122,11 +124,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_split(args: argparse.Namespace) -> None:
     from marketrec.data.schema import load_dataset
-    from marketrec.data.split import split_global, split_per_user
+    from marketrec.data.split import split_global, split_leave_one_out, split_per_user
 
     data = load_dataset(args.data)
     if args.per_user is not None:
-        split = split_per_user(data, test_fraction=args.per_user, min_events=args.min_events)
+        split = split_per_user(data, test_fraction=args.per_user, min_events=args.min_events or 5)
+    elif args.leave_one_out:
+        split = split_leave_one_out(data, min_events=args.min_events or 3)
     else:
         split = split_global(data, quantile=args.quantile, at=args.at)
     split.save(args.out)
@@ -354,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     for source, text in (
         ("movielens", "MovieLens 100K or 1M folder"),
         ("amazon", "Amazon review dump: reviews + meta_*.json"),
+        ("sequences", "item sequences, one user a line (S3-Rec format, e.g. Amazon Toys)"),
     ):
         q = isub.add_parser(source, help=text)
         q.add_argument("src")
@@ -392,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", type=_positive_int, default=4)
     p.set_defaults(run=cmd_generate)
 
-    p = sub.add_parser("split", help="temporal train/test split (global or per user)")
+    p = sub.add_parser("split", help="train/test split (global, per user or leave-one-out)")
     p.add_argument("data")
     p.add_argument("out")
     how = p.add_mutually_exclusive_group()
@@ -409,11 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FRACTION",
         help="hold out each user's last FRACTION of events (protocol P1u: 0.2)",
     )
+    how.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="hold out each user's last event (protocol P3)",
+    )
     p.add_argument(
         "--min-events",
         type=_positive_int,
-        default=5,
-        help="with --per-user: users with fewer events stay in train",
+        help="with --per-user (default 5) or --leave-one-out (default 3): "
+        "users with fewer events stay in train",
     )
     p.set_defaults(run=cmd_split)
 
@@ -429,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--validation",
-        choices=("global", "per-user"),
+        choices=("global", "per-user", "leave-one-out"),
         help="validation cut for --tune (default: global)",
     )
     p.set_defaults(run=cmd_train)

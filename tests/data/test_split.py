@@ -11,7 +11,7 @@ import pytest
 from conftest import T0, events_frame
 from marketrec.core.errors import ConfigError, DataError
 from marketrec.data.schema import make_dataset
-from marketrec.data.split import load_split, split_global, split_per_user
+from marketrec.data.split import load_split, split_global, split_leave_one_out, split_per_user
 
 
 def dataset():
@@ -62,3 +62,65 @@ def test_save_and_load(tmp_path: Path) -> None:
     assert loaded.test.events.height == 3 and "per-user" in loaded.description
     with pytest.raises(DataError, match="not a split folder"):
         load_split(tmp_path / "s" / "train")
+
+
+# --- P3 leave-one-out --------------------------------------------------------------------------
+
+
+def loo_dataset():
+    rows = [("five", f"i{h}", h, "view") for h in range(5)]  # → last is i4
+    rows += [("three", f"i{h}", 100 + h, "view") for h in (2, 0, 1)]  # out of order in file
+    rows += [("two", f"i{h}", 200 + h, "view") for h in range(2)]  # < 3 events → all train
+    rows += [("tied", "i7", 300, "view"), ("tied", "i8", 300, "view"), ("tied", "i9", 300, "view")]
+    return make_dataset(
+        events_frame(rows),
+        pl.DataFrame({"item_id": [f"i{h}" for h in range(10)]}),
+        pl.DataFrame({"user_id": ["five", "three", "two", "tied", "nobody"]}),
+    )
+
+
+def test_leave_one_out_last_event_per_user() -> None:
+    data = loo_dataset()
+    split = split_leave_one_out(data)
+    test = dict(zip(split.test.events["user_id"], split.test.events["item_id"], strict=True))
+    # by time; equal times → the later row in the file is the last event
+    assert test == {"five": "i4", "three": "i2", "tied": "i9"}
+    assert split.test.events.height == 3
+    assert split.train.events.height + split.test.events.height == data.events.height
+    assert split.train.events.filter(user_id="two").height == 2
+    # train keeps the original row order; tables are copied whole
+    assert split.train.events.filter(user_id="three")["item_id"].to_list() == ["i0", "i1"]
+    assert split.train.items.height == split.test.items.height == 10
+    assert split.test.users.height == 5
+    assert "leave-one-out" in split.description
+
+
+def test_leave_one_out_min_events() -> None:
+    assert split_leave_one_out(loo_dataset(), min_events=2).test.events.height == 4
+    assert split_leave_one_out(loo_dataset(), min_events=4).test.events.height == 1
+    with pytest.raises(ConfigError):
+        split_leave_one_out(loo_dataset(), min_events=1)
+
+
+def test_leave_one_out_validation_cut() -> None:
+    from marketrec.evaluation.tuning import PROTOCOLS, validation_split
+
+    assert "leave-one-out" in PROTOCOLS
+    train = split_leave_one_out(loo_dataset()).train
+    cut = validation_split(train, "leave-one-out")
+    test = dict(zip(cut.test.events["user_id"], cut.test.events["item_id"], strict=True))
+    assert test == {"five": "i3"}  # the only user with ≥ 3 train events
+
+
+def test_cli_split_leave_one_out(tmp_path: Path) -> None:
+    from marketrec.cli import main
+
+    loo_dataset().save(tmp_path / "data")
+    assert main(["split", str(tmp_path / "data"), str(tmp_path / "s"), "--leave-one-out"]) == 0
+    loaded = load_split(tmp_path / "s")
+    assert loaded.test.events.height == 3 and "leave-one-out" in loaded.description
+    argv = ["split", str(tmp_path / "data"), str(tmp_path / "s2"), "--leave-one-out"]
+    assert main([*argv, "--min-events", "2"]) == 0
+    assert load_split(tmp_path / "s2").test.events.height == 4
+    with pytest.raises(SystemExit):
+        main([*argv, "--per-user", "0.2"])  # mutually exclusive

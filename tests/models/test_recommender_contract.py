@@ -16,11 +16,20 @@ import pytest
 from marketrec.core.errors import ConfigError, ModelError
 from marketrec.models.registry import MODELS, create, load_model, make_params
 
-COLLABORATIVE = ["itemknn", "ease", "als", "bpr"]
+COLLABORATIVE = ["itemknn", "ease", "als", "bpr", "two-tower"]
 # Two tastes need two factors; more would let the factorisations memorise this tiny world.
 TUNED_FOR_TINY = {
     "als": {"factors": 2, "iterations": 30, "regularization": 0.1},
     "bpr": {"factors": 2, "iterations": 300, "learning_rate": 0.05},
+    "two-tower": {
+        "text_encoder": "hashed",
+        "epochs": 40,
+        "learning_rate": 0.01,
+        "batch_size": 64,
+        "validation_fraction": 0.0,
+        "random_negatives": 8,
+        "dim": 16,
+    },
 }
 
 
@@ -138,3 +147,17 @@ def test_bad_inputs(two_taste_world, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match=r"manifest\.json is missing"):
         load_model(tmp_path / "empty")
+
+
+def test_data_without_any_region(model_name) -> None:
+    """Sequence datasets have no regions at all: every model still fits and serves."""
+    from conftest import events_frame
+    from marketrec.data.schema import make_dataset
+
+    rows = [
+        (f"u{u}", f"i{(u + j) % 7}", u * 10 + j, "purchase") for u in range(12) for j in range(3)
+    ]
+    world = make_dataset(events_frame(rows))
+    model = fitted(model_name, world)
+    recs = model.recommend(["u0", "nobody"], 3)
+    assert recs.group_by("user_id").len().get_column("len").to_list() == [3, 3]

@@ -1,4 +1,4 @@
-"""Temporal train/test splits (CONTRACT §4: P1g global cut, P1u per-user holdout).
+"""Train/test splits (CONTRACT §4: P1g global cut, P1u per-user holdout, P3 leave-one-out).
 
 Only events are split; the catalogue and user tables are copied whole into both halves, so
 items listed and users signed up before the test period stay known (cold start is then
@@ -103,6 +103,36 @@ def split_per_user(data: Dataset, *, test_fraction: float = 0.2, min_events: int
     description = (
         f"per-user temporal holdout: last {test_fraction:.0%} of each user's events "
         f"(users with ≥ {min_events} events) ({_counts(train, test)})"
+    )
+    return Split(
+        replace(data, events=train, notes=()), replace(data, events=test, notes=()), description
+    )
+
+
+def split_leave_one_out(data: Dataset, *, min_events: int = 3) -> Split:
+    """P3: for each user with ≥ `min_events` events, the last event by time is test, the rest
+    train; users with fewer events stay wholly in train.
+
+    Ties in time are broken by file order (the later row is the last event), so the split is
+    deterministic and keeps the order of sequence datasets whose timestamps are synthetic.
+    """
+    if min_events < 2:
+        raise ConfigError(f"min_events must be at least 2, got {min_events}")
+    ranked = (
+        data.events.with_row_index("_row")
+        .sort(["user_id", "ts", "_row"])
+        .with_columns(
+            _pos=pl.int_range(pl.len()).over("user_id"),
+            _n=pl.len().over("user_id"),
+        )
+    )
+    is_test = (pl.col("_n") >= min_events) & (pl.col("_pos") == pl.col("_n") - 1)
+    helper = ["_row", "_pos", "_n"]
+    train = ranked.filter(~is_test).sort("_row").drop(helper)
+    test = ranked.filter(is_test).sort("_row").drop(helper)
+    description = (
+        f"leave-one-out: each user's last event (users with ≥ {min_events} events) "
+        f"({_counts(train, test)})"
     )
     return Split(
         replace(data, events=train, notes=()), replace(data, events=test, notes=()), description

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,11 @@ def run_models(
     targets: TargetConfig | None = None,
     on_step: Callable[[str], None] | None = None,
     save_to: Path | None = None,
+    grids: Mapping[str, Mapping[str, list[Any]]] | None = None,
 ) -> list[ModelRun]:
     """For each model: tune on a validation cut of train (unless `tune_protocol` is None),
     refit on all of train, evaluate on test; with `save_to`, keep each model in
-    `save_to/<name>`."""
+    `save_to/<name>`. `grids` replaces the registry's tuning grid for the models it names."""
     runs = []
     fallback = None
     if tune_protocol is not None:
@@ -72,7 +73,12 @@ def run_models(
             if on_step:
                 on_step(f"tuning {name}")
             params = tune(
-                name, split.train, protocol=tune_protocol, targets=targets, fallback=fallback
+                name,
+                split.train,
+                protocol=tune_protocol,
+                targets=targets,
+                fallback=fallback,
+                grid=(grids or {}).get(name),
             ).best_params
         tuned = time.perf_counter()
         if on_step:

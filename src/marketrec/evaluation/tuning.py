@@ -1,9 +1,9 @@
 """Hyper-parameters chosen on a validation cut of the training data, never on test.
 
 The cut mirrors the protocol being measured: a global temporal cut of train for P1g-style
-evaluation, a per-user holdout of train for P1u. Every grid point is fitted on the validation
-train, scored through the same evaluation code as the final test, and the best by `metric`
-wins; the caller then refits on all of train.
+evaluation, a per-user holdout of train for P1u, each user's last train event for P3. Every
+grid point is fitted on the validation train, scored through the same evaluation code as the
+final test, and the best by `metric` wins; the caller then refits on all of train.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from typing import Any, Literal
 
 from marketrec.core.errors import ConfigError
 from marketrec.data.schema import Dataset
-from marketrec.data.split import Split, split_global, split_per_user
+from marketrec.data.split import Split, split_global, split_leave_one_out, split_per_user
 from marketrec.evaluation.offline import TargetConfig, evaluate_model
 from marketrec.features.interactions import InteractionConfig
 from marketrec.models.registry import create, make_params, spec
 
 log = logging.getLogger(__name__)
 
-Protocol = Literal["global", "per-user"]
-PROTOCOLS: tuple[str, ...] = ("global", "per-user")
+Protocol = Literal["global", "per-user", "leave-one-out"]
+PROTOCOLS: tuple[str, ...] = ("global", "per-user", "leave-one-out")
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,14 @@ class TuningResult:
 
 
 def validation_split(train: Dataset, protocol: str, fraction: float = 0.2) -> Split:
-    """Cut `train` the way the test protocol cuts the full data."""
+    """Cut `train` the way the test protocol cuts the full data (`fraction` is ignored by
+    leave-one-out, which holds out each user's last train event)."""
     if protocol == "global":
         return split_global(train, quantile=1.0 - fraction)
     if protocol == "per-user":
         return split_per_user(train, test_fraction=fraction)
+    if protocol == "leave-one-out":
+        return split_leave_one_out(train)
     raise ConfigError(
         f"unknown validation protocol '{protocol}' (choose from: {', '.join(PROTOCOLS)})"
     )

@@ -71,7 +71,7 @@ class Interactions:
     users: IdVocab
     items: IdVocab
     matrix: sp.csr_matrix  # users × items, float32 weights (strongest event per pair)
-    events: pl.DataFrame  # user_idx, item_idx, ts, event, weight (item events only)
+    events: pl.DataFrame  # user_idx, item_idx, ts, event, weight, device (item events only)
     reference_time: datetime | None  # latest training event: "now" for time decay
 
     @property
@@ -89,14 +89,15 @@ def build_interactions(data: Dataset, config: InteractionConfig | None = None) -
         {"event": list(cfg.event_weights), "weight": list(cfg.event_weights.values())},
         schema={"event": pl.String, "weight": pl.Float32},
     )
+    device = pl.col("device") if "device" in data.events.columns else pl.lit(None, pl.String)
     ev = (
         data.events.filter(pl.col("item_id").is_not_null() & ~pl.col("event").is_in(cfg.ignore))
-        .select("user_id", "item_id", "ts", "event")
+        .select("user_id", "item_id", "ts", "event", device.alias("device"))
         .join(weights, on="event", how="left")
         .with_columns(pl.col("weight").fill_null(cfg.default_weight))
         .join(users.frame().rename({"id": "user_id", "idx": "user_idx"}), on="user_id")
         .join(item_vocab.frame().rename({"id": "item_id", "idx": "item_idx"}), on="item_id")
-        .select("user_idx", "item_idx", "ts", "event", "weight")
+        .select("user_idx", "item_idx", "ts", "event", "weight", "device")
     )
     pairs = ev.group_by("user_idx", "item_idx").agg(pl.col("weight").max())
     matrix = sp.csr_matrix(

@@ -164,6 +164,8 @@ class CollaborativeRecommender:
         history = self._history[np.maximum(rows, 0)]
         history = sp.diags(known.astype(np.float32)) @ history  # unknown users: empty rows
         warm = np.diff(history.indptr) > 0
+        if getattr(self.scorer, "handles_cold_users", False):
+            warm = np.ones(len(rows), dtype=bool)  # the scorer embeds cold users itself
         scores = np.empty((len(rows), self._history.shape[1]), dtype=np.float32)
         if warm.any():
             warm_rows = np.flatnonzero(warm)
@@ -302,7 +304,10 @@ def _user_regions(data: Dataset, users: IdVocab) -> tuple[tuple[str, ...], np.nd
     """Region names known to the model and each user row's home region index (-1: unknown)."""
     home = home_regions(data)
     names = tuple(sorted(set(home.get_column("region").to_list()) | set(item_regions(data))))
-    region_index = pl.DataFrame({"region": list(names), "ridx": np.arange(len(names))})
+    region_index = pl.DataFrame(
+        {"region": list(names), "ridx": np.arange(len(names))},
+        schema={"region": pl.String, "ridx": pl.Int64},
+    )
     frame = (
         users.frame()
         .join(home.rename({"user_id": "id"}), on="id", how="left")

@@ -39,7 +39,7 @@ class InteractionSection(_Section):
 
 class TuningSection(_Section):
     enabled: bool = False
-    protocol: Literal["global", "per-user"] = "global"
+    protocol: Literal["global", "per-user", "leave-one-out"] = "global"
     metric: str = "NDCG@10"
 
 

@@ -21,6 +21,7 @@ from marketrec.models.factorization import ALSParams, ALSScorer, BPRParams, BPRS
 from marketrec.models.itemknn import ItemKNNParams, ItemKNNScorer
 from marketrec.models.popularity import PopularityParams, PopularityScorer
 from marketrec.models.scoring import Params, Scorer
+from marketrec.models.two_tower import TwoTowerParams, TwoTowerScorer
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,12 @@ MODELS: dict[str, ModelSpec] = {
                 "learning_rate": [0.01, 0.05],
                 "regularization": [0.001, 0.01],
             },
+        ),
+        ModelSpec(
+            "two-tower",
+            "two-tower retrieval (PyTorch): content, profile, context and recent history",
+            TwoTowerParams,
+            TwoTowerScorer,
         ),
     )
 }

@@ -19,6 +19,7 @@ from marketrec.data.importers.csv import (
     parse_mapping,
 )
 from marketrec.data.importers.movielens import ML1M_OCCUPATIONS, import_movielens, zip_region
+from marketrec.data.importers.sequences import import_sequences
 
 __all__ = [
     "EVENT_FIELDS",
@@ -30,6 +31,7 @@ __all__ = [
     "import_amazon",
     "import_csv",
     "import_movielens",
+    "import_sequences",
     "parse_mapping",
     "zip_region",
 ]

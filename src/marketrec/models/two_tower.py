@@ -1,0 +1,262 @@
+"""The two-tower retrieval model behind the shared recommender path.
+
+Unlike the baselines, it serves cold users itself: a user without history is embedded from
+profile attributes, region and context, and a new item from its content. PyTorch is imported
+only when a two-tower model is trained or loaded, so the rest of marketrec stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from pydantic import Field
+
+from marketrec.models.scoring import Params, TrainContext
+
+log = logging.getLogger(__name__)
+
+
+class TwoTowerParams(Params):
+    dim: int = Field(default=64, gt=0)
+    history: int = Field(default=20, ge=1)
+    queries: int = Field(default=5, ge=0)
+    epochs: int = Field(default=20, gt=0)
+    batch_size: int = Field(default=512, ge=2)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    temperature: float = Field(default=0.05, gt=0)
+    random_negatives: int = Field(default=256, ge=0)
+    hard_negatives: int = Field(default=0, ge=0)
+    logq: bool = True
+    id_dropout: float = Field(default=0.3, ge=0, le=1)
+    context_dropout: float = Field(default=0.5, ge=0, le=1)
+    recency_half_life_days: float | None = Field(default=None, gt=0)
+    patience: int = Field(default=3, ge=1)
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    refit: bool = True
+    max_minutes: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    text_encoder: Literal["auto", "minilm", "hashed"] = "auto"
+    id_buckets_per_id: float = Field(default=2.0, gt=0)
+    threads: int = Field(default=1, ge=0)
+    """torch threads; 1 by default: on a shared 2-core machine two threads ran a training
+    step 6× slower than one (measured), and one thread is reproducible; 0 = torch's default."""
+
+
+class TwoTowerScorer:
+    handles_cold_users = True
+
+    def __init__(self, params: TwoTowerParams | None = None) -> None:
+        self.params = params or TwoTowerParams()
+        self._model: Any = None
+        self._data: Any = None
+        self._item_vectors = np.zeros((0, 0), dtype=np.float32)
+        self._meta: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- training
+    def fit(self, ctx: TrainContext) -> None:
+        from marketrec.retrieval.training import item_vectors, train_two_tower
+
+        self._set_threads()
+        data, meta = _build_data(ctx, self.params)
+        model, report = train_two_tower(data, self._config())
+        self._model, self._data = model, data
+        self._meta = {
+            **meta,
+            "report": {
+                "epochs_run": report.epochs_run,
+                "best_epoch": report.best_epoch,
+                "best_val_recall@100": report.best_recall,
+                "seconds": round(report.seconds, 1),
+                "history": report.history,
+            },
+        }
+        self._item_vectors = item_vectors(model, data, at=meta["reference_ts"])
+
+    def _config(self) -> Any:
+        from marketrec.retrieval.training import TrainingConfig
+
+        fields = TrainingConfig.__dataclass_fields__
+        return TrainingConfig(**{k: v for k, v in self.params.model_dump().items() if k in fields})
+
+    def _set_threads(self) -> None:
+        import torch
+
+        if self.params.threads:
+            torch.set_num_threads(self.params.threads)
+
+    # ----------------------------------------------------------------- serving
+    def score(
+        self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
+    ) -> np.ndarray:
+        from marketrec.retrieval.training import user_vectors
+
+        n_regions = len(self._meta["regions"])
+        region_code = np.where(region_idx < n_regions, region_idx + 1, 0).astype(np.int64)
+        users = user_vectors(
+            self._model,
+            self._data,
+            np.asarray(user_rows, dtype=np.int64),
+            region_code,
+            self._meta["reference_ts"],
+            self._config(),
+        )
+        return users @ self._item_vectors.T
+
+    def item_vectors(self) -> np.ndarray:
+        """(n_items, dim) catalogue vectors in the model's item order (for an ANN index)."""
+        return self._item_vectors
+
+    # ----------------------------------------------------------------- persistence
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {
+            f"w/{k}": v.detach().numpy() for k, v in self._model.state_dict().items()
+        }
+        d = self._data
+        out.update(d.seq.arrays())
+        out.update(d.items.arrays())
+        out.update(d.users.arrays())
+        out["query_vectors"] = d.query_vectors
+        out["item_trained"] = d.item_trained
+        out["item_category"] = d.item_category
+        out["item_vectors"] = self._item_vectors
+        meta = {**self._meta, "sizes": d.sizes.to_dict()}
+        text_state = meta.pop("text_state", None)
+        if text_state:
+            out.update({f"text/{k}": v for k, v in text_state.items()})
+        out["meta_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        return out
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        import torch
+
+        from marketrec.retrieval.examples import Sequences
+        from marketrec.retrieval.inputs import ItemInputs, UserInputs
+        from marketrec.retrieval.towers import TowerSizes, TwoTower
+        from marketrec.retrieval.training import TwoTowerData
+
+        self._set_threads()
+        meta = json.loads(arrays["meta_json"].tobytes().decode())
+        sizes = TowerSizes.from_dict(meta["sizes"])
+        self._data = TwoTowerData(
+            seq=Sequences.from_arrays(arrays),
+            items=ItemInputs.from_arrays(arrays),
+            users=UserInputs.from_arrays(arrays),
+            query_vectors=arrays["query_vectors"],
+            item_trained=arrays["item_trained"],
+            item_category=arrays["item_category"],
+            sizes=sizes,
+        )
+        model = TwoTower(sizes, self.params.dim, self.params.dropout)
+        state = {
+            k[2:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("w/")
+        }
+        model.load_state_dict(state)
+        model.eval()
+        self._model = model
+        text_state = {k[5:]: v for k, v in arrays.items() if k.startswith("text/")}
+        self._meta = {**meta, **({"text_state": text_state} if text_state else {})}
+        self._item_vectors = arrays["item_vectors"]
+
+
+def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[str, Any]]:
+    """Tower inputs from the training context: vocabularies, content vectors, sequences."""
+    from marketrec.features.text import default_text_encoder, encoder_spec, item_text
+    from marketrec.retrieval.examples import build_sequences
+    from marketrec.retrieval.inputs import (
+        encode_items,
+        encode_users,
+        fit_item_vocabs,
+        fit_user_vocabs,
+    )
+    from marketrec.retrieval.towers import TowerSizes
+    from marketrec.retrieval.training import TwoTowerData
+
+    inter, data = ctx.interactions, ctx.data
+    item_ids = inter.items.ids
+    catalogue = pl.DataFrame({"item_id": item_ids}).join(
+        data.items, on="item_id", how="left", maintain_order="left"
+    )
+    encoder = default_text_encoder(params.text_encoder)
+    texts = item_text(catalogue)
+    if hasattr(encoder, "fit"):
+        encoder.fit(texts)
+    log.info("two-tower: encoding %s item texts with %s", f"{len(texts):,}", encoder.name)
+    text = encoder.encode(texts)
+    item_vocabs = fit_item_vocabs(
+        data.items, max(64, int(len(item_ids) * params.id_buckets_per_id))
+    )
+    items = encode_items(item_ids, data.items, item_vocabs, text)
+    user_vocabs = fit_user_vocabs(
+        data, ctx.region_names, max(64, int(len(inter.users) * params.id_buckets_per_id))
+    )
+    users = encode_users(inter.users.ids, data, ctx.user_region, user_vocabs)
+    device_codes = user_vocabs.device.encode(inter.events.get_column("device"))
+    item_events = inter.events.with_columns(device_code=pl.Series(device_codes))
+    searches, queries = _searches(data, inter)
+    query_vectors = np.vstack(
+        [
+            np.zeros((1, text.shape[1]), dtype=np.float32),
+            encoder.encode(queries) if queries else np.zeros((0, text.shape[1]), dtype=np.float32),
+        ]
+    )
+    seq = build_sequences(item_events, searches, len(inter.users))
+    trained = np.zeros(len(item_ids), dtype=bool)
+    trained[seq.item] = True
+    sizes = TowerSizes(
+        item_ids=item_vocabs.id_buckets + 1,
+        categories=len(item_vocabs.category),
+        top_categories=len(item_vocabs.top_category),
+        brands=len(item_vocabs.brand),
+        tags=len(item_vocabs.tags),
+        text_dim=int(text.shape[1]),
+        user_ids=user_vocabs.id_buckets + 1,
+        regions=len(user_vocabs.region),
+        attributes=tuple(len(v) for v in user_vocabs.attributes.values()),
+        numeric=len(user_vocabs.numeric),
+        devices=len(user_vocabs.device),
+    )
+    tower_data = TwoTowerData(
+        seq, items, users, query_vectors.astype(np.float32), trained, items.category, sizes
+    )
+    reference = inter.reference_time
+    spec = encoder_spec(encoder)
+    meta = {
+        "reference_ts": reference.timestamp() if reference is not None else 0.0,
+        "regions": list(ctx.region_names),
+        "item_vocabs": item_vocabs.to_dict(),
+        "user_vocabs": user_vocabs.to_dict(),
+        "text_encoder": {k: v for k, v in spec.items() if k != "state"},
+        "text_state": spec.get("state"),
+        "queries": len(queries),
+    }
+    return tower_data, meta
+
+
+def _searches(data: Any, inter: Any) -> tuple[pl.DataFrame, list[str]]:
+    """Search events mapped to user rows and query codes (1-based; 0 = no query)."""
+    empty = pl.DataFrame(
+        schema={"user_idx": pl.Int64, "ts": pl.Datetime("us", "UTC"), "query_code": pl.Int64}
+    )
+    events = data.events
+    if "query" not in events.columns:
+        return empty, []
+    searches = events.filter((pl.col("event") == "search") & pl.col("query").is_not_null())
+    if searches.height == 0:
+        return empty, []
+    queries = searches.get_column("query").unique().sort()
+    codes = pl.DataFrame({"query": queries, "query_code": np.arange(1, queries.len() + 1)})
+    users = inter.users.frame().rename({"id": "user_id", "idx": "user_idx"})
+    mapped = (
+        searches.select("user_id", "ts", "query")
+        .join(users, on="user_id")
+        .join(codes, on="query")
+        .select("user_idx", "ts", "query_code")
+    )
+    return mapped, queries.to_list()

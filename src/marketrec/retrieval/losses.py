@@ -1,0 +1,63 @@
+"""Sampled softmax for retrieval: in-batch and random negatives, logQ correction,
+accidental-hit masking, per-example weights.
+
+Row i's positive is candidate column i. In-batch candidates are other rows' positives, so
+popular items appear as negatives far more often than uniform sampling would; subtracting
+log of each candidate's expected count in the sample (logQ, Yi et al. 2019) keeps the softmax
+an unbiased estimate of the full one. A candidate that is the row's own positive item under
+another column (an "accidental hit") is removed, not punished.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def sampled_softmax_loss(
+    users: Tensor,
+    candidates: Tensor,
+    positive_items: Tensor,
+    candidate_items: Tensor,
+    log_q: Tensor | None,
+    temperature: float,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Weighted mean cross-entropy of each row's positive against all candidates.
+
+    users: (B, D); candidates: (C, D) with the first B being the rows' positives in order;
+    positive_items: (B,) item index per row; candidate_items: (C,) item index per column;
+    log_q: (C,) log expected count of each candidate in the sample, or None; weights: (B,).
+    """
+    batch = users.shape[0]
+    logits = users @ candidates.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    same_item = positive_items[:, None] == candidate_items[None, :]
+    own_column = torch.zeros_like(same_item)
+    own_column[:, :batch] = torch.eye(batch, dtype=torch.bool, device=users.device)
+    logits = logits.masked_fill(same_item & ~own_column, float("-inf"))
+    target = torch.arange(batch, device=users.device)
+    losses = F.cross_entropy(logits, target, reduction="none")
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+def mixed_log_q(
+    positive_items: Tensor,
+    random_items: Tensor,
+    item_probability: Tensor,
+    n_items: int,
+) -> Tensor:
+    """log Q for [in-batch positives, uniform random negatives]: B·p(item) for the in-batch
+    columns (they were drawn as training targets), R/n_items for the uniform ones."""
+    batch, randoms = positive_items.shape[0], random_items.shape[0]
+    in_batch = torch.log(batch * item_probability[positive_items]).clamp(min=-30.0)
+    uniform = torch.full(
+        (randoms,),
+        torch.log(torch.tensor(randoms / max(n_items, 1))).item(),
+        device=positive_items.device,
+    )
+    return torch.cat([in_batch, uniform])

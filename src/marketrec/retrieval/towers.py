@@ -1,0 +1,140 @@
+"""The two towers: item and user encoders whose dot product scores an item for a user.
+
+Item tower: hashed id, category (path and top level), brand, tags, price bucket, time since
+listing and the content vector of the item's text → an L2-normalised vector. The id part is
+masked for items without training interactions (and randomly during training), so a new
+item is placed by its content alone.
+
+User tower: hashed id (masked for unknown users and randomly in training), region,
+profile attributes, context (device, hour, weekday), the recent history — item vectors plus
+event type and age, read by a small transformer block through a learned summary token — and
+the mean of the recent search queries' text vectors. A new event changes the history and so
+the user vector, without retraining.
+
+Shapes: B = batch, N = history length, M = queries, D = output dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from marketrec.retrieval.inputs import AGE_BUCKETS, EVENT_CODES, PRICE_BUCKETS
+
+
+@dataclass(frozen=True)
+class TowerSizes:
+    """Vocabulary sizes (each including code 0) the embedding tables need."""
+
+    item_ids: int
+    categories: int
+    top_categories: int
+    brands: int
+    tags: int
+    text_dim: int
+    user_ids: int
+    regions: int
+    attributes: tuple[int, ...]
+    numeric: int
+    devices: int
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TowerSizes:
+        return cls(**{**d, "attributes": tuple(d["attributes"])})
+
+
+def _mlp(inputs: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out)
+    )
+
+
+class ItemTower(nn.Module):
+    def __init__(self, sizes: TowerSizes, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.id = nn.Embedding(sizes.item_ids, dim)
+        self.category = nn.Embedding(sizes.categories, dim)
+        self.top_category = nn.Embedding(sizes.top_categories, dim)
+        self.brand = nn.Embedding(sizes.brands, dim)
+        self.tags = nn.EmbeddingBag(sizes.tags, dim, mode="mean", padding_idx=0)
+        self.price = nn.Embedding(PRICE_BUCKETS + 1, dim)
+        self.age = nn.Embedding(AGE_BUCKETS, dim)
+        self.text = nn.Linear(sizes.text_dim, dim)
+        self.mlp = _mlp(8 * dim, 2 * dim, dim, dropout)
+
+    def forward(self, f: dict[str, Tensor], id_mask: Tensor) -> Tensor:
+        """f: item feature tensors of shape (B,) or (B, tags)/(B, text_dim) → (B, D)."""
+        parts = [
+            self.id(f["id_bucket"]) * id_mask[:, None],
+            self.category(f["category"]),
+            self.top_category(f["top_category"]),
+            self.brand(f["brand"]),
+            self.tags(f["tags"]),
+            self.price(f["price"]),
+            self.age(f["age"]),
+            self.text(f["text"]),
+        ]
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+
+
+class UserTower(nn.Module):
+    def __init__(self, sizes: TowerSizes, dim: int, dropout: float, heads: int = 2) -> None:
+        super().__init__()
+        self.id = nn.Embedding(sizes.user_ids, dim)
+        self.region = nn.Embedding(sizes.regions, dim)
+        self.attributes = nn.ModuleList(nn.Embedding(n, dim) for n in sizes.attributes)
+        self.numeric = nn.Linear(sizes.numeric, dim) if sizes.numeric else None
+        self.device = nn.Embedding(sizes.devices, dim)
+        self.hour = nn.Embedding(25, dim)
+        self.weekday = nn.Embedding(8, dim)
+        self.event = nn.Embedding(len(EVENT_CODES) + 1, dim)
+        self.event_age = nn.Embedding(AGE_BUCKETS, dim)
+        self.summary = nn.Parameter(torch.zeros(1, 1, dim))
+        self.history = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True
+        )
+        self.queries = nn.Linear(sizes.text_dim, dim)
+        self.mlp = _mlp(8 * dim, 2 * dim, dim, dropout)
+
+    def forward(self, f: dict[str, Tensor], history: Tensor, query_vectors: Tensor) -> Tensor:
+        """f: user/context codes (B,...); history: item vectors (B, N, D) with f["hist_mask"]
+        (B, N) true where padded; query_vectors: (B, M, text_dim), zero rows = padding."""
+        batch = history.shape[0]
+        attrs = torch.zeros(batch, self.id.embedding_dim, device=history.device)
+        for j, table in enumerate(self.attributes):
+            attrs = attrs + table(f["attributes"][:, j])
+        if self.numeric is not None:
+            attrs = attrs + self.numeric(f["numeric"])
+        tokens = history + self.event(f["hist_event"]) + self.event_age(f["hist_age"])
+        tokens = torch.cat([self.summary.expand(batch, 1, -1), tokens], dim=1)
+        pad = torch.cat(
+            [torch.zeros(batch, 1, dtype=torch.bool, device=history.device), f["hist_mask"]], dim=1
+        )
+        read = self.history(tokens, src_key_padding_mask=pad)[:, 0]
+        present = (query_vectors.abs().sum(-1, keepdim=True) > 0).float()
+        queries = (query_vectors * present).sum(1) / present.sum(1).clamp(min=1.0)
+        parts = [
+            self.id(f["id_bucket"]) * f["id_mask"][:, None],
+            self.region(f["region"]),
+            attrs,
+            self.device(f["device"]),
+            self.hour(f["hour"]),
+            self.weekday(f["weekday"]),
+            read,
+            self.queries(queries),
+        ]
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, sizes: TowerSizes, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.sizes = sizes
+        self.items = ItemTower(sizes, dim, dropout)
+        self.users = UserTower(sizes, dim, dropout)

@@ -1,0 +1,400 @@
+"""Training the two towers on point-in-time examples, and computing vectors for serving.
+
+One epoch visits every item event once as a target (shuffled, seeded). Each batch scores its
+users against the batch's positives (in-batch negatives), `random_negatives` items drawn
+uniformly from the catalogue and optionally `hard_negatives` items from the positives'
+categories, with logQ correction and accidental-hit masking. Early stopping watches
+Recall@100 of the last `validation_fraction` of examples in time; with `refit` the model is
+then retrained on every example for the best number of epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from marketrec.retrieval.examples import (
+    Sequences,
+    history_window,
+    query_window,
+    training_targets,
+)
+from marketrec.retrieval.inputs import ItemInputs, UserInputs, age_bucket
+from marketrec.retrieval.losses import mixed_log_q, sampled_softmax_loss
+from marketrec.retrieval.towers import TowerSizes, TwoTower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    dim: int = 64
+    history: int = 20
+    queries: int = 5
+    epochs: int = 20
+    batch_size: int = 512
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    dropout: float = 0.1
+    temperature: float = 0.05
+    random_negatives: int = 256
+    hard_negatives: int = 0
+    logq: bool = True
+    id_dropout: float = 0.3
+    context_dropout: float = 0.5
+    recency_half_life_days: float | None = None
+    patience: int = 3
+    validation_fraction: float = 0.1
+    validation_examples: int = 5000
+    refit: bool = True
+    max_minutes: float | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TwoTowerData:
+    """Everything the towers read, as arrays aligned with the model's vocabularies."""
+
+    seq: Sequences
+    items: ItemInputs
+    users: UserInputs
+    query_vectors: np.ndarray  # (n_queries + 1, text_dim); row 0 = no query
+    item_trained: np.ndarray  # (n_items,) bool: item was a training target
+    item_category: np.ndarray  # (n_items,) category code (for hard negatives)
+    sizes: TowerSizes
+
+
+@dataclass
+class TrainingReport:
+    epochs_run: int = 0
+    best_epoch: int = 0
+    best_recall: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- features
+def item_features(data: TwoTowerData, items: np.ndarray, at: np.ndarray) -> dict[str, torch.Tensor]:
+    """Tensors for items (indices) observed at times `at` (epoch seconds)."""
+    it = data.items
+    age = age_bucket(at - it.listed_at[items])
+    return {
+        "id_bucket": torch.from_numpy(it.id_bucket[items]),
+        "category": torch.from_numpy(it.category[items]),
+        "top_category": torch.from_numpy(it.top_category[items]),
+        "brand": torch.from_numpy(it.brand[items]),
+        "tags": torch.from_numpy(it.tags[items]),
+        "price": torch.from_numpy(it.price[items]),
+        "age": torch.from_numpy(age),
+        "text": torch.from_numpy(it.text[items]),
+    }
+
+
+def user_features(
+    data: TwoTowerData,
+    rows: np.ndarray,
+    now: np.ndarray,
+    history_end: np.ndarray,
+    device: np.ndarray,
+    config: TrainingConfig,
+    rng: np.random.Generator | None = None,
+    region: np.ndarray | None = None,
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """User/context tensors and the history positions (B, N) for users `rows` (-1 = unknown)
+    at time `now`, with history ending before position `history_end`. With `rng` (training),
+    ids and context are randomly dropped so the towers also learn to do without them."""
+    seq, users = data.seq, data.users
+    known = rows >= 0
+    safe = np.where(known, rows, 0)
+    hist = np.full((len(rows), config.history), -1, dtype=np.int64)
+    if known.any():
+        hist[known] = history_window(seq, safe[known], history_end[known], config.history)
+    queries = np.zeros((len(rows), config.queries), dtype=np.int64)
+    if known.any() and config.queries:
+        queries[known] = query_window(seq, safe[known], now[known], config.queries)
+    id_mask = known.astype(np.float32)
+    hour = (np.floor(now / 3600.0) % 24).astype(np.int64) + 1
+    weekday = ((np.floor(now / 86400.0) + 3) % 7).astype(np.int64) + 1  # 1970-01-01: Thursday
+    if rng is not None:
+        id_mask = id_mask * (rng.random(len(rows)) >= config.id_dropout)
+        drop = rng.random(len(rows)) < config.context_dropout
+        device = np.where(drop, 0, device)
+        hour, weekday = np.where(drop, 0, hour), np.where(drop, 0, weekday)
+    hist_safe = np.maximum(hist, 0)
+    f = {
+        "id_bucket": torch.from_numpy(np.where(known, users.id_bucket[safe], 0)),
+        "id_mask": torch.from_numpy(id_mask.astype(np.float32)),
+        "region": torch.from_numpy(
+            region if region is not None else np.where(known, users.region[safe], 0)
+        ),
+        "attributes": torch.from_numpy(np.where(known[:, None], users.attributes[safe], 0)),
+        "numeric": torch.from_numpy(
+            np.where(known[:, None], users.numeric[safe], 0.0).astype(np.float32)
+        ),
+        "device": torch.from_numpy(device.astype(np.int64)),
+        "hour": torch.from_numpy(hour),
+        "weekday": torch.from_numpy(weekday),
+        "hist_event": torch.from_numpy(np.where(hist >= 0, seq.event[hist_safe], 0)),
+        "hist_age": torch.from_numpy(
+            np.where(hist >= 0, age_bucket(now[:, None] - seq.ts[hist_safe]), 0)
+        ),
+        "hist_mask": torch.from_numpy(hist < 0),
+        "queries": torch.from_numpy(data.query_vectors[queries]),
+    }
+    return f, hist
+
+
+def encode_users(
+    model: TwoTower,
+    data: TwoTowerData,
+    f: dict[str, torch.Tensor],
+    hist: np.ndarray,
+    now: np.ndarray,
+    item_mask_dropout: bool = False,
+) -> torch.Tensor:
+    """User vectors; history items go through the item tower (deduplicated)."""
+    seq = data.seq
+    hist_items = np.where(hist >= 0, seq.item[np.maximum(hist, 0)], 0)
+    unique, inverse = np.unique(hist_items, return_inverse=True)
+    at = np.full(len(unique), float(np.median(now)) if len(now) else 0.0)
+    vectors = model.items(
+        item_features(data, unique, at),
+        torch.from_numpy(data.item_trained[unique].astype(np.float32)),
+    )
+    history = vectors[torch.from_numpy(inverse.reshape(hist.shape))]
+    return model.users(f, history, f["queries"])
+
+
+def item_vectors(model: TwoTower, data: TwoTowerData, at: float, batch: int = 8192) -> np.ndarray:
+    """(n_items, D) vectors of the whole catalogue as of time `at`; items never trained on
+    are placed by content alone."""
+    model.eval()
+    n = len(data.items.id_bucket)
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            idx = np.arange(start, min(start + batch, n))
+            mask = torch.from_numpy(data.item_trained[idx].astype(np.float32))
+            out.append(model.items(item_features(data, idx, np.full(len(idx), at)), mask))
+    return (
+        torch.cat(out).numpy()
+        if out
+        else np.zeros((0, model.items.id.embedding_dim), dtype=np.float32)
+    )
+
+
+def user_vectors(
+    model: TwoTower,
+    data: TwoTowerData,
+    rows: np.ndarray,
+    region: np.ndarray,
+    at: float,
+    config: TrainingConfig,
+    batch: int = 2048,
+) -> np.ndarray:
+    """(len(rows), D) vectors of users (-1 = unknown) from their whole stored history, as of
+    time `at`; `region` = region code per user (0 = unknown)."""
+    model.eval()
+    seq = data.seq
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch):
+            r = rows[start : start + batch]
+            safe = np.maximum(r, 0)
+            ends = np.where(r >= 0, seq.user_end[safe], 0)
+            last = np.maximum(ends - 1, 0)
+            device = np.where(
+                (r >= 0) & (ends > seq.user_start[safe]),
+                seq.device[np.minimum(last, max(len(seq.device) - 1, 0))] if len(seq.device) else 0,
+                0,
+            )
+            now = np.full(len(r), at)
+            f, hist = user_features(
+                data, r, now, ends, device, config, region=region[start : start + batch]
+            )
+            out.append(encode_users(model, data, f, hist, now))
+    return torch.cat(out).numpy() if out else np.zeros((0, config.dim), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- training
+def train_two_tower(
+    data: TwoTowerData,
+    config: TrainingConfig,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[TwoTower, TrainingReport]:
+    """Early-stopped training, then (with `refit`) a retrain on every example."""
+    started = time.perf_counter()
+    seq = data.seq
+    targets = training_targets(seq)
+    n = len(targets)
+    order = targets[np.argsort(seq.ts[targets], kind="stable")]
+    n_val = int(n * config.validation_fraction) if config.validation_fraction > 0 else 0
+    val_pos = order[n - n_val :] if n_val else np.zeros(0, dtype=np.int64)
+    fit_pos = order[: n - n_val]
+    report = TrainingReport()
+    model, best_state = _fresh_model(data, config), None
+    optimizer = _optimizer(model, config)
+    rng = np.random.default_rng(config.seed)
+    deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
+    stale = 0
+    for epoch in range(1, config.epochs + 1):
+        loss = _epoch(model, optimizer, data, fit_pos, config, rng)
+        recall = _validation_recall(model, data, val_pos, config) if n_val else math.nan
+        row = {"epoch": float(epoch), "loss": loss, "val_recall@100": recall}
+        report.history.append(row)
+        report.epochs_run = epoch
+        log.info("two-tower epoch %d: loss %.4f, validation Recall@100 %.4f", epoch, loss, recall)
+        if on_epoch:
+            on_epoch(row)
+        if not n_val or recall > report.best_recall:
+            report.best_recall, report.best_epoch, stale = (0.0 if not n_val else recall), epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+        if deadline is not None and time.perf_counter() > deadline:
+            log.info("two-tower: time budget reached after epoch %d", epoch)
+            break
+    if config.refit and n_val:
+        model = _fresh_model(data, config)
+        optimizer = _optimizer(model, config)
+        rng = np.random.default_rng(config.seed)
+        all_pos = targets
+        for epoch in range(1, report.best_epoch + 1):
+            loss = _epoch(model, optimizer, data, all_pos, config, rng)
+            log.info("two-tower refit epoch %d/%d: loss %.4f", epoch, report.best_epoch, loss)
+    elif best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    report.seconds = time.perf_counter() - started
+    return model, report
+
+
+def _fresh_model(data: TwoTowerData, config: TrainingConfig) -> TwoTower:
+    torch.manual_seed(config.seed)
+    return TwoTower(data.sizes, config.dim, config.dropout)
+
+
+def _optimizer(model: TwoTower, config: TrainingConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+
+def _example_weights(data: TwoTowerData, pos: np.ndarray, config: TrainingConfig) -> np.ndarray:
+    seq = data.seq
+    weight = seq.pair_weight[pos].astype(np.float64)
+    if config.recency_half_life_days is not None and len(seq.ts):
+        age_days = (seq.ts.max() - seq.ts[pos]) / 86_400.0
+        weight = weight * np.exp2(-age_days / config.recency_half_life_days)
+    return weight.astype(np.float32)
+
+
+def _epoch(
+    model: TwoTower,
+    optimizer: torch.optim.Optimizer,
+    data: TwoTowerData,
+    positions: np.ndarray,
+    config: TrainingConfig,
+    rng: np.random.Generator,
+) -> float:
+    model.train()
+    seq = data.seq
+    n_items = len(data.items.id_bucket)
+    counts = np.bincount(seq.item[positions], minlength=n_items).astype(np.float64)
+    probability = torch.from_numpy(counts / max(counts.sum(), 1.0))
+    shuffled = rng.permutation(positions)
+    total, batches = 0.0, 0
+    for start in range(0, len(shuffled), config.batch_size):
+        pos = shuffled[start : start + config.batch_size]
+        if len(pos) < 2:
+            continue
+        users, items, now = seq.user[pos], seq.item[pos], seq.ts[pos]
+        f, hist = user_features(data, users, now, seq.run_start[pos], seq.device[pos], config, rng)
+        u = encode_users(model, data, f, hist, now)
+        randoms = rng.integers(0, n_items, config.random_negatives)
+        hard = _hard_negatives(data, items, config.hard_negatives, rng)
+        candidates = np.concatenate([items, randoms, hard])
+        at = np.concatenate([now, np.full(len(randoms) + len(hard), float(np.median(now)))])
+        trained = data.item_trained[candidates].astype(np.float32)
+        trained = trained * (rng.random(len(candidates)) >= config.id_dropout)
+        v = model.items(item_features(data, candidates, at), torch.from_numpy(trained))
+        log_q = None
+        if config.logq:
+            log_q = torch.cat(
+                [
+                    mixed_log_q(
+                        torch.from_numpy(items), torch.from_numpy(randoms), probability, n_items
+                    ),
+                    torch.zeros(len(hard), dtype=torch.float64),
+                ]
+            ).float()
+        loss = sampled_softmax_loss(
+            u,
+            v,
+            torch.from_numpy(items),
+            torch.from_numpy(candidates),
+            log_q,
+            config.temperature,
+            torch.from_numpy(_example_weights(data, pos, config)),
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        batches += 1
+    return total / max(batches, 1)
+
+
+def _hard_negatives(
+    data: TwoTowerData, items: np.ndarray, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """`count` items per batch drawn from the categories of the batch's positives."""
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    categories = data.item_category[rng.choice(items, count)]
+    pool_order = np.argsort(data.item_category, kind="stable")
+    sorted_cats = data.item_category[pool_order]
+    lo = np.searchsorted(sorted_cats, categories, "left")
+    hi = np.searchsorted(sorted_cats, categories, "right")
+    pick = lo + np.floor(rng.random(count) * np.maximum(hi - lo, 1)).astype(np.int64)
+    return pool_order[np.minimum(pick, len(pool_order) - 1)]
+
+
+def _validation_recall(
+    model: TwoTower, data: TwoTowerData, positions: np.ndarray, config: TrainingConfig, k: int = 100
+) -> float:
+    """Share of validation targets in the top k of all items (history items excluded)."""
+    if len(positions) == 0:
+        return math.nan
+    rng = np.random.default_rng(config.seed + 1)
+    if len(positions) > config.validation_examples:
+        positions = rng.choice(positions, config.validation_examples, replace=False)
+    seq = data.seq
+    model.eval()
+    vectors = torch.from_numpy(item_vectors(model, data, float(np.median(seq.ts[positions]))))
+    hits = 0
+    with torch.no_grad():
+        for start in range(0, len(positions), 1024):
+            pos = positions[start : start + 1024]
+            now = seq.ts[pos]
+            f, hist = user_features(
+                data, seq.user[pos], now, seq.run_start[pos], seq.device[pos], config
+            )
+            scores = encode_users(model, data, f, hist, now) @ vectors.T
+            rows = np.repeat(np.arange(len(pos)), hist.shape[1])
+            seen = hist.ravel()
+            keep = seen >= 0
+            scores[rows[keep], seq.item[seen[keep]]] = -math.inf
+            target = torch.from_numpy(seq.item[pos])
+            target_score = scores[torch.arange(len(pos)), target]
+            rank = (scores > target_score[:, None]).sum(dim=1)
+            hits += int((rank < k).sum())
+    return hits / len(positions)

@@ -1,0 +1,86 @@
+"""Point-in-time examples: a target's history and queries are strictly in its past."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from marketrec.retrieval.examples import (
+    build_sequences,
+    history_window,
+    query_window,
+    training_targets,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def seq_from(rows, searches=()):
+    events = pl.DataFrame(
+        {
+            "user_idx": [r[0] for r in rows],
+            "item_idx": [r[1] for r in rows],
+            "ts": [T0 + timedelta(seconds=r[2]) for r in rows],
+            "event": [r[3] for r in rows],
+            "weight": [r[4] for r in rows],
+            "device_code": [0] * len(rows),
+        }
+    )
+    search_frame = pl.DataFrame(
+        {
+            "user_idx": [s[0] for s in searches],
+            "ts": [T0 + timedelta(seconds=s[1]) for s in searches],
+            "query_code": [s[2] for s in searches],
+        },
+        schema={"user_idx": pl.Int64, "ts": pl.Datetime("us", "UTC"), "query_code": pl.Int64},
+    )
+    return build_sequences(events, search_frame, n_users=3)
+
+
+# user 0: items 5,6 at t=10 (same second), 7 at 20, 5 again (purchase) at 30, 8 at 40
+# user 1: items 1, 2 at t=5, 15; user 2: nothing. Rows given out of order on purpose.
+ROWS = [
+    (0, 8, 40, "view", 1.0),
+    (1, 2, 15, "view", 1.0),
+    (0, 7, 20, "click", 2.0),
+    (0, 5, 10, "view", 1.0),
+    (0, 6, 10, "view", 1.0),
+    (1, 1, 5, "view", 1.0),
+    (0, 5, 30, "purchase", 8.0),
+]
+
+
+def test_history_is_strictly_before_the_target() -> None:
+    seq = seq_from(ROWS)
+    targets = np.arange(len(seq.user))
+    hist = history_window(seq, seq.user[targets], seq.run_start[targets], length=10)
+    for row, pos in enumerate(targets):
+        past = hist[row][hist[row] >= 0]
+        assert (seq.ts[past] < seq.ts[pos]).all(), "history must not reach the target's time"
+        assert (seq.user[past] == seq.user[pos]).all(), "history must be the same user's"
+    # the two events sharing t=10 are not each other's history
+    at_ten = np.flatnonzero((seq.user == 0) & (seq.ts == seq.ts.min() + 5))
+    assert (hist[at_ten] < 0).all()
+    # the last target of user 0 (t=40) sees everything before it, oldest first
+    last = np.flatnonzero((seq.user == 0) & (seq.item == 8))[0]
+    assert seq.item[hist[last][hist[last] >= 0]].tolist() in ([5, 6, 7, 5], [6, 5, 7, 5])
+
+
+def test_targets_are_first_touches_with_the_pair_weight() -> None:
+    seq = seq_from(ROWS)
+    targets = training_targets(seq)
+    pairs = sorted(zip(seq.user[targets].tolist(), seq.item[targets].tolist(), strict=True))
+    assert pairs == [(0, 5), (0, 6), (0, 7), (0, 8), (1, 1), (1, 2)]
+    first_view_of_5 = targets[(seq.user[targets] == 0) & (seq.item[targets] == 5)][0]
+    assert seq.pair_weight[first_view_of_5] == 8.0  # the view that ended in a purchase
+    assert seq.ts[first_view_of_5] == seq.ts.min() + 5
+
+
+def test_query_window_is_strictly_before() -> None:
+    seq = seq_from(ROWS, searches=[(0, 9, 1), (0, 10, 2), (0, 25, 3), (1, 1, 4)])
+    users = np.array([0, 0, 0, 1, 2])
+    before = np.array([10.0, 10.5, 100.0, 5.0, 5.0]) + seq.ts.min() - 5
+    codes = query_window(seq, users, before, length=2)
+    assert codes.tolist() == [[0, 1], [1, 2], [2, 3], [0, 4], [0, 0]]

@@ -1,0 +1,73 @@
+"""Sampled softmax against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is needed for the retrieval stage")
+
+from marketrec.retrieval.losses import mixed_log_q, sampled_softmax_loss  # noqa: E402
+
+USERS = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+CANDIDATES = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+
+
+def ce(logits: list[float], target: int) -> float:
+    return -logits[target] + math.log(sum(math.exp(x) for x in logits))
+
+
+def test_plain_in_batch_and_random_negatives() -> None:
+    loss = sampled_softmax_loss(
+        USERS, CANDIDATES, torch.tensor([10, 11]), torch.tensor([10, 11, 12]), None, temperature=1.0
+    )
+    expected = (ce([1, 0, 0.6], 0) + ce([0, 1, 0.8], 1)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_temperature_and_weights() -> None:
+    loss = sampled_softmax_loss(
+        USERS,
+        CANDIDATES,
+        torch.tensor([10, 11]),
+        torch.tensor([10, 11, 12]),
+        None,
+        temperature=0.5,
+        weights=torch.tensor([1.0, 3.0]),
+    )
+    expected = (ce([2, 0, 1.2], 0) + 3 * ce([0, 2, 1.6], 1)) / 4
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_accidental_hits_are_masked() -> None:
+    # the random candidate is row 0's own positive item (10): it must not count against row 0
+    loss = sampled_softmax_loss(
+        USERS, CANDIDATES, torch.tensor([10, 11]), torch.tensor([10, 11, 10]), None, temperature=1.0
+    )
+    expected = (ce([1, 0], 0) + ce([0, 1, 0.8], 1)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    # duplicated positives in the batch: each row's copy of its own item is masked too
+    same = sampled_softmax_loss(
+        USERS, CANDIDATES[:2], torch.tensor([10, 10]), torch.tensor([10, 10]), None, temperature=1.0
+    )
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_logq_correction_subtracts_expected_counts() -> None:
+    probability = torch.zeros(20, dtype=torch.float64)
+    probability[10], probability[11] = 0.75, 0.25
+    log_q = mixed_log_q(torch.tensor([10, 11]), torch.tensor([12]), probability, n_items=20)
+    expected_q = [math.log(2 * 0.75), math.log(2 * 0.25), math.log(1 / 20)]
+    assert log_q.tolist() == pytest.approx(expected_q, rel=1e-6)
+    loss = sampled_softmax_loss(
+        USERS,
+        CANDIDATES,
+        torch.tensor([10, 11]),
+        torch.tensor([10, 11, 12]),
+        log_q.float(),
+        temperature=1.0,
+    )
+    row0 = [1 - expected_q[0], 0 - expected_q[1], 0.6 - expected_q[2]]
+    row1 = [0 - expected_q[0], 1 - expected_q[1], 0.8 - expected_q[2]]
+    assert float(loss) == pytest.approx((ce(row0, 0) + ce(row1, 1)) / 2, rel=1e-5)
