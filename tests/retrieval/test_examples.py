@@ -84,3 +84,16 @@ def test_query_window_is_strictly_before() -> None:
     before = np.array([10.0, 10.5, 100.0, 5.0, 5.0]) + seq.ts.min() - 5
     codes = query_window(seq, users, before, length=2)
     assert codes.tolist() == [[0, 1], [1, 2], [2, 3], [0, 4], [0, 0]]
+
+
+def test_trend_counts_only_look_back() -> None:
+    from marketrec.retrieval.training import TwoTowerData
+
+    seq = seq_from(ROWS)
+    data = TwoTowerData(seq, None, None, None, None, None, None)  # type: ignore[arg-type]
+    base = seq.ts.min() - 5  # t = 0
+    items = np.array([5, 5, 5, 5, 7])
+    at = base + np.array([10.0, 11.0, 31.0, 30.0 + 86_400, 20.0])
+    # item 5 had events at t=10 and t=30, item 7 at t=20: an event never counts at its own
+    # second, and drops out of a one-day window a day later
+    assert data.recent_counts(items, at, window_days=1.0).tolist() == [0, 1, 2, 1, 0]

@@ -24,10 +24,12 @@ log = logging.getLogger(__name__)
 class TwoTowerParams(Params):
     dim: int = Field(default=64, gt=0)
     history: int = Field(default=20, ge=1)
+    long_history: int = Field(default=200, ge=0)
+    target_horizon: int = Field(default=0, ge=0)
     queries: int = Field(default=5, ge=0)
     epochs: int = Field(default=20, gt=0)
-    batch_size: int = Field(default=512, ge=2)
-    learning_rate: float = Field(default=2e-3, gt=0)
+    batch_size: int = Field(default=1024, ge=2)
+    learning_rate: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-5, ge=0)
     dropout: float = Field(default=0.1, ge=0, lt=1)
     temperature: float = Field(default=0.05, gt=0)
@@ -39,7 +41,7 @@ class TwoTowerParams(Params):
     recency_half_life_days: float | None = Field(default=None, gt=0)
     patience: int = Field(default=3, ge=1)
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
-    refit: bool = True
+    refit: bool = False
     max_minutes: float | None = Field(default=None, gt=0)
     seed: int = 0
     text_encoder: Literal["auto", "minilm", "hashed"] = "auto"
@@ -228,7 +230,8 @@ def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[st
     reference = inter.reference_time
     spec = encoder_spec(encoder)
     meta = {
-        "reference_ts": reference.timestamp() if reference is not None else 0.0,
+        # one second past the last event, so "before now" includes the last event
+        "reference_ts": reference.timestamp() + 1.0 if reference is not None else 0.0,
         "regions": list(ctx.region_names),
         "item_vocabs": item_vocabs.to_dict(),
         "user_vocabs": user_vocabs.to_dict(),

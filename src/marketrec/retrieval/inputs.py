@@ -18,6 +18,7 @@ from marketrec.data.schema import Dataset
 MAX_TAGS = 8
 PRICE_BUCKETS = 16
 AGE_BUCKETS = 16  # log2 of days, see `age_bucket`
+TREND_BUCKETS = 20  # log2 of recent event counts, see `trend_bucket`
 #: Event types that get their own history embedding; anything else shares code 0.
 EVENT_CODES = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4, "rating": 5, "search": 6}
 DEVICE_CODES_MAX = 16
@@ -44,6 +45,12 @@ def age_bucket(seconds: np.ndarray) -> np.ndarray:
     safe = np.where(known, days, 0.0)
     codes = np.floor(np.log2(safe + 1.0)).astype(np.int64) + 1
     return np.where(known, np.clip(codes, 1, AGE_BUCKETS - 1), 0)
+
+
+def trend_bucket(counts: np.ndarray) -> np.ndarray:
+    """Bucket recent event counts on a log2 scale (0 = no event)."""
+    codes = np.floor(np.log2(np.asarray(counts, dtype=np.float64) + 1.0)).astype(np.int64)
+    return np.clip(codes, 0, TREND_BUCKETS - 1)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,17 @@
 """The two towers: item and user encoders whose dot product scores an item for a user.
 
 Item tower: hashed id, category (path and top level), brand, tags, price bucket, time since
-listing and the content vector of the item's text → an L2-normalised vector. The id part is
+listing, how much it is trending (events in the last day and week, counted point-in-time) and
+the content vector of the item's text → an L2-normalised vector. The id part is
 masked for items without training interactions (and randomly during training), so a new
 item is placed by its content alone.
 
 User tower: hashed id (masked for unknown users and randomly in training), region,
 profile attributes, context (device, hour, weekday), the recent history — item vectors plus
-event type and age, read by a small transformer block through a learned summary token — and
-the mean of the recent search queries' text vectors. A new event changes the history and so
-the user vector, without retraining.
+event type and age, read by a small transformer block through a learned summary token —, the
+long-term taste — a mean of learned embeddings of every earlier item (the "bag of history" of
+YouTube's candidate model, capped) — and the mean of the recent search queries' text vectors.
+A new event changes the history and so the user vector, without retraining.
 
 Shapes: B = batch, N = history length, M = queries, D = output dimension.
 """
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from marketrec.retrieval.inputs import AGE_BUCKETS, EVENT_CODES, PRICE_BUCKETS
+from marketrec.retrieval.inputs import AGE_BUCKETS, EVENT_CODES, PRICE_BUCKETS, TREND_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class ItemTower(nn.Module):
         self.price = nn.Embedding(PRICE_BUCKETS + 1, dim)
         self.age = nn.Embedding(AGE_BUCKETS, dim)
         self.text = nn.Linear(sizes.text_dim, dim)
-        self.mlp = _mlp(8 * dim, 2 * dim, dim, dropout)
+        self.trend_day = nn.Embedding(TREND_BUCKETS, dim)
+        self.trend_week = nn.Embedding(TREND_BUCKETS, dim)
+        self.mlp = _mlp(10 * dim, 2 * dim, dim, dropout)
 
     def forward(self, f: dict[str, Tensor], id_mask: Tensor) -> Tensor:
         """f: item feature tensors of shape (B,) or (B, tags)/(B, text_dim) → (B, D)."""
@@ -79,6 +83,9 @@ class ItemTower(nn.Module):
             self.price(f["price"]),
             self.age(f["age"]),
             self.text(f["text"]),
+            # like the id, the trend is unknown for items never trained on (cold items)
+            self.trend_day(f["trend_day"]) * id_mask[:, None],
+            self.trend_week(f["trend_week"]) * id_mask[:, None],
         ]
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
@@ -100,11 +107,14 @@ class UserTower(nn.Module):
             dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True
         )
         self.queries = nn.Linear(sizes.text_dim, dim)
-        self.mlp = _mlp(8 * dim, 2 * dim, dim, dropout)
+        self.long_term = nn.EmbeddingBag(sizes.item_ids, dim, mode="mean", padding_idx=0)
+        self.mlp = _mlp(9 * dim, 2 * dim, dim, dropout)
 
     def forward(self, f: dict[str, Tensor], history: Tensor, query_vectors: Tensor) -> Tensor:
         """f: user/context codes (B,...); history: item vectors (B, N, D) with f["hist_mask"]
-        (B, N) true where padded; query_vectors: (B, M, text_dim), zero rows = padding."""
+        (B, N) true where padded; query_vectors: (B, M, text_dim), zero rows = padding;
+        f["bag_items"]/f["bag_offsets"]: the id buckets of all earlier items (up to a cap),
+        flattened with per-user offsets, for the long-term taste."""
         batch = history.shape[0]
         attrs = torch.zeros(batch, self.id.embedding_dim, device=history.device)
         for j, table in enumerate(self.attributes):
@@ -128,6 +138,7 @@ class UserTower(nn.Module):
             self.weekday(f["weekday"]),
             read,
             self.queries(queries),
+            self.long_term(f["bag_items"], f["bag_offsets"]),
         ]
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 

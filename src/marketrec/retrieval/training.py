@@ -4,7 +4,7 @@ One epoch visits every item event once as a target (shuffled, seeded). Each batc
 users against the batch's positives (in-batch negatives), `random_negatives` items drawn
 uniformly from the catalogue and optionally `hard_negatives` items from the positives'
 categories, with logQ correction and accidental-hit masking. Early stopping watches
-Recall@100 of the last `validation_fraction` of examples in time; with `refit` the model is
+Recall@100 of held-out last events of sampled users (leave-one-out); with `refit` the model is
 then retrained on every example for the best number of epochs.
 """
 
@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from marketrec.retrieval.examples import (
     query_window,
     training_targets,
 )
-from marketrec.retrieval.inputs import ItemInputs, UserInputs, age_bucket
+from marketrec.retrieval.inputs import ItemInputs, UserInputs, age_bucket, trend_bucket
 from marketrec.retrieval.losses import mixed_log_q, sampled_softmax_loss
 from marketrec.retrieval.towers import TowerSizes, TwoTower
 
@@ -36,10 +37,12 @@ log = logging.getLogger(__name__)
 class TrainingConfig:
     dim: int = 64
     history: int = 20
+    long_history: int = 200
+    target_horizon: int = 0
     queries: int = 5
     epochs: int = 20
-    batch_size: int = 512
-    learning_rate: float = 2e-3
+    batch_size: int = 1024
+    learning_rate: float = 3e-3
     weight_decay: float = 1e-5
     dropout: float = 0.1
     temperature: float = 0.05
@@ -52,7 +55,7 @@ class TrainingConfig:
     patience: int = 3
     validation_fraction: float = 0.1
     validation_examples: int = 5000
-    refit: bool = True
+    refit: bool = False
     max_minutes: float | None = None
     seed: int = 0
 
@@ -68,6 +71,27 @@ class TwoTowerData:
     item_trained: np.ndarray  # (n_items,) bool: item was a training target
     item_category: np.ndarray  # (n_items,) category code (for hard negatives)
     sizes: TowerSizes
+
+    @cached_property
+    def _trend_keys(self) -> np.ndarray:
+        """Sorted (item, second) keys of every item event, for point-in-time counts."""
+        return np.sort(_trend_key(self.seq.item, self.seq.ts))
+
+    def recent_counts(self, items: np.ndarray, at: np.ndarray, window_days: float) -> np.ndarray:
+        """Events on each item in the `window_days` before `at` (strictly before its second):
+        how much the item is trending at that moment, with no look into the future."""
+        keys = self._trend_keys
+        upper = np.searchsorted(keys, _trend_key(items, at), "left")
+        lower = np.searchsorted(keys, _trend_key(items, at - window_days * 86_400.0), "left")
+        return upper - lower
+
+
+_TS_BITS = 34  # epoch seconds < 2**34 (year 2514); item indices < 2**29
+
+
+def _trend_key(items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    seconds = np.clip(np.floor(np.nan_to_num(ts, nan=0.0)), 0, 2**_TS_BITS - 1).astype(np.int64)
+    return (items.astype(np.int64) << _TS_BITS) | seconds
 
 
 @dataclass
@@ -85,6 +109,8 @@ def item_features(data: TwoTowerData, items: np.ndarray, at: np.ndarray) -> dict
     it = data.items
     age = age_bucket(at - it.listed_at[items])
     return {
+        "trend_day": torch.from_numpy(trend_bucket(data.recent_counts(items, at, 1.0))),
+        "trend_week": torch.from_numpy(trend_bucket(data.recent_counts(items, at, 7.0))),
         "id_bucket": torch.from_numpy(it.id_bucket[items]),
         "category": torch.from_numpy(it.category[items]),
         "top_category": torch.from_numpy(it.top_category[items]),
@@ -147,7 +173,23 @@ def user_features(
         "hist_mask": torch.from_numpy(hist < 0),
         "queries": torch.from_numpy(data.query_vectors[queries]),
     }
+    f["bag_items"], f["bag_offsets"] = _bag(data, safe, known, history_end, config.long_history)
     return f, hist
+
+
+def _bag(
+    data: TwoTowerData, users: np.ndarray, known: np.ndarray, ends: np.ndarray, cap: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened id buckets of each user's last `cap` items before `ends`, with offsets
+    (an empty bag embeds to zeros)."""
+    seq = data.seq
+    starts = np.where(known, np.maximum(seq.user_start[users], ends - cap), 0)
+    lengths = np.where(known, np.maximum(ends - starts, 0), 0).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    within = np.arange(int(lengths.sum())) - np.repeat(offsets, lengths)
+    positions = np.repeat(starts, lengths) + within
+    items = data.items.id_bucket[seq.item[positions]] if len(positions) else np.zeros(0, int)
+    return torch.from_numpy(items.astype(np.int64)), torch.from_numpy(offsets)
 
 
 def encode_users(
@@ -232,11 +274,9 @@ def train_two_tower(
     started = time.perf_counter()
     seq = data.seq
     targets = training_targets(seq)
-    n = len(targets)
-    order = targets[np.argsort(seq.ts[targets], kind="stable")]
-    n_val = int(n * config.validation_fraction) if config.validation_fraction > 0 else 0
-    val_pos = order[n - n_val :] if n_val else np.zeros(0, dtype=np.int64)
-    fit_pos = order[: n - n_val]
+    val_pos = _validation_positions(seq, targets, config)
+    fit_pos = np.setdiff1d(targets, val_pos, assume_unique=True)
+    n_val = len(val_pos)
     report = TrainingReport()
     model, best_state = _fresh_model(data, config), None
     optimizer = _optimizer(model, config)
@@ -275,6 +315,29 @@ def train_two_tower(
     model.eval()
     report.seconds = time.perf_counter() - started
     return model, report
+
+
+def _validation_positions(
+    seq: Sequences, targets: np.ndarray, config: TrainingConfig
+) -> np.ndarray:
+    """Each sampled user's last target: held out from training, used for early stopping.
+
+    Holding out one event of some users (leave-one-out) keeps almost every example for
+    training, so no second fit on all data is needed, unlike holding out the last weeks.
+    """
+    if config.validation_fraction <= 0 or len(targets) == 0:
+        return np.zeros(0, dtype=np.int64)
+    users = seq.user[targets]
+    last = np.flatnonzero(np.r_[users[1:] != users[:-1], True])  # targets sorted by user
+    candidates = targets[last]
+    candidates = candidates[seq.run_start[candidates] > seq.user_start[seq.user[candidates]]]
+    wanted = min(
+        len(candidates),
+        config.validation_examples,
+        max(1, int(len(targets) * config.validation_fraction)),
+    )
+    rng = np.random.default_rng(config.seed + 7)
+    return np.sort(rng.choice(candidates, wanted, replace=False)) if wanted else candidates[:0]
 
 
 def _fresh_model(data: TwoTowerData, config: TrainingConfig) -> TwoTower:
@@ -351,6 +414,19 @@ def _epoch(
         total += float(loss.detach())
         batches += 1
     return total / max(batches, 1)
+
+
+def _history_cut(
+    seq: Sequences, pos: np.ndarray, config: TrainingConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Where each example's history ends: right before the target, or with `target_horizon`
+    up to that many events earlier, so the towers learn what a user will want soon, not only
+    next (recommendations are read over a while, and the next click is often the funnel's)."""
+    end = seq.run_start[pos]
+    if config.target_horizon <= 0:
+        return end
+    back = rng.integers(0, config.target_horizon + 1, len(pos))
+    return np.maximum(end - back, seq.user_start[seq.user[pos]])
 
 
 def _hard_negatives(

@@ -1,0 +1,247 @@
+"""The retrieval stage (two-tower) against the tuned baselines, on every acceptance dataset.
+
+    .venv/bin/python benchmarks/retrieval.py --sections ml100k toys synthetic ann \
+        --write docs/benchmarks.md
+
+- ml100k: P1u (warm-user Recall@100) and P1g (cold-user NDCG@10, cold items' Recall@100),
+  baselines tuned on a validation cut of train as in benchmarks/ml100k.py.
+- toys: Amazon Toys under P3; baselines with the parameters the tuned run of
+  benchmarks/amazon_toys.py chose (tuning them again takes 13 minutes).
+- synthetic: the generated marketplace under P1g, plus Recall@100 on items listed after the
+  split.
+- ann: recall@100 of the faiss IVF index against exact search on trained item vectors.
+Each model's training time is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import polars as pl
+
+from docs_section import write_section
+from marketrec.data.importers import import_movielens, import_sequences
+from marketrec.data.split import Split, split_global, split_leave_one_out, split_per_user
+from marketrec.data.synthetic import SyntheticConfig, generate_marketplace
+from marketrec.evaluation.compare import run_models
+from marketrec.evaluation.metrics import compute_metrics
+from marketrec.evaluation.offline import (
+    TargetConfig,
+    build_targets,
+    evaluate_model,
+)
+from marketrec.models.registry import create
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+BASELINES = ["region-popularity", "itemknn", "ease", "als"]
+log = logging.getLogger("retrieval-benchmark")
+
+
+def fit_timed(
+    name: str,
+    split: Split,
+    params: dict[str, Any] | None = None,
+    fallback: dict[str, Any] | None = None,
+) -> tuple[Any, float]:
+    started = time.perf_counter()
+    model = create(name, params, fallback=fallback).fit(split.train)
+    return model, time.perf_counter() - started
+
+
+def row(
+    name: str, slices: dict[str, dict[str, float]], columns: list[tuple[str, str]], seconds: float
+) -> str:
+    cells = " | ".join(f"{slices[s][m]:.4f}" if s in slices else "–" for s, m in columns)
+    return f"| {name} | {cells} | {seconds:.0f} |"
+
+
+def header(columns: list[tuple[str, str]], slices: dict[str, dict[str, float]]) -> str:
+    names = " | ".join(
+        f"{m} {s} ({int(slices[s]['users']) if s in slices else 0:,})" for s, m in columns
+    )
+    return f"| model | {names} | train s |\n|---|" + "---|" * (len(columns) + 1)
+
+
+def ml100k_section(params: dict[str, Any]) -> str:
+    data = import_movielens(SHARED / "ml-100k")
+    parts = []
+    for protocol, split, columns in (
+        (
+            "P1u",
+            split_per_user(data),
+            [("warm users", "Recall@100"), ("warm users", "NDCG@10"), ("warm users", "Recall@20")],
+        ),
+        (
+            "P1g",
+            split_global(data, quantile=0.8),
+            [
+                ("all", "NDCG@10"),
+                ("warm users", "Recall@100"),
+                ("cold users", "NDCG@10"),
+                ("cold items", "Recall@100"),
+            ],
+        ),
+    ):
+        runs = run_models(
+            split, BASELINES, tune_protocol="per-user" if protocol == "P1u" else "global"
+        )
+        model, seconds = fit_timed("two-tower", split, params)
+        tower = evaluate_model(model, split).slices
+        lines = [header(columns, tower)]
+        lines += [row(f"{r.name} (tuned)", r.report.slices, columns, r.fit_seconds) for r in runs]
+        lines.append(row("**two-tower**", tower, columns, seconds))
+        parts.append(f"### ml-100k {protocol} ({split.description})\n\n" + "\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def toys_section(params: dict[str, Any]) -> str:
+    data = import_sequences(SHARED / "amazon-toys-s3rec")
+    split = split_leave_one_out(data)
+    targets = TargetConfig(all_events=True)
+    columns = [("all", "HR@10"), ("all", "NDCG@10"), ("all", "Recall@100")]
+    fixed = {
+        "als": {"alpha": 20.0, "factors": 128, "regularization": 0.01},
+        "ease": {"l2": 200.0},
+        "itemknn": {"neighbours": 20, "shrink": 10.0},
+    }
+    lines = []
+    first = None
+    for name, p in [*fixed.items(), ("two-tower", params)]:
+        model, seconds = fit_timed(name, split, p)
+        slices = evaluate_model(model, split, ks=(10, 100), targets=targets).slices
+        first = first or slices
+        label = f"**{name}**" if name == "two-tower" else f"{name} ({p})"
+        lines.append(row(label, slices, columns, seconds))
+    return (
+        f"### Amazon Toys P3 ({split.description})\n\nAnchors: tuned ALS 0.204, EASE 0.189 "
+        "Recall@100.\n\n" + header(columns, first) + "\n" + "\n".join(lines)
+    )
+
+
+def synthetic_section(params: dict[str, Any], users: int, items: int) -> tuple[str, Any]:
+    data, _ = generate_marketplace(SyntheticConfig(users=users, items=items, days=30, seed=1))
+    split = split_global(data, quantile=0.8)
+    cut = split.test.events.get_column("ts").min()
+    new_items = data.items.filter(pl.col("created_at") >= cut).select("item_id")
+    columns = [
+        ("all", "NDCG@10"),
+        ("warm users", "Recall@100"),
+        ("cold users", "NDCG@10"),
+        ("cold items", "Recall@100"),
+    ]
+    runs = run_models(split, BASELINES, tune_protocol="global")
+    model, seconds = fit_timed("two-tower", split, params)
+    tower = evaluate_model(model, split).slices
+    targets = build_targets(split.train, split.test).join(new_items, on="item_id", how="semi")
+    catalogue = data.items.height
+
+    def listed_after(m: Any) -> float:
+        users_ = targets.get_column("user_id").unique().sort()
+        recs = m.recommend(users_, 100)
+        return compute_metrics(recs, targets, (100,), catalogue)["Recall@100"]
+
+    lines = [
+        header(columns, tower)
+        .replace(
+            " | train s |",
+            f" | Recall@100 items listed after the split ({targets.height:,} targets) | train s |",
+        )
+        .replace("---|\n", "---|---|\n", 1)
+    ]
+    for r in runs:
+        base = create(r.name, r.params, fallback=r.fallback).fit(split.train)
+        lines.append(
+            row(f"{r.name} (tuned)", r.report.slices, columns, r.fit_seconds).replace(
+                f" | {r.fit_seconds:.0f} |", f" | {listed_after(base):.4f} | {r.fit_seconds:.0f} |"
+            )
+        )
+    lines.append(
+        row("**two-tower**", tower, columns, seconds).replace(
+            f" | {seconds:.0f} |", f" | {listed_after(model):.4f} | {seconds:.0f} |"
+        )
+    )
+    text = (
+        f"### Synthetic marketplace P1g ({users:,} users, {items:,} items, 30 days; "
+        f"{data.events.height:,} events; {split.description})\n\n" + "\n".join(lines)
+    )
+    return text, model
+
+
+def ann_section(model: Any) -> str:
+    from marketrec.retrieval.index import ExactIndex, FaissConfig, FaissIndex
+
+    vectors = model.scorer.item_vectors().astype(np.float32)
+    ids = [f"i{j}" for j in range(len(vectors))]
+    rng = np.random.default_rng(0)
+    n_users = len(model._users)
+    rows = rng.choice(n_users, min(2000, n_users), replace=False)
+    queries = model.scorer.user_vectors(rows, np.full(len(rows), len(model._regions)))
+    exact = ExactIndex(vectors.shape[1])
+    exact.add(ids, vectors)
+    truth, _ = exact.search(queries, 100)
+    lines = ["| nlist | nprobe | recall@100 vs exact | recall@10 vs exact |", "|---|---|---|---|"]
+    for nprobe in (4, 8, 16, 32):
+        index = FaissIndex(vectors.shape[1], FaissConfig(nprobe=nprobe))
+        index.add(ids, vectors)
+        found, _ = index.search(queries, 100)
+        r100 = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(found, truth, strict=True)])
+        r10 = np.mean(
+            [len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(found, truth, strict=True)]
+        )
+        lines.append(f"| {index.nlist} | {nprobe} | {r100:.4f} | {r10:.4f} |")
+    return (
+        f"### ANN on trained two-tower vectors ({len(vectors):,} items, "
+        f"{len(queries):,} user vectors as queries)\n\n" + "\n".join(lines)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", nargs="+", default=["ml100k", "toys", "synthetic", "ann"])
+    parser.add_argument("--synthetic-users", type=int, default=100_000)
+    parser.add_argument("--synthetic-items", type=int, default=5_000)
+    parser.add_argument("--text-encoder", default="auto")
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    params = {"text_encoder": args.text_encoder}
+    started = time.perf_counter()
+    parts: list[str] = []
+    synthetic_model = None
+    if "ml100k" in args.sections:
+        parts.append(ml100k_section(params))
+    if "toys" in args.sections:
+        parts.append(toys_section(params))
+    if "synthetic" in args.sections or "ann" in args.sections:
+        text, synthetic_model = synthetic_section(
+            params, args.synthetic_users, args.synthetic_items
+        )
+        parts.append(text)
+    if "ann" in args.sections and synthetic_model is not None:
+        parts.append(ann_section(synthetic_model))
+    body = (
+        f"## Retrieval stage: two-tower vs tuned baselines\n\nCommand: `.venv/bin/python "
+        f"benchmarks/retrieval.py --sections {' '.join(args.sections)} --text-encoder "
+        f"{args.text_encoder} --write docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "
+        f"{time.perf_counter() - started:.0f} s in all; one torch thread; train s = fit "
+        "time on this machine, tuning excluded).\n\n" + "\n\n".join(parts)
+    )
+    print(body)
+    if args.write:
+        write_section(args.write, "retrieval", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
