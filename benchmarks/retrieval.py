@@ -181,12 +181,13 @@ def synthetic_section(params: dict[str, Any], users: int, items: int) -> tuple[s
 def ann_section(model: Any) -> str:
     from marketrec.retrieval.index import ExactIndex, FaissConfig, FaissIndex
 
-    vectors = model.scorer.item_vectors().astype(np.float32)
+    vectors = model.scorer.index_vectors().astype(np.float32)
     ids = [f"i{j}" for j in range(len(vectors))]
     rng = np.random.default_rng(0)
     n_users = len(model._users)
     rows = rng.choice(n_users, min(2000, n_users), replace=False)
-    queries = model.scorer.user_vectors(rows, np.full(len(rows), len(model._regions)))
+    users = model.scorer.user_vectors(rows, np.full(len(rows), len(model._regions)))
+    queries = np.hstack([users, np.ones((len(users), 1))]).astype(np.float32)
     exact = ExactIndex(vectors.shape[1])
     exact.add(ids, vectors)
     truth, _ = exact.search(queries, 100)
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if "ml100k" in args.sections:
         parts.append(ml100k_section(params))
     if "toys" in args.sections:
-        parts.append(toys_section(params))
+        # the S3-Rec items have no text (anonymised attribute ids only): hashed is enough
+        parts.append(toys_section({**params, "text_encoder": "hashed"}))
     if "synthetic" in args.sections or "ann" in args.sections:
         text, synthetic_model = synthetic_section(
             params, args.synthetic_users, args.synthetic_items

@@ -97,11 +97,19 @@ class TwoTowerScorer:
     def score(
         self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
     ) -> np.ndarray:
+        users = self.user_vectors(user_rows, region_idx)
+        items = self._item_vectors
+        return users @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
+
+    def user_vectors(self, user_rows: np.ndarray, region_idx: np.ndarray) -> np.ndarray:
+        """(len(user_rows), dim) user vectors from the stored state (-1 rows: unknown users);
+        `region_idx` indexes the model's regions (len(regions) = unknown). Append a column of
+        ones to query `index_vectors`."""
         from marketrec.retrieval.training import user_vectors
 
         n_regions = len(self._meta["regions"])
         region_code = np.where(region_idx < n_regions, region_idx + 1, 0).astype(np.int64)
-        users = user_vectors(
+        return user_vectors(
             self._model,
             self._data,
             np.asarray(user_rows, dtype=np.int64),
@@ -109,11 +117,12 @@ class TwoTowerScorer:
             self._meta["reference_ts"],
             self._config(),
         )
-        return users @ self._item_vectors.T
 
-    def item_vectors(self) -> np.ndarray:
-        """(n_items, dim) catalogue vectors in the model's item order (for an ANN index)."""
-        return self._item_vectors
+    def index_vectors(self) -> np.ndarray:
+        """(n_items, dim + 1) catalogue vectors for an inner-product ANN index, in the model's
+        item order: [v / temperature, bias], to be queried with [u, 1]."""
+        items = self._item_vectors
+        return np.hstack([items[:, :-1] / self.params.temperature, items[:, -1:]])
 
     # ----------------------------------------------------------------- persistence
     def arrays(self) -> dict[str, np.ndarray]:

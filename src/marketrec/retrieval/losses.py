@@ -26,12 +26,16 @@ def sampled_softmax_loss(
 ) -> Tensor:
     """Weighted mean cross-entropy of each row's positive against all candidates.
 
-    users: (B, D); candidates: (C, D) with the first B being the rows' positives in order;
+    users: (B, D); candidates: (C, D), or (C, D + 1) with each item's bias last (added to
+    the logit after the temperature), the first B being the rows' positives in order;
     positive_items: (B,) item index per row; candidate_items: (C,) item index per column;
     log_q: (C,) log expected count of each candidate in the sample, or None; weights: (B,).
     """
     batch = users.shape[0]
-    logits = users @ candidates.T / temperature
+    if candidates.shape[1] == users.shape[1] + 1:
+        logits = users @ candidates[:, :-1].T / temperature + candidates[:, -1][None, :]
+    else:
+        logits = users @ candidates.T / temperature
     if log_q is not None:
         logits = logits - log_q[None, :]
     same_item = positive_items[:, None] == candidate_items[None, :]

@@ -71,9 +71,11 @@ class ItemTower(nn.Module):
         self.trend_day = nn.Embedding(TREND_BUCKETS, dim)
         self.trend_week = nn.Embedding(TREND_BUCKETS, dim)
         self.mlp = _mlp(10 * dim, 2 * dim, dim, dropout)
+        self.bias = nn.Linear(10 * dim, 1)
 
     def forward(self, f: dict[str, Tensor], id_mask: Tensor) -> Tensor:
-        """f: item feature tensors of shape (B,) or (B, tags)/(B, text_dim) → (B, D)."""
+        """f: item feature tensors of shape (B,) or (B, tags)/(B, text_dim) → (B, D + 1):
+        the normalised vector, then the item's bias (see `item_scores`)."""
         parts = [
             self.id(f["id_bucket"]) * id_mask[:, None],
             self.category(f["category"]),
@@ -87,7 +89,18 @@ class ItemTower(nn.Module):
             self.trend_day(f["trend_day"]) * id_mask[:, None],
             self.trend_week(f["trend_week"]) * id_mask[:, None],
         ]
-        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+        x = torch.cat(parts, dim=-1)
+        return torch.cat([F.normalize(self.mlp(x), dim=-1), self.bias(x)], dim=-1)
+
+
+def item_scores(users: Tensor, items: Tensor, temperature: float) -> Tensor:
+    """(B, C) scores: cosine / temperature plus the item's bias.
+
+    The bias carries what does not depend on the user (how much an item is trending), which a
+    cosine alone cannot express strongly for users the towers know little about. It stays
+    ANN-friendly: [u, 1] · [v / temperature, bias] is the same score.
+    """
+    return users @ items[:, :-1].T / temperature + items[:, -1][None, :]
 
 
 class UserTower(nn.Module):

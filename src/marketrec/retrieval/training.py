@@ -28,7 +28,7 @@ from marketrec.retrieval.examples import (
 )
 from marketrec.retrieval.inputs import ItemInputs, UserInputs, age_bucket, trend_bucket
 from marketrec.retrieval.losses import mixed_log_q, sampled_softmax_loss
-from marketrec.retrieval.towers import TowerSizes, TwoTower
+from marketrec.retrieval.towers import TowerSizes, TwoTower, item_scores
 
 log = logging.getLogger(__name__)
 
@@ -209,13 +209,13 @@ def encode_users(
         item_features(data, unique, at),
         torch.from_numpy(data.item_trained[unique].astype(np.float32)),
     )
-    history = vectors[torch.from_numpy(inverse.reshape(hist.shape))]
+    history = vectors[:, :-1][torch.from_numpy(inverse.reshape(hist.shape))]
     return model.users(f, history, f["queries"])
 
 
 def item_vectors(model: TwoTower, data: TwoTowerData, at: float, batch: int = 8192) -> np.ndarray:
-    """(n_items, D) vectors of the whole catalogue as of time `at`; items never trained on
-    are placed by content alone."""
+    """(n_items, D + 1) vectors and biases of the whole catalogue as of time `at`; items never
+    trained on are placed by content alone."""
     model.eval()
     n = len(data.items.id_bucket)
     out = []
@@ -464,7 +464,9 @@ def _validation_recall(
             f, hist = user_features(
                 data, seq.user[pos], now, seq.run_start[pos], seq.device[pos], config
             )
-            scores = encode_users(model, data, f, hist, now) @ vectors.T
+            scores = item_scores(
+                encode_users(model, data, f, hist, now), vectors, config.temperature
+            )
             rows = np.repeat(np.arange(len(pos)), hist.shape[1])
             seen = hist.ravel()
             keep = seen >= 0
