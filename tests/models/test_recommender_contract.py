@@ -24,7 +24,7 @@ TUNED_FOR_TINY = {
     "two-tower": {
         "text_encoder": "hashed",
         "epochs": 40,
-        "learning_rate": 0.01,
+        "learning_rate": 0.03,
         "batch_size": 64,
         "validation_fraction": 0.0,
         "random_negatives": 8,

@@ -7,6 +7,7 @@ measurable: they exist in train without any train event).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,12 +23,16 @@ class Split:
     train: Dataset
     test: Dataset
     description: str
+    ranking_moment: str = "global"
+    """When each user is ranked: "global" (everyone at the cut, P1g) or "per-user" (just
+    after the user's own last train event, P1u and P3). Models that read time use it."""
 
     def save(self, folder: str | Path) -> Path:
         out = Path(folder)
         self.train.save(out / "train")
         self.test.save(out / "test")
         (out / "SPLIT.txt").write_text(self.description + "\n")
+        (out / "split.json").write_text(json.dumps({"ranking_moment": self.ranking_moment}))
         return out
 
 
@@ -45,7 +50,14 @@ def load_split(folder: str | Path) -> Split:
             )
     info = path / "SPLIT.txt"
     description = info.read_text().strip() if info.exists() else str(path)
-    return Split(load_dataset(path / "train"), load_dataset(path / "test"), description)
+    meta_file = path / "split.json"
+    moment = "global"
+    if meta_file.exists():
+        try:
+            moment = json.loads(meta_file.read_text()).get("ranking_moment", "global")
+        except (json.JSONDecodeError, AttributeError):
+            raise DataError(str(meta_file), "unreadable split description") from None
+    return Split(load_dataset(path / "train"), load_dataset(path / "test"), description, moment)
 
 
 def split_global(
@@ -105,7 +117,10 @@ def split_per_user(data: Dataset, *, test_fraction: float = 0.2, min_events: int
         f"(users with ≥ {min_events} events) ({_counts(train, test)})"
     )
     return Split(
-        replace(data, events=train, notes=()), replace(data, events=test, notes=()), description
+        replace(data, events=train, notes=()),
+        replace(data, events=test, notes=()),
+        description,
+        ranking_moment="per-user",
     )
 
 
@@ -135,7 +150,10 @@ def split_leave_one_out(data: Dataset, *, min_events: int = 3) -> Split:
         f"({_counts(train, test)})"
     )
     return Split(
-        replace(data, events=train, notes=()), replace(data, events=test, notes=()), description
+        replace(data, events=train, notes=()),
+        replace(data, events=test, notes=()),
+        description,
+        ranking_moment="per-user",
     )
 
 

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +164,23 @@ def evaluate_model(
     started = time.perf_counter()
     ks = check_ks(list(ks))
     users = build_targets(split.train, split.test, targets).get_column("user_id").unique().sort()
-    recs = model.recommend(users, max(ks))
+    recs = model.recommend(users, max(ks), at=ranking_moments(split, users))
     report = evaluate_recommendations(recs, split, ks=ks, targets=targets, model=model.name)
     return EvaluationReport(
         report.model, report.split, report.ks, report.slices, time.perf_counter() - started
     )
+
+
+def ranking_moments(split: Split, users: pl.Series) -> list[datetime | None] | None:
+    """Per-user protocols rank each user just after their own last train event (1 s later);
+    None (everyone at the model's "now") for a global cut."""
+    if split.ranking_moment != "per-user":
+        return None
+    last = split.train.events.group_by("user_id").agg(pl.col("ts").max())
+    moments = pl.DataFrame({"user_id": users}).join(
+        last, on="user_id", how="left", maintain_order="left"
+    ).get_column("ts") + timedelta(seconds=1)
+    return moments.to_list()
 
 
 def _merged_for_regions(split: Split) -> Dataset:

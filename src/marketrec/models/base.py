@@ -50,6 +50,7 @@ class Recommender(Protocol):
         *,
         include_seen: bool = False,
         regions: Sequence[str | None] | None = None,
+        at: Sequence[datetime | None] | None = None,
     ) -> pl.DataFrame: ...
 
     def save(self, folder: str | Path) -> Path: ...
@@ -112,11 +113,14 @@ class CollaborativeRecommender:
         *,
         include_seen: bool = False,
         regions: Sequence[str | None] | None = None,
+        at: Sequence[datetime | None] | None = None,
     ) -> pl.DataFrame:
         """Top-k items per user: columns user_id, item_id, rank (1 = best), score.
 
         Fewer than k rows only when fewer than k items are sellable to that user.
-        `regions` overrides each user's home region (request context).
+        `regions` overrides each user's home region (request context); `at` gives each
+        user's ranking moment (offline replay of a per-user protocol) to models that read
+        time, None meaning "now" (just after the training data).
         """
         if self._users is None or self._items is None or self._history is None:
             raise ModelError(f"model '{self.name}' is not fitted")
@@ -129,13 +133,19 @@ class CollaborativeRecommender:
         )
         rows = self._users.lookup(ids)
         region_idx = self._region_rows(rows, regions, len(ids))
+        moments = _epoch_seconds(at, len(ids))
         k = min(int(k), len(self._items))
         frames = []
         for start in range(0, len(ids), _BATCH):
             stop = min(start + _BATCH, len(ids))
             frames.append(
                 self._recommend_batch(
-                    ids[start:stop], rows[start:stop], region_idx[start:stop], k, include_seen
+                    ids[start:stop],
+                    rows[start:stop],
+                    region_idx[start:stop],
+                    k,
+                    include_seen,
+                    None if moments is None else moments[start:stop],
                 )
             )
         if not frames:
@@ -157,7 +167,13 @@ class CollaborativeRecommender:
         return np.where(home >= 0, home, no_region)
 
     def _recommend_batch(
-        self, ids: pl.Series, rows: np.ndarray, region_idx: np.ndarray, k: int, include_seen: bool
+        self,
+        ids: pl.Series,
+        rows: np.ndarray,
+        region_idx: np.ndarray,
+        k: int,
+        include_seen: bool,
+        moments: np.ndarray | None,
     ) -> pl.DataFrame:
         assert self._history is not None and self._sellable is not None
         known = rows >= 0
@@ -169,8 +185,11 @@ class CollaborativeRecommender:
         scores = np.empty((len(rows), self._history.shape[1]), dtype=np.float32)
         if warm.any():
             warm_rows = np.flatnonzero(warm)
+            extra = {}
+            if moments is not None and getattr(self.scorer, "uses_ranking_moment", False):
+                extra["at"] = moments[warm_rows]
             scores[warm_rows] = self.scorer.score(
-                rows[warm_rows], history[warm_rows], region_idx[warm_rows]
+                rows[warm_rows], history[warm_rows], region_idx[warm_rows], **extra
             )
         if (~warm).any():
             cold_rows = np.flatnonzero(~warm)
@@ -268,6 +287,15 @@ def read_manifest(folder: str | Path) -> tuple[Path, dict[str, Any]]:
             f"{manifest_path}: written by a newer marketrec (format {manifest['format_version']})"
         )
     return path, manifest
+
+
+def _epoch_seconds(at: Sequence[datetime | None] | None, n: int) -> np.ndarray | None:
+    """Ranking moments as epoch seconds (NaN where None)."""
+    if at is None:
+        return None
+    if len(at) != n:
+        raise ConfigError(f"got {len(at)} ranking moments for {n} users")
+    return np.array([np.nan if t is None else t.timestamp() for t in at], dtype=np.float64)
 
 
 def _empty_recs() -> pl.DataFrame:

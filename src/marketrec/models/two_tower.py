@@ -25,7 +25,7 @@ class TwoTowerParams(Params):
     dim: int = Field(default=64, gt=0)
     history: int = Field(default=20, ge=1)
     long_history: int = Field(default=200, ge=0)
-    target_horizon: int = Field(default=0, ge=0)
+    target_horizon: int = Field(default=10, ge=0)
     queries: int = Field(default=5, ge=0)
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=1024, ge=2)
@@ -53,6 +53,7 @@ class TwoTowerParams(Params):
 
 class TwoTowerScorer:
     handles_cold_users = True
+    uses_ranking_moment = True
 
     def __init__(self, params: TwoTowerParams | None = None) -> None:
         self.params = params or TwoTowerParams()
@@ -95,13 +96,21 @@ class TwoTowerScorer:
 
     # ----------------------------------------------------------------- serving
     def score(
-        self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
+        self,
+        user_rows: np.ndarray,
+        history: sp.csr_matrix,
+        region_idx: np.ndarray,
+        at: np.ndarray | None = None,
     ) -> np.ndarray:
-        users = self.user_vectors(user_rows, region_idx)
+        """`at`: each user's ranking moment (epoch seconds, NaN = the model's "now", one
+        second past its last training event)."""
+        users = self.user_vectors(user_rows, region_idx, at)
         items = self._item_vectors
         return users @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
 
-    def user_vectors(self, user_rows: np.ndarray, region_idx: np.ndarray) -> np.ndarray:
+    def user_vectors(
+        self, user_rows: np.ndarray, region_idx: np.ndarray, at: np.ndarray | None = None
+    ) -> np.ndarray:
         """(len(user_rows), dim) user vectors from the stored state (-1 rows: unknown users);
         `region_idx` indexes the model's regions (len(regions) = unknown). Append a column of
         ones to query `index_vectors`."""
@@ -109,12 +118,14 @@ class TwoTowerScorer:
 
         n_regions = len(self._meta["regions"])
         region_code = np.where(region_idx < n_regions, region_idx + 1, 0).astype(np.int64)
+        now = float(self._meta["reference_ts"])
+        moments = now if at is None else np.where(np.isnan(at), now, at)
         return user_vectors(
             self._model,
             self._data,
             np.asarray(user_rows, dtype=np.int64),
             region_code,
-            self._meta["reference_ts"],
+            moments,
             self._config(),
         )
 

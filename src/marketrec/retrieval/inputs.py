@@ -7,6 +7,7 @@ are plain NumPy arrays saved with the model; the same code builds them offline a
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ import polars as pl
 
 from marketrec.data.schema import Dataset
 
+log = logging.getLogger(__name__)
+
 MAX_TAGS = 8
 PRICE_BUCKETS = 16
 AGE_BUCKETS = 16  # log2 of days, see `age_bucket`
@@ -22,6 +25,9 @@ TREND_BUCKETS = 20  # log2 of recent event counts, see `trend_bucket`
 #: Event types that get their own history embedding; anything else shares code 0.
 EVENT_CODES = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4, "rating": 5, "search": 6}
 DEVICE_CODES_MAX = 16
+#: A categorical user column with more distinct values than both of these is an identifier.
+MAX_ATTRIBUTE_VALUES = 100
+MAX_ATTRIBUTE_SHARE = 0.1
 
 
 def stable_bucket(ids: pl.Series, buckets: int, salt: str) -> np.ndarray:
@@ -229,6 +235,12 @@ def fit_user_vocabs(data: Dataset, regions: tuple[str, ...], id_buckets: int) ->
             continue
         column = users.get_column(name)
         if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+            distinct = column.n_unique()
+            if distinct > max(MAX_ATTRIBUTE_VALUES, MAX_ATTRIBUTE_SHARE * users.height):
+                # nearly one value per user (a zip code, an email): an identifier, not an
+                # attribute; its codes would be untrained noise for every new user
+                log.info("user attribute %r skipped: %d distinct values", name, distinct)
+                continue
             attributes[name] = Vocab.fit(column)
         elif dtype.is_numeric():
             values = column.cast(pl.Float64).drop_nulls()

@@ -162,3 +162,8 @@ class TwoTower(nn.Module):
         self.sizes = sizes
         self.items = ItemTower(sizes, dim, dropout)
         self.users = UserTower(sizes, dim, dropout)
+        for module in self.modules():
+            # small initial embeddings: a code no training example touched (a new user's
+            # attribute value) then stays close to "nothing known" instead of random noise
+            if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+                nn.init.normal_(module.weight, std=0.02)

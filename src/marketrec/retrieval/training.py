@@ -38,7 +38,7 @@ class TrainingConfig:
     dim: int = 64
     history: int = 20
     long_history: int = 200
-    target_horizon: int = 0
+    target_horizon: int = 10
     queries: int = 5
     epochs: int = 20
     batch_size: int = 1024
@@ -236,12 +236,13 @@ def user_vectors(
     data: TwoTowerData,
     rows: np.ndarray,
     region: np.ndarray,
-    at: float,
+    at: float | np.ndarray,
     config: TrainingConfig,
     batch: int = 2048,
 ) -> np.ndarray:
     """(len(rows), D) vectors of users (-1 = unknown) from their whole stored history, as of
-    time `at`; `region` = region code per user (0 = unknown)."""
+    time `at` (one time, or one per user: the ranking moment); `region` = region code per
+    user (0 = unknown)."""
     model.eval()
     seq = data.seq
     out = []
@@ -256,7 +257,9 @@ def user_vectors(
                 seq.device[np.minimum(last, max(len(seq.device) - 1, 0))] if len(seq.device) else 0,
                 0,
             )
-            now = np.full(len(r), at)
+            now = np.broadcast_to(np.asarray(at, dtype=np.float64), rows.shape)[
+                start : start + batch
+            ].copy()
             f, hist = user_features(
                 data, r, now, ends, device, config, region=region[start : start + batch]
             )
