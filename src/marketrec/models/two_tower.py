@@ -32,7 +32,7 @@ class TwoTowerParams(Params):
     learning_rate: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-5, ge=0)
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    temperature: float = Field(default=0.05, gt=0)
+    temperature: float = Field(default=0.1, gt=0)
     random_negatives: int = Field(default=256, ge=0)
     hard_negatives: int = Field(default=0, ge=0)
     logq: bool = True

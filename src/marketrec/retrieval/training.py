@@ -45,7 +45,7 @@ class TrainingConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-5
     dropout: float = 0.1
-    temperature: float = 0.05
+    temperature: float = 0.1
     random_negatives: int = 256
     hard_negatives: int = 0
     logq: bool = True
