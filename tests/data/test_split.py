@@ -124,3 +124,11 @@ def test_cli_split_leave_one_out(tmp_path: Path) -> None:
     assert load_split(tmp_path / "s2").test.events.height == 4
     with pytest.raises(SystemExit):
         main([*argv, "--per-user", "0.2"])  # mutually exclusive
+
+
+def test_ranking_moment_travels_with_the_split(tmp_path: Path) -> None:
+    assert split_global(dataset()).ranking_moment == "global"
+    per_user = split_per_user(dataset())
+    assert per_user.ranking_moment == "per-user"
+    per_user.save(tmp_path / "p")
+    assert load_split(tmp_path / "p").ranking_moment == "per-user"

@@ -88,3 +88,39 @@ def test_recommendation_lists_are_checked() -> None:
         check_recommendations(zero)
     with pytest.raises(DataError, match="'rank' is missing"):
         check_recommendations(pl.DataFrame({"user_id": ["u"], "item_id": ["a"]}))
+
+
+def test_per_user_protocols_rank_each_user_at_their_own_moment() -> None:
+    from datetime import timedelta
+    from typing import ClassVar
+
+    from conftest import T0, events_frame
+    from marketrec.data.schema import make_dataset
+    from marketrec.data.split import split_global, split_per_user
+    from marketrec.evaluation.offline import TargetConfig, evaluate_model
+
+    rows = [
+        (u, f"i{h}", base + h, "click")
+        for u, base in (("early", 0), ("late", 500))
+        for h in range(10)
+    ]
+    data = make_dataset(events_frame(rows))
+
+    class Recorder:
+        name = "recorder"
+        seen: ClassVar[dict[str, object]] = {}
+
+        def recommend(self, user_ids, k, *, include_seen=False, regions=None, at=None):
+            Recorder.seen = dict(zip(list(user_ids), at or [None] * len(user_ids), strict=True))
+            return pl.DataFrame(
+                schema={"user_id": pl.String, "item_id": pl.String, "rank": pl.Int32}
+            )
+
+    evaluate_model(Recorder(), split_per_user(data), ks=(5,), targets=TargetConfig())
+    # each user's last train event is their 8th (2 of 10 held out), plus one second
+    assert Recorder.seen == {
+        "early": T0 + timedelta(hours=7, seconds=1),
+        "late": T0 + timedelta(hours=507, seconds=1),
+    }
+    evaluate_model(Recorder(), split_global(data, quantile=0.5), ks=(5,))
+    assert set(Recorder.seen.values()) == {None}

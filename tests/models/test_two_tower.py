@@ -1,0 +1,108 @@
+"""What only the two-tower model promises: content places new items, profiles place new
+users, the ranking moment is honoured, and a model folder serves the same answers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+pytest.importorskip("torch", reason="torch is needed for the two-tower model")
+
+from conftest import T0, events_frame
+from marketrec.data.schema import make_dataset
+from marketrec.models.registry import create, load_model
+
+FAST = {
+    "text_encoder": "hashed",
+    "epochs": 30,
+    "id_dropout": 0.6,  # few examples: drop ids often so content and profile carry weight
+    "batch_size": 128,
+    "learning_rate": 0.01,
+    "validation_fraction": 0.0,
+    "random_negatives": 16,
+    "dim": 16,
+    "target_horizon": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def content_world():
+    """Two tastes (garden, kitchen); every item's text names its kind. Users g* buy garden
+    items, k* kitchen items; the profile attribute `hobby` says which. Two items are listed
+    but never bought: a new garden item and a new kitchen item."""
+    rows = []
+    for group, prefix in (("g", "garden"), ("k", "kitchen")):
+        for u in range(40):
+            for j in range(4):
+                rows.append((f"{group}{u:02d}", f"{prefix}{(u + j) % 8}", u * 10 + j, "purchase"))
+    names = [f"garden{i}" for i in range(8)] + [f"kitchen{i}" for i in range(8)]
+    items = pl.DataFrame(
+        {
+            "item_id": [*names, "garden-new", "kitchen-new"],
+            "title": [f"{n.rstrip('0123456789-new')} tool {n}" for n in names]
+            + ["garden tool shovel rake", "kitchen tool pan knife"],
+            "category": ["Garden"] * 8 + ["Kitchen"] * 8 + ["Garden", "Kitchen"],
+        }
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": [f"g{u:02d}" for u in range(40)]
+            + [f"k{u:02d}" for u in range(40)]
+            + ["new-gardener", "new-cook"],
+            "hobby": ["gardening"] * 40 + ["cooking"] * 40 + ["gardening", "cooking"],
+        }
+    )
+    return make_dataset(events_frame(rows), items, users)
+
+
+@pytest.fixture(scope="module")
+def fitted(content_world):
+    return create("two-tower", FAST).fit(content_world)
+
+
+def rank_of(recs: pl.DataFrame, user: str, item: str) -> int:
+    row = recs.filter(user_id=user, item_id=item)
+    return int(row.get_column("rank")[0]) if row.height else 10**6
+
+
+def test_new_items_placed_by_content(fitted) -> None:
+    recs = fitted.recommend([f"g{u:02d}" for u in range(10)] + [f"k{u:02d}" for u in range(10)], 12)
+    for u in range(10):
+        g, k = f"g{u:02d}", f"k{u:02d}"
+        assert rank_of(recs, g, "garden-new") < rank_of(recs, g, "kitchen-new"), g
+        assert rank_of(recs, k, "kitchen-new") < rank_of(recs, k, "garden-new"), k
+
+
+def test_new_users_placed_by_profile(fitted) -> None:
+    recs = fitted.recommend(["new-gardener", "new-cook"], 8)
+    gardener = recs.filter(user_id="new-gardener").get_column("item_id").to_list()
+    cook = recs.filter(user_id="new-cook").get_column("item_id").to_list()
+    assert sum(i.startswith("garden") for i in gardener) >= 6, gardener
+    assert sum(i.startswith("kitchen") for i in cook) >= 6, cook
+
+
+def test_ranking_moment_changes_the_user_vector(fitted) -> None:
+    user = fitted.scorer
+    rows = np.array([0, 0])
+    late = T0.timestamp() + 400 * 86_400
+    vectors = user.user_vectors(rows, np.array([0, 0]), np.array([np.nan, late]))
+    assert not np.allclose(vectors[0], vectors[1])
+    same = fitted.recommend(["g00"], 5, at=[None])
+    assert same.equals(fitted.recommend(["g00"], 5))
+    moved = fitted.recommend(["g00"], 5, at=[T0 + timedelta(days=400)])
+    assert moved.height == 5
+
+
+def test_save_load_serves_the_same(fitted, tmp_path: Path) -> None:
+    users = ["g00", "k05", "new-cook", "stranger"]
+    before = fitted.recommend(users, 6)
+    fitted.save(tmp_path / "tower")
+    after = load_model(tmp_path / "tower").recommend(users, 6)
+    assert before.select("user_id", "item_id", "rank").equals(
+        after.select("user_id", "item_id", "rank")
+    )
+    np.testing.assert_allclose(before.get_column("score"), after.get_column("score"), rtol=1e-5)
