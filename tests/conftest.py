@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import polars as pl
 import pytest
 
 from marketrec.data.schema import Dataset, make_dataset
+
+# tests never keep text vectors between runs (nor write into the home folder)
+os.environ.setdefault("MARKETREC_CACHE", "off")
 
 #: ../shared/data beside the checkout; real-data tests skip when it is absent.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -189,7 +191,12 @@ class TwoTowerScorer:
 
 def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[str, Any]]:
     """Tower inputs from the training context: vocabularies, content vectors, sequences."""
-    from marketrec.features.text import default_text_encoder, encoder_spec, item_text
+    from marketrec.features.text import (
+        default_text_encoder,
+        encode_cached,
+        encoder_spec,
+        item_text,
+    )
     from marketrec.retrieval.examples import build_sequences
     from marketrec.retrieval.inputs import (
         encode_items,
@@ -210,7 +217,7 @@ def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[st
     if hasattr(encoder, "fit"):
         encoder.fit(texts)
     log.info("two-tower: encoding %s item texts with %s", f"{len(texts):,}", encoder.name)
-    text = encoder.encode(texts)
+    text = encode_cached(encoder, texts, _text_cache_dir())
     item_vocabs = fit_item_vocabs(
         data.items, max(64, int(len(item_ids) * params.id_buckets_per_id))
     )
@@ -260,6 +267,16 @@ def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[st
         "queries": len(queries),
     }
     return tower_data, meta
+
+
+def _text_cache_dir() -> Path | None:
+    """Where item text vectors are kept between trainings (MiniLM on a CPU encodes only tens
+    of long texts a second): $MARKETREC_CACHE/text, else ~/.cache/marketrec/text;
+    MARKETREC_CACHE=off disables it."""
+    root = os.environ.get("MARKETREC_CACHE")
+    if root == "off":
+        return None
+    return (Path(root) if root else Path.home() / ".cache" / "marketrec") / "text"
 
 
 def _searches(data: Any, inter: Any) -> tuple[pl.DataFrame, list[str]]:
