@@ -287,6 +287,7 @@ def train_two_tower(
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
     stale = 0
     for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
         loss = _epoch(model, optimizer, data, fit_pos, config, rng)
         recall = _validation_recall(model, data, val_pos, config) if n_val else math.nan
         row = {"epoch": float(epoch), "loss": loss, "val_recall@100": recall}
@@ -302,7 +303,9 @@ def train_two_tower(
             stale += 1
             if stale >= config.patience:
                 break
-        if deadline is not None and time.perf_counter() > deadline:
+        now = time.perf_counter()
+        if deadline is not None and now + (now - epoch_started) > deadline:
+            # another epoch of the same length would overrun the budget
             log.info("two-tower: time budget reached after epoch %d", epoch)
             break
     if config.refit and n_val:
