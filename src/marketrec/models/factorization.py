@@ -103,6 +103,7 @@ class BPRScorer(_FactorScorer):
                 regularization=p.regularization,
                 iterations=p.iterations,
                 random_state=p.seed,
+                num_threads=p.threads,
             )
             model.fit(binary, show_progress=False)
         self._keep(model)
