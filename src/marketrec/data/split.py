@@ -95,32 +95,16 @@ def split_per_user(data: Dataset, *, test_fraction: float = 0.2, min_events: int
         raise ConfigError(f"test fraction must be strictly between 0 and 1, got {test_fraction}")
     if min_events < 2:
         raise ConfigError(f"min_events must be at least 2, got {min_events}")
-    ranked = (
-        data.events.with_row_index("_row")
-        .sort(["user_id", "ts", "_row"])
-        .with_columns(
-            _pos=pl.int_range(pl.len()).over("user_id"),
-            _n=pl.len().over("user_id"),
-        )
-        .with_columns(
-            _n_test=pl.when(pl.col("_n") >= min_events)
-            .then(pl.max_horizontal((pl.col("_n") * test_fraction).floor().cast(pl.Int64), 1))
-            .otherwise(0)
-        )
+    n_test = (
+        pl.when(pl.col("_n") >= min_events)
+        .then(pl.max_horizontal((pl.col("_n") * test_fraction).floor().cast(pl.Int64), 1))
+        .otherwise(0)
     )
-    is_test = pl.col("_pos") >= pl.col("_n") - pl.col("_n_test")
-    helper = ["_row", "_pos", "_n", "_n_test"]
-    train = ranked.filter(~is_test).sort("_row").drop(helper)
-    test = ranked.filter(is_test).sort("_row").drop(helper)
-    description = (
+    return _hold_out_last(
+        data,
+        n_test,
         f"per-user temporal holdout: last {test_fraction:.0%} of each user's events "
-        f"(users with ≥ {min_events} events) ({_counts(train, test)})"
-    )
-    return Split(
-        replace(data, events=train, notes=()),
-        replace(data, events=test, notes=()),
-        description,
-        ranking_moment="per-user",
+        f"(users with ≥ {min_events} events)",
     )
 
 
@@ -133,26 +117,29 @@ def split_leave_one_out(data: Dataset, *, min_events: int = 3) -> Split:
     """
     if min_events < 2:
         raise ConfigError(f"min_events must be at least 2, got {min_events}")
+    n_test = pl.when(pl.col("_n") >= min_events).then(1).otherwise(0)
+    return _hold_out_last(
+        data, n_test, f"leave-one-out: each user's last event (users with ≥ {min_events} events)"
+    )
+
+
+def _hold_out_last(data: Dataset, n_test: pl.Expr, label: str) -> Split:
+    """Each user's last `n_test` events (an expression of `_n`, the user's event count) are
+    test. Ties in time keep the file order, so the split is deterministic."""
     ranked = (
         data.events.with_row_index("_row")
         .sort(["user_id", "ts", "_row"])
-        .with_columns(
-            _pos=pl.int_range(pl.len()).over("user_id"),
-            _n=pl.len().over("user_id"),
-        )
+        .with_columns(_pos=pl.int_range(pl.len()).over("user_id"), _n=pl.len().over("user_id"))
+        .with_columns(_n_test=n_test)
     )
-    is_test = (pl.col("_n") >= min_events) & (pl.col("_pos") == pl.col("_n") - 1)
-    helper = ["_row", "_pos", "_n"]
+    is_test = pl.col("_pos") >= pl.col("_n") - pl.col("_n_test")
+    helper = ["_row", "_pos", "_n", "_n_test"]
     train = ranked.filter(~is_test).sort("_row").drop(helper)
     test = ranked.filter(is_test).sort("_row").drop(helper)
-    description = (
-        f"leave-one-out: each user's last event (users with ≥ {min_events} events) "
-        f"({_counts(train, test)})"
-    )
     return Split(
         replace(data, events=train, notes=()),
         replace(data, events=test, notes=()),
-        description,
+        f"{label} ({_counts(train, test)})",
         ranking_moment="per-user",
     )
 
