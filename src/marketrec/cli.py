@@ -175,8 +175,25 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"{result.best_score:.4f} with {params}"
         )
     started = time.perf_counter()
-    with console.status(f"training {name}…"):
-        model = create(name, params, fallback=fallback, interactions=interactions).fit(data)
+    model = create(name, params, fallback=fallback, interactions=interactions)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        epochs = getattr(model.scorer.params, "epochs", None)
+        task = progress.add_task(f"training {name}", total=epochs)
+        if hasattr(model.scorer, "on_epoch"):
+            model.scorer.on_epoch = lambda row: progress.update(
+                task,
+                advance=1,
+                description=f"training {name}: epoch {int(row['epoch'])}, "
+                f"validation Recall@100 {row['val_recall@100']:.4f}",
+            )
+        model.fit(data)
         model.save(args.out)
     console.print(f"trained {name} in {time.perf_counter() - started:.1f}s → {args.out}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,9 @@ class TwoTowerScorer:
         self._data: Any = None
         self._item_vectors = np.zeros((0, 0), dtype=np.float32)
         self._meta: dict[str, Any] = {}
+        #: called after each training epoch with {"epoch", "loss", "val_recall@100"}
+        #: (the CLI draws its progress bar from it)
+        self.on_epoch: Callable[[dict[str, float]], None] | None = None
 
     # ----------------------------------------------------------------- training
     def fit(self, ctx: TrainContext) -> None:
@@ -70,7 +74,7 @@ class TwoTowerScorer:
 
         self._set_threads()
         data, meta = _build_data(ctx, self.params)
-        model, report = train_two_tower(data, self._config())
+        model, report = train_two_tower(data, self._config(), on_epoch=self.on_epoch)
         self._model, self._data = model, data
         self._meta = {
             **meta,
