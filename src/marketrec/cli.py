@@ -176,14 +176,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
     started = time.perf_counter()
     model = create(name, params, fallback=fallback, interactions=interactions)
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with _progress() as progress:
         epochs = getattr(model.scorer.params, "epochs", None)
         task = progress.add_task(f"training {name}", total=epochs)
         if hasattr(model.scorer, "on_epoch"):
@@ -303,15 +296,20 @@ def _error_line(text: str) -> None:
     sys.stderr.write(" ".join(text.split()) + "\n")
 
 
-def _with_trial_progress(label: str, run: Any, total: int) -> Any:
-    with Progress(
+def _progress() -> Progress:
+    """The one progress bar style of the CLI: spinner, label, bar, done/total; erased after."""
+    return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         console=console,
         transient=True,
-    ) as progress:
+    )
+
+
+def _with_trial_progress(label: str, run: Any, total: int) -> Any:
+    with _progress() as progress:
         task = progress.add_task(label, total=total)
         return run(lambda trial: progress.advance(task))
 

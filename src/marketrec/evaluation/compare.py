@@ -19,6 +19,7 @@ from marketrec.evaluation.offline import (
     evaluate_model,
 )
 from marketrec.evaluation.tuning import tune, tune_fallback
+from marketrec.models.base import CollaborativeRecommender
 from marketrec.models.registry import create
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class ModelRun:
     report: EvaluationReport
     fit_seconds: float
     tune_seconds: float
+    model: CollaborativeRecommender
+    """The fitted model, so callers can ask more of it without fitting it again."""
 
 
 def run_models(
@@ -90,7 +93,9 @@ def run_models(
         report = evaluate_model(model, split, ks=ks, targets=targets)
         if save_to is not None:
             model.save(save_to / name)
-        runs.append(ModelRun(name, params, fallback, report, fitted - tuned, tuned - started))
+        runs.append(
+            ModelRun(name, params, fallback, report, fitted - tuned, tuned - started, model)
+        )
     return runs
 
 

@@ -185,11 +185,11 @@ class CollaborativeRecommender:
         scores = np.empty((len(rows), self._history.shape[1]), dtype=np.float32)
         if warm.any():
             warm_rows = np.flatnonzero(warm)
-            extra = {}
-            if moments is not None and getattr(self.scorer, "uses_ranking_moment", False):
-                extra["at"] = moments[warm_rows]
             scores[warm_rows] = self.scorer.score(
-                rows[warm_rows], history[warm_rows], region_idx[warm_rows], **extra
+                rows[warm_rows],
+                history[warm_rows],
+                region_idx[warm_rows],
+                None if moments is None else moments[warm_rows],
             )
         if (~warm).any():
             cold_rows = np.flatnonzero(~warm)

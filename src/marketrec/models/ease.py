@@ -45,7 +45,11 @@ class EASEScorer:
         self._weights = b.astype(np.float32)
 
     def score(
-        self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
+        self,
+        user_rows: np.ndarray,
+        history: sp.csr_matrix,
+        region_idx: np.ndarray,
+        at: np.ndarray | None = None,
     ) -> np.ndarray:
         return np.asarray(weighted(history, self.params.binary) @ self._weights, dtype=np.float32)
 

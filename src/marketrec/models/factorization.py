@@ -48,7 +48,11 @@ class _FactorScorer:
         self._item_factors = np.zeros((0, 0), dtype=np.float32)
 
     def score(
-        self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
+        self,
+        user_rows: np.ndarray,
+        history: sp.csr_matrix,
+        region_idx: np.ndarray,
+        at: np.ndarray | None = None,
     ) -> np.ndarray:
         return self._user_factors[user_rows] @ self._item_factors.T
 

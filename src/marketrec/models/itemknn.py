@@ -63,7 +63,11 @@ class ItemKNNScorer:
         )
 
     def score(
-        self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
+        self,
+        user_rows: np.ndarray,
+        history: sp.csr_matrix,
+        region_idx: np.ndarray,
+        at: np.ndarray | None = None,
     ) -> np.ndarray:
         scores = weighted(history, self.params.binary) @ self._similarity
         return np.asarray(scores.toarray(), dtype=np.float32)

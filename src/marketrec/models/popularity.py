@@ -60,7 +60,11 @@ class PopularityScorer:
         self._table = table.astype(np.float32)
 
     def score(
-        self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
+        self,
+        user_rows: np.ndarray,
+        history: sp.csr_matrix,
+        region_idx: np.ndarray,
+        at: np.ndarray | None = None,
     ) -> np.ndarray:
         return self._table[region_idx]
 

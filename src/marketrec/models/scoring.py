@@ -41,12 +41,18 @@ class Scorer(Protocol):
     def fit(self, ctx: TrainContext) -> None: ...
 
     def score(
-        self, user_rows: np.ndarray, history: sp.csr_matrix, region_idx: np.ndarray
+        self,
+        user_rows: np.ndarray,
+        history: sp.csr_matrix,
+        region_idx: np.ndarray,
+        at: np.ndarray | None = None,
     ) -> np.ndarray:
         """(len(user_rows), n_items) float32 scores.
 
         `history` holds those users' interaction rows; `region_idx` their region (index into
-        `TrainContext.region_names`, or len(region_names) when unknown).
+        `TrainContext.region_names`, or len(region_names) when unknown); `at` each user's
+        ranking moment in epoch seconds (NaN or None: just after the training data), which
+        models without a notion of time ignore.
         """
         ...
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,7 +57,6 @@ class TwoTowerParams(Params):
 
 class TwoTowerScorer:
     handles_cold_users = True
-    uses_ranking_moment = True
 
     def __init__(self, params: TwoTowerParams | None = None) -> None:
         self.params = params or TwoTowerParams()
@@ -74,7 +74,7 @@ class TwoTowerScorer:
 
         self._set_threads()
         data, meta = _build_data(ctx, self.params)
-        model, report = train_two_tower(data, self._config(), on_epoch=self.on_epoch)
+        model, report = train_two_tower(data, self._config, on_epoch=self.on_epoch)
         self._model, self._data = model, data
         self._meta = {
             **meta,
@@ -88,7 +88,10 @@ class TwoTowerScorer:
         }
         self._item_vectors = item_vectors(model, data, at=meta["reference_ts"])
 
+    @cached_property
     def _config(self) -> Any:
+        """The retrieval layer's training config: built once (params are frozen), not on
+        every scoring call."""
         from marketrec.retrieval.training import TrainingConfig
 
         fields = TrainingConfig.__dataclass_fields__
@@ -132,7 +135,7 @@ class TwoTowerScorer:
             np.asarray(user_rows, dtype=np.int64),
             region_code,
             moments,
-            self._config(),
+            self._config,
         )
 
     def index_vectors(self) -> np.ndarray:

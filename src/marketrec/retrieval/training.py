@@ -192,7 +192,7 @@ def _bag(
     return torch.from_numpy(items.astype(np.int64)), torch.from_numpy(offsets)
 
 
-def encode_users(
+def embed_users(
     model: TwoTower,
     data: TwoTowerData,
     f: dict[str, torch.Tensor],
@@ -263,7 +263,7 @@ def user_vectors(
             f, hist = user_features(
                 data, r, now, ends, device, config, region=region[start : start + batch]
             )
-            out.append(encode_users(model, data, f, hist, now))
+            out.append(embed_users(model, data, f, hist, now))
     return torch.cat(out).numpy() if out else np.zeros((0, config.dim), dtype=np.float32)
 
 
@@ -387,7 +387,7 @@ def _epoch(
             continue
         users, items, now = seq.user[pos], seq.item[pos], seq.ts[pos]
         f, hist = user_features(data, users, now, seq.run_start[pos], seq.device[pos], config, rng)
-        u = encode_users(model, data, f, hist, now)
+        u = embed_users(model, data, f, hist, now)
         randoms = rng.integers(0, n_items, config.random_negatives)
         hard = _hard_negatives(data, items, config.hard_negatives, rng)
         candidates = np.concatenate([items, randoms, hard])
@@ -471,7 +471,7 @@ def _validation_recall(
                 data, seq.user[pos], now, seq.run_start[pos], seq.device[pos], config
             )
             scores = item_scores(
-                encode_users(model, data, f, hist, now), vectors, config.temperature
+                embed_users(model, data, f, hist, now), vectors, config.temperature
             )
             rows = np.repeat(np.arange(len(pos)), hist.shape[1])
             seen = hist.ravel()
