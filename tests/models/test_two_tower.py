@@ -44,7 +44,7 @@ def content_world():
         {
             "item_id": [*names, "garden-new", "kitchen-new"],
             "title": [f"{n.rstrip('0123456789-new')} tool {n}" for n in names]
-            + ["garden tool shovel rake", "kitchen tool pan knife"],
+            + ["garden tool new", "kitchen tool new"],
             "category": ["Garden"] * 8 + ["Kitchen"] * 8 + ["Garden", "Kitchen"],
         }
     )
@@ -70,7 +70,7 @@ def rank_of(recs: pl.DataFrame, user: str, item: str) -> int:
 
 
 def test_new_items_placed_by_content(fitted) -> None:
-    recs = fitted.recommend([f"g{u:02d}" for u in range(10)] + [f"k{u:02d}" for u in range(10)], 12)
+    recs = fitted.recommend([f"g{u:02d}" for u in range(10)] + [f"k{u:02d}" for u in range(10)], 18)
     for u in range(10):
         g, k = f"g{u:02d}", f"k{u:02d}"
         assert rank_of(recs, g, "garden-new") < rank_of(recs, g, "kitchen-new"), g

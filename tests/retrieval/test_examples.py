@@ -97,3 +97,23 @@ def test_trend_counts_only_look_back() -> None:
     # item 5 had events at t=10 and t=30, item 7 at t=20: an event never counts at its own
     # second, and drops out of a one-day window a day later
     assert data.recent_counts(items, at, window_days=1.0).tolist() == [0, 1, 2, 1, 0]
+
+
+def test_trend_shares_only_look_back_and_order_items_by_recent_share() -> None:
+    from marketrec.retrieval.training import TwoTowerData
+
+    seq = seq_from(ROWS)
+    data = TwoTowerData(seq, None, None, None, None, None, None)  # type: ignore[arg-type]
+    base = seq.ts.min() - 5
+    items = np.array([5, 7, 5, 7])
+    at = base + np.array([10.0, 10.0, 31.0, 31.0])
+    shares = data.recent_shares(items, at)
+    assert shares.shape == (4, 3)
+    # at t=10 neither item has an earlier event: both get the same (smoothed-zero) share
+    assert np.allclose(shares[0], shares[1])
+    # at t=31 item 5 has two events in the window (t=10, t=30), item 7 one (t=20)
+    assert (shares[2] > shares[3]).all()
+    # an event after the moment (user 1 views item 5 at t=50) changes nothing before it
+    future = seq_from([*ROWS, (1, 5, 50, "view", 1.0)])
+    with_future = TwoTowerData(future, None, None, None, None, None, None)  # type: ignore[arg-type]
+    assert np.array_equal(with_future.recent_shares(items, at), shares)

@@ -25,11 +25,14 @@ from marketrec.models.scoring import Params, TrainContext
 log = logging.getLogger(__name__)
 
 
+_MOMENT_STEP_S = 3600.0
+
+
 class TwoTowerParams(Params):
     dim: int = Field(default=64, gt=0)
     history: int = Field(default=20, ge=1)
     long_history: int = Field(default=200, ge=0)
-    target_horizon: int = Field(default=10, ge=0)
+    target_horizon: int = Field(default=0, ge=0)
     queries: int = Field(default=5, ge=0)
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=1024, ge=2)
@@ -41,6 +44,8 @@ class TwoTowerParams(Params):
     hard_negatives: int = Field(default=0, ge=0)
     logq: bool = True
     id_dropout: float = Field(default=0.3, ge=0, le=1)
+    user_id_dropout: float | None = Field(default=None, ge=0, le=1)
+    history_dropout: float = Field(default=0.1, ge=0, le=1)
     context_dropout: float = Field(default=0.5, ge=0, le=1)
     recency_half_life_days: float | None = Field(default=None, gt=0)
     patience: int = Field(default=3, ge=1)
@@ -114,8 +119,29 @@ class TwoTowerScorer:
         """`at`: each user's ranking moment (epoch seconds, NaN = the model's "now", one
         second past its last training event)."""
         users = self.user_vectors(user_rows, region_idx, at)
-        items = self._item_vectors
-        return users @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
+        if at is None or np.isnan(at).all():
+            items = self._item_vectors
+            return users @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
+        # items trend and age: each user meets the catalogue as it was at their own moment
+        # (users grouped by the hour, each group at its earliest moment: nothing later leaks)
+        moments = np.where(np.isnan(at), self._meta["reference_ts"], at)
+        hours = np.floor(moments / _MOMENT_STEP_S)
+        scores = np.empty((len(users), len(self._item_vectors)), dtype=np.float32)
+        for hour in np.unique(hours):
+            rows = np.flatnonzero(hours == hour)
+            items = self.catalogue_vectors(float(moments[rows].min()))
+            scores[rows] = (
+                users[rows] @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
+            )
+        return scores
+
+    def catalogue_vectors(self, at: float) -> np.ndarray:
+        """(n_items, dim + 1) item vectors and biases as of `at` (epoch seconds)."""
+        from marketrec.retrieval.training import item_vectors
+
+        if at >= self._meta["reference_ts"]:
+            return self._item_vectors
+        return item_vectors(self._model, self._data, at)
 
     def user_vectors(
         self, user_rows: np.ndarray, region_idx: np.ndarray, at: np.ndarray | None = None

@@ -22,6 +22,8 @@ MAX_TAGS = 8
 PRICE_BUCKETS = 16
 AGE_BUCKETS = 16  # log2 of days, see `age_bucket`
 TREND_BUCKETS = 20  # log2 of recent event counts, see `trend_bucket`
+SHARE_WINDOWS_DAYS = (1.0, 7.0, 30.0)  # windows of an item's share of recent events
+SHARE_BUCKETS = 48  # thirds of a natural log of that share, see `share_bucket`
 #: Event types that get their own history embedding; anything else shares code 0.
 EVENT_CODES = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4, "rating": 5, "search": 6}
 DEVICE_CODES_MAX = 16
@@ -57,6 +59,14 @@ def trend_bucket(counts: np.ndarray) -> np.ndarray:
     """Bucket recent event counts on a log2 scale (0 = no event)."""
     codes = np.floor(np.log2(np.asarray(counts, dtype=np.float64) + 1.0)).astype(np.int64)
     return np.clip(codes, 0, TREND_BUCKETS - 1)
+
+
+def share_bucket(counts: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Bucket an item's share of recent events, counts / totals, in steps of a third of a
+    natural log (about ×1.4), smoothed so that no event is the lowest bucket, code 0."""
+    share = (np.asarray(counts, dtype=np.float64) + 0.5) / (np.asarray(totals) + 1.0)
+    codes = np.floor((np.log(share) + SHARE_BUCKETS / 3.0) * 3.0).astype(np.int64)
+    return np.clip(codes, 0, SHARE_BUCKETS - 1)
 
 
 @dataclass(frozen=True)

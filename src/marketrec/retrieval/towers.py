@@ -24,7 +24,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from marketrec.retrieval.inputs import AGE_BUCKETS, EVENT_CODES, PRICE_BUCKETS, TREND_BUCKETS
+from marketrec.retrieval.inputs import (
+    AGE_BUCKETS,
+    EVENT_CODES,
+    PRICE_BUCKETS,
+    SHARE_BUCKETS,
+    SHARE_WINDOWS_DAYS,
+    TREND_BUCKETS,
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,11 @@ class ItemTower(nn.Module):
         self.text = nn.Linear(sizes.text_dim, dim)
         self.trend_day = nn.Embedding(TREND_BUCKETS, dim)
         self.trend_week = nn.Embedding(TREND_BUCKETS, dim)
-        self.mlp = _mlp(10 * dim, 2 * dim, dim, dropout)
-        self.bias = nn.Linear(10 * dim, 1)
+        self.trend_share = nn.ModuleList(
+            nn.Embedding(SHARE_BUCKETS, dim) for _ in SHARE_WINDOWS_DAYS
+        )
+        self.mlp = _mlp(11 * dim, 2 * dim, dim, dropout)
+        self.bias = nn.Linear(11 * dim, 1)
 
     def forward(self, f: dict[str, Tensor], id_mask: Tensor) -> Tensor:
         """f: item feature tensors of shape (B,) or (B, tags)/(B, text_dim) → (B, D + 1):
@@ -88,6 +98,8 @@ class ItemTower(nn.Module):
             # like the id, the trend is unknown for items never trained on (cold items)
             self.trend_day(f["trend_day"]) * id_mask[:, None],
             self.trend_week(f["trend_week"]) * id_mask[:, None],
+            sum(t(f["trend_share"][:, j]) for j, t in enumerate(self.trend_share))
+            * id_mask[:, None],
         ]
         x = torch.cat(parts, dim=-1)
         return torch.cat([F.normalize(self.mlp(x), dim=-1), self.bias(x)], dim=-1)
@@ -117,7 +129,7 @@ class UserTower(nn.Module):
         self.event_age = nn.Embedding(AGE_BUCKETS, dim)
         self.summary = nn.Parameter(torch.zeros(1, 1, dim))
         self.history = nn.TransformerEncoderLayer(
-            dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True
+            dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True
         )
         self.queries = nn.Linear(sizes.text_dim, dim)
         self.long_term = nn.EmbeddingBag(sizes.item_ids, dim, mode="mean", padding_idx=0)

@@ -26,7 +26,14 @@ from marketrec.retrieval.examples import (
     query_window,
     training_targets,
 )
-from marketrec.retrieval.inputs import ItemInputs, UserInputs, age_bucket, trend_bucket
+from marketrec.retrieval.inputs import (
+    SHARE_WINDOWS_DAYS,
+    ItemInputs,
+    UserInputs,
+    age_bucket,
+    share_bucket,
+    trend_bucket,
+)
 from marketrec.retrieval.losses import mixed_log_q, sampled_softmax_loss
 from marketrec.retrieval.towers import TowerSizes, TwoTower, item_scores
 
@@ -38,7 +45,7 @@ class TrainingConfig:
     dim: int = 64
     history: int = 20
     long_history: int = 200
-    target_horizon: int = 10
+    target_horizon: int = 0
     queries: int = 5
     epochs: int = 20
     batch_size: int = 1024
@@ -50,6 +57,8 @@ class TrainingConfig:
     hard_negatives: int = 0
     logq: bool = True
     id_dropout: float = 0.3
+    history_dropout: float = 0.1
+    user_id_dropout: float | None = None
     context_dropout: float = 0.5
     recency_half_life_days: float | None = None
     patience: int = 3
@@ -76,6 +85,24 @@ class TwoTowerData:
     def _trend_keys(self) -> np.ndarray:
         """Sorted (item, second) keys of every item event, for point-in-time counts."""
         return np.sort(_trend_key(self.seq.item, self.seq.ts))
+
+    @cached_property
+    def _event_times(self) -> np.ndarray:
+        return np.sort(np.nan_to_num(self.seq.ts, nan=0.0))
+
+    def recent_shares(self, items: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """(B, len(SHARE_WINDOWS_DAYS)) codes of each item's share of all events in the day,
+        week and month before `at`: the fine-grained popularity a time-decayed popularity
+        ranking uses, which log2 count buckets blur (a day's top items often share one)."""
+        out = np.empty((len(items), len(SHARE_WINDOWS_DAYS)), dtype=np.int64)
+        times = self._event_times
+        for j, days in enumerate(SHARE_WINDOWS_DAYS):
+            counts = self.recent_counts(items, at, days)
+            total = np.searchsorted(times, at, "left") - np.searchsorted(
+                times, at - days * 86_400.0, "left"
+            )
+            out[:, j] = share_bucket(counts, total)
+        return out
 
     def recent_counts(self, items: np.ndarray, at: np.ndarray, window_days: float) -> np.ndarray:
         """Events on each item in the `window_days` before `at` (strictly before its second):
@@ -107,10 +134,13 @@ class TrainingReport:
 def item_features(data: TwoTowerData, items: np.ndarray, at: np.ndarray) -> dict[str, torch.Tensor]:
     """Tensors for items (indices) observed at times `at` (epoch seconds)."""
     it = data.items
-    age = age_bucket(at - it.listed_at[items])
+    # an item listed after `at` is scored as just listed: serving only ever sees it once it
+    # is live, and an offline snapshot that already holds it stands for that moment
+    age = age_bucket(np.maximum(at - it.listed_at[items], 0.0))
     return {
         "trend_day": torch.from_numpy(trend_bucket(data.recent_counts(items, at, 1.0))),
         "trend_week": torch.from_numpy(trend_bucket(data.recent_counts(items, at, 7.0))),
+        "trend_share": torch.from_numpy(data.recent_shares(items, at)),
         "id_bucket": torch.from_numpy(it.id_bucket[items]),
         "category": torch.from_numpy(it.category[items]),
         "top_category": torch.from_numpy(it.top_category[items]),
@@ -148,7 +178,8 @@ def user_features(
     hour = (np.floor(now / 3600.0) % 24).astype(np.int64) + 1
     weekday = ((np.floor(now / 86400.0) + 3) % 7).astype(np.int64) + 1  # 1970-01-01: Thursday
     if rng is not None:
-        id_mask = id_mask * (rng.random(len(rows)) >= config.id_dropout)
+        user_drop = config.id_dropout if config.user_id_dropout is None else config.user_id_dropout
+        id_mask = id_mask * (rng.random(len(rows)) >= user_drop)
         drop = rng.random(len(rows)) < config.context_dropout
         device = np.where(drop, 0, device)
         hour, weekday = np.where(drop, 0, hour), np.where(drop, 0, weekday)
@@ -386,7 +417,12 @@ def _epoch(
         if len(pos) < 2:
             continue
         users, items, now = seq.user[pos], seq.item[pos], seq.ts[pos]
-        f, hist = user_features(data, users, now, seq.run_start[pos], seq.device[pos], config, rng)
+        ends = _history_cut(seq, pos, config, rng)
+        # some examples lose their whole history: the towers learn what a user with no past
+        # (a new user) wants from profile and context, on every target, not only first ones
+        forget = rng.random(len(pos)) < config.history_dropout
+        ends = np.where(forget, seq.user_start[users], ends)
+        f, hist = user_features(data, users, now, ends, seq.device[pos], config, rng)
         u = embed_users(model, data, f, hist, now)
         randoms = rng.integers(0, n_items, config.random_negatives)
         hard = _hard_negatives(data, items, config.hard_negatives, rng)
@@ -461,24 +497,34 @@ def _validation_recall(
         positions = rng.choice(positions, config.validation_examples, replace=False)
     seq = data.seq
     model.eval()
-    vectors = torch.from_numpy(item_vectors(model, data, float(np.median(seq.ts[positions]))))
     hits = 0
+    # the catalogue (trends, ages) as each example saw it: examples grouped by day, each group
+    # scored against item vectors at its earliest moment
+    days = np.floor(seq.ts[positions] / 86_400.0)
     with torch.no_grad():
-        for start in range(0, len(positions), 1024):
-            pos = positions[start : start + 1024]
-            now = seq.ts[pos]
-            f, hist = user_features(
-                data, seq.user[pos], now, seq.run_start[pos], seq.device[pos], config
-            )
-            scores = item_scores(
-                embed_users(model, data, f, hist, now), vectors, config.temperature
-            )
-            rows = np.repeat(np.arange(len(pos)), hist.shape[1])
-            seen = hist.ravel()
-            keep = seen >= 0
-            scores[rows[keep], seq.item[seen[keep]]] = -math.inf
-            target = torch.from_numpy(seq.item[pos])
-            target_score = scores[torch.arange(len(pos)), target]
-            rank = (scores > target_score[:, None]).sum(dim=1)
-            hits += int((rank < k).sum())
+        for day in np.unique(days):
+            group = positions[days == day]
+            vectors = torch.from_numpy(item_vectors(model, data, float(seq.ts[group].min())))
+            for start in range(0, len(group), 1024):
+                hits += _hits_at_k(model, data, group[start : start + 1024], vectors, config, k)
     return hits / len(positions)
+
+
+def _hits_at_k(
+    model: TwoTower,
+    data: TwoTowerData,
+    pos: np.ndarray,
+    vectors: torch.Tensor,
+    config: TrainingConfig,
+    k: int,
+) -> int:
+    seq = data.seq
+    now = seq.ts[pos]
+    f, hist = user_features(data, seq.user[pos], now, seq.run_start[pos], seq.device[pos], config)
+    scores = item_scores(embed_users(model, data, f, hist, now), vectors, config.temperature)
+    rows = np.repeat(np.arange(len(pos)), hist.shape[1])
+    seen = hist.ravel()
+    keep = seen >= 0
+    scores[rows[keep], seq.item[seen[keep]]] = -math.inf
+    target_score = scores[torch.arange(len(pos)), torch.from_numpy(seq.item[pos])]
+    return int(((scores > target_score[:, None]).sum(dim=1) < k).sum())
