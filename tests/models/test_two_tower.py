@@ -106,3 +106,18 @@ def test_save_load_serves_the_same(fitted, tmp_path: Path) -> None:
         after.select("user_id", "item_id", "rank")
     )
     np.testing.assert_allclose(before.get_column("score"), after.get_column("score"), rtol=1e-5)
+
+
+def test_catalogue_is_scored_as_of_each_users_moment(fitted) -> None:
+    scorer = fitted.scorer
+    before_any_event = T0.timestamp() - 1.0
+    early = scorer.catalogue_vectors(before_any_event)
+    assert not np.allclose(early, scorer.catalogue_vectors(scorer._meta["reference_ts"]))
+    # two users scored together, one at each moment, get the catalogue of their own moment
+    rows, regions = np.array([0, 0]), np.array([0, 0])
+    moments = np.array([before_any_event, np.nan])
+    both = scorer.score(rows, None, regions, moments)
+    users = scorer.user_vectors(rows, regions, moments)
+    temperature = scorer.params.temperature
+    expected_early = users[0] @ early[:, :-1].T / temperature + early[:, -1]
+    assert np.allclose(both[0], expected_early, atol=1e-4)

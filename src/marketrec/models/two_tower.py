@@ -43,7 +43,7 @@ class TwoTowerParams(Params):
     random_negatives: int = Field(default=256, ge=0)
     hard_negatives: int = Field(default=0, ge=0)
     logq: bool = True
-    id_dropout: float = Field(default=0.3, ge=0, le=1)
+    id_dropout: float = Field(default=0.6, ge=0, le=1)
     user_id_dropout: float | None = Field(default=None, ge=0, le=1)
     history_dropout: float = Field(default=0.1, ge=0, le=1)
     context_dropout: float = Field(default=0.5, ge=0, le=1)

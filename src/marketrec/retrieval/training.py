@@ -56,7 +56,7 @@ class TrainingConfig:
     random_negatives: int = 256
     hard_negatives: int = 0
     logq: bool = True
-    id_dropout: float = 0.3
+    id_dropout: float = 0.6
     history_dropout: float = 0.1
     user_id_dropout: float | None = None
     context_dropout: float = 0.5
