@@ -46,6 +46,9 @@ class TwoTowerParams(Params):
     id_dropout: float = Field(default=0.6, ge=0, le=1)
     user_id_dropout: float | None = Field(default=None, ge=0, le=1)
     history_dropout: float = Field(default=0.1, ge=0, le=1)
+    time_features: bool = True
+    """False for data whose event times are only each user's order (the sequence importer's
+    synthetic clock): trends, ages, hour and weekday are then left out."""
     context_dropout: float = Field(default=0.5, ge=0, le=1)
     recency_half_life_days: float | None = Field(default=None, gt=0)
     patience: int = Field(default=3, ge=1)
@@ -119,7 +122,7 @@ class TwoTowerScorer:
         """`at`: each user's ranking moment (epoch seconds, NaN = the model's "now", one
         second past its last training event)."""
         users = self.user_vectors(user_rows, region_idx, at)
-        if at is None or np.isnan(at).all():
+        if at is None or np.isnan(at).all() or not self.params.time_features:
             items = self._item_vectors
             return users @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
         # items trend and age: each user meets the catalogue as it was at their own moment
@@ -209,6 +212,7 @@ class TwoTowerScorer:
             item_trained=arrays["item_trained"],
             item_category=arrays["item_category"],
             sizes=sizes,
+            timed=self.params.time_features,
         )
         model = TwoTower(sizes, self.params.dim, self.params.dropout)
         state = {
@@ -285,7 +289,14 @@ def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[st
         devices=len(user_vocabs.device),
     )
     tower_data = TwoTowerData(
-        seq, items, users, query_vectors.astype(np.float32), trained, items.category, sizes
+        seq,
+        items,
+        users,
+        query_vectors.astype(np.float32),
+        trained,
+        items.category,
+        sizes,
+        timed=params.time_features,
     )
     reference = inter.reference_time
     spec = encoder_spec(encoder)

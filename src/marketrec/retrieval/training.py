@@ -80,6 +80,10 @@ class TwoTowerData:
     item_trained: np.ndarray  # (n_items,) bool: item was a training target
     item_category: np.ndarray  # (n_items,) category code (for hard negatives)
     sizes: TowerSizes
+    #: False when the event times carry no meaning across users (sequence datasets whose
+    #: `ts` is only each user's order): trends, ages, hour and weekday are then left out
+    #: instead of read from invented clocks
+    timed: bool = True
 
     @cached_property
     def _trend_keys(self) -> np.ndarray:
@@ -134,13 +138,20 @@ class TrainingReport:
 def item_features(data: TwoTowerData, items: np.ndarray, at: np.ndarray) -> dict[str, torch.Tensor]:
     """Tensors for items (indices) observed at times `at` (epoch seconds)."""
     it = data.items
-    # an item listed after `at` is scored as just listed: serving only ever sees it once it
-    # is live, and an offline snapshot that already holds it stands for that moment
-    age = age_bucket(np.maximum(at - it.listed_at[items], 0.0))
+    if data.timed:
+        # an item listed after `at` is scored as just listed: serving only ever sees it once
+        # it is live, and an offline snapshot that already holds it stands for that moment
+        age = age_bucket(np.maximum(at - it.listed_at[items], 0.0))
+        day = trend_bucket(data.recent_counts(items, at, 1.0))
+        week = trend_bucket(data.recent_counts(items, at, 7.0))
+        shares = data.recent_shares(items, at)
+    else:
+        age = day = week = np.zeros(len(items), dtype=np.int64)
+        shares = np.zeros((len(items), len(SHARE_WINDOWS_DAYS)), dtype=np.int64)
     return {
-        "trend_day": torch.from_numpy(trend_bucket(data.recent_counts(items, at, 1.0))),
-        "trend_week": torch.from_numpy(trend_bucket(data.recent_counts(items, at, 7.0))),
-        "trend_share": torch.from_numpy(data.recent_shares(items, at)),
+        "trend_day": torch.from_numpy(day),
+        "trend_week": torch.from_numpy(week),
+        "trend_share": torch.from_numpy(shares),
         "id_bucket": torch.from_numpy(it.id_bucket[items]),
         "category": torch.from_numpy(it.category[items]),
         "top_category": torch.from_numpy(it.top_category[items]),
@@ -177,6 +188,8 @@ def user_features(
     id_mask = known.astype(np.float32)
     hour = (np.floor(now / 3600.0) % 24).astype(np.int64) + 1
     weekday = ((np.floor(now / 86400.0) + 3) % 7).astype(np.int64) + 1  # 1970-01-01: Thursday
+    if not data.timed:
+        hour, weekday = np.zeros_like(hour), np.zeros_like(weekday)
     if rng is not None:
         user_drop = config.id_dropout if config.user_id_dropout is None else config.user_id_dropout
         id_mask = id_mask * (rng.random(len(rows)) >= user_drop)
@@ -199,7 +212,7 @@ def user_features(
         "weekday": torch.from_numpy(weekday),
         "hist_event": torch.from_numpy(np.where(hist >= 0, seq.event[hist_safe], 0)),
         "hist_age": torch.from_numpy(
-            np.where(hist >= 0, age_bucket(now[:, None] - seq.ts[hist_safe]), 0)
+            np.where((hist >= 0) & data.timed, age_bucket(now[:, None] - seq.ts[hist_safe]), 0)
         ),
         "hist_mask": torch.from_numpy(hist < 0),
         "queries": torch.from_numpy(data.query_vectors[queries]),
