@@ -121,3 +121,15 @@ def test_catalogue_is_scored_as_of_each_users_moment(fitted) -> None:
     temperature = scorer.params.temperature
     expected_early = users[0] @ early[:, :-1].T / temperature + early[:, -1]
     assert np.allclose(both[0], expected_early, atol=1e-4)
+
+
+def test_without_time_features_the_clock_changes_nothing(content_world) -> None:
+    # sequence datasets carry only each user's order as a clock: with time_features off,
+    # neither the catalogue nor a user's vector depends on the moment
+    model = create("two-tower", {**FAST, "epochs": 2, "time_features": False}).fit(content_world)
+    scorer = model.scorer
+    start = T0.timestamp()
+    assert np.array_equal(scorer.catalogue_vectors(start), scorer.catalogue_vectors(start + 1e6))
+    rows, regions = np.array([0, 0]), np.array([0, 0])
+    vectors = scorer.user_vectors(rows, regions, np.array([start + 500, start + 9e6]))
+    assert np.allclose(vectors[0], vectors[1])
