@@ -3,9 +3,11 @@
 One epoch visits every item event once as a target (shuffled, seeded). Each batch scores its
 users against the batch's positives (in-batch negatives), `random_negatives` items drawn
 uniformly from the catalogue and optionally `hard_negatives` items from the positives'
-categories, with logQ correction and accidental-hit masking. Early stopping watches
-Recall@100 of held-out last events of sampled users (leave-one-out); with `refit` the model is
-then retrained on every example for the best number of epochs.
+categories, with logQ correction and accidental-hit masking. Ids are dropped at random
+(`id_dropout`) so content and profile carry weight, and whole histories (`history_dropout`) so
+the no-history path a new user takes is trained on every kind of target. Early stopping
+watches Recall@100 of held-out last events of sampled users (leave-one-out); with `refit` the
+model is then retrained on every example for the best number of epochs.
 """
 
 from __future__ import annotations
