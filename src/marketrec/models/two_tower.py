@@ -44,7 +44,6 @@ class TwoTowerParams(Params):
     hard_negatives: int = Field(default=0, ge=0)
     logq: bool = True
     id_dropout: float = Field(default=0.6, ge=0, le=1)
-    user_id_dropout: float | None = Field(default=None, ge=0, le=1)
     history_dropout: float = Field(default=0.1, ge=0, le=1)
     time_features: bool = True
     """False for data whose event times are only each user's order (the sequence importer's
@@ -123,8 +122,7 @@ class TwoTowerScorer:
         second past its last training event)."""
         users = self.user_vectors(user_rows, region_idx, at)
         if at is None or np.isnan(at).all() or not self.params.time_features:
-            items = self._item_vectors
-            return users @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
+            return self._dot(users, self._item_vectors)
         # items trend and age: each user meets the catalogue as it was at their own moment
         # (users grouped by the hour, each group at its earliest moment: nothing later leaks)
         moments = np.where(np.isnan(at), self._meta["reference_ts"], at)
@@ -132,11 +130,14 @@ class TwoTowerScorer:
         scores = np.empty((len(users), len(self._item_vectors)), dtype=np.float32)
         for hour in np.unique(hours):
             rows = np.flatnonzero(hours == hour)
-            items = self.catalogue_vectors(float(moments[rows].min()))
-            scores[rows] = (
-                users[rows] @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
+            scores[rows] = self._dot(
+                users[rows], self.catalogue_vectors(float(moments[rows].min()))
             )
         return scores
+
+    def _dot(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Cosine / temperature plus each item's bias (towers.item_scores, in NumPy)."""
+        return users @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
 
     def catalogue_vectors(self, at: float) -> np.ndarray:
         """(n_items, dim + 1) item vectors and biases as of `at` (epoch seconds)."""

@@ -60,7 +60,6 @@ class TrainingConfig:
     logq: bool = True
     id_dropout: float = 0.6
     history_dropout: float = 0.1
-    user_id_dropout: float | None = None
     context_dropout: float = 0.5
     recency_half_life_days: float | None = None
     patience: int = 3
@@ -96,19 +95,24 @@ class TwoTowerData:
     def _event_times(self) -> np.ndarray:
         return np.sort(np.nan_to_num(self.seq.ts, nan=0.0))
 
+    def recent_activity(self, items: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Events on each item, and on all items, in each of `SHARE_WINDOWS_DAYS` before `at`:
+        two (B, windows) arrays, counted once for the trend buckets and the shares."""
+        counts = np.empty((len(items), len(SHARE_WINDOWS_DAYS)), dtype=np.int64)
+        totals = np.empty_like(counts)
+        times = self._event_times
+        for j, days in enumerate(SHARE_WINDOWS_DAYS):
+            counts[:, j] = self.recent_counts(items, at, days)
+            totals[:, j] = np.searchsorted(times, at, "left") - np.searchsorted(
+                times, at - days * 86_400.0, "left"
+            )
+        return counts, totals
+
     def recent_shares(self, items: np.ndarray, at: np.ndarray) -> np.ndarray:
         """(B, len(SHARE_WINDOWS_DAYS)) codes of each item's share of all events in the day,
         week and month before `at`: the fine-grained popularity a time-decayed popularity
         ranking uses, which log2 count buckets blur (a day's top items often share one)."""
-        out = np.empty((len(items), len(SHARE_WINDOWS_DAYS)), dtype=np.int64)
-        times = self._event_times
-        for j, days in enumerate(SHARE_WINDOWS_DAYS):
-            counts = self.recent_counts(items, at, days)
-            total = np.searchsorted(times, at, "left") - np.searchsorted(
-                times, at - days * 86_400.0, "left"
-            )
-            out[:, j] = share_bucket(counts, total)
-        return out
+        return share_bucket(*self.recent_activity(items, at))
 
     def recent_counts(self, items: np.ndarray, at: np.ndarray, window_days: float) -> np.ndarray:
         """Events on each item in the `window_days` before `at` (strictly before its second):
@@ -144,9 +148,10 @@ def item_features(data: TwoTowerData, items: np.ndarray, at: np.ndarray) -> dict
         # an item listed after `at` is scored as just listed: serving only ever sees it once
         # it is live, and an offline snapshot that already holds it stands for that moment
         age = age_bucket(np.maximum(at - it.listed_at[items], 0.0))
-        day = trend_bucket(data.recent_counts(items, at, 1.0))
-        week = trend_bucket(data.recent_counts(items, at, 7.0))
-        shares = data.recent_shares(items, at)
+        counts, totals = data.recent_activity(items, at)
+        day = trend_bucket(counts[:, SHARE_WINDOWS_DAYS.index(1.0)])
+        week = trend_bucket(counts[:, SHARE_WINDOWS_DAYS.index(7.0)])
+        shares = share_bucket(counts, totals)
     else:
         age = day = week = np.zeros(len(items), dtype=np.int64)
         shares = np.zeros((len(items), len(SHARE_WINDOWS_DAYS)), dtype=np.int64)
@@ -193,8 +198,7 @@ def user_features(
     if not data.timed:
         hour, weekday = np.zeros_like(hour), np.zeros_like(weekday)
     if rng is not None:
-        user_drop = config.id_dropout if config.user_id_dropout is None else config.user_id_dropout
-        id_mask = id_mask * (rng.random(len(rows)) >= user_drop)
+        id_mask = id_mask * (rng.random(len(rows)) >= config.id_dropout)
         drop = rng.random(len(rows)) < config.context_dropout
         device = np.where(drop, 0, device)
         hour, weekday = np.where(drop, 0, hour), np.where(drop, 0, weekday)
