@@ -255,6 +255,12 @@ def test_build_index_faiss_and_approximate_recall() -> None:
     exact, _ = build_index(ids, x, kind="exact").search(queries, 10)
     hits = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
     assert hits >= 0.9
+    # asking for more neighbours scans more lists: the 100 nearest span more of them
+    assert ix.probes_for(100) == min(ix.nlist, 2 * ix.probes_for(10))
+    found, _ = ix.search(queries, 100)
+    exact, _ = build_index(ids, x, kind="exact").search(queries, 100)
+    hits = np.mean([len(set(f) & set(e)) / 100 for f, e in zip(found, exact, strict=True)])
+    assert hits >= 0.95
 
 
 @needs_faiss

@@ -1,4 +1,5 @@
-"""The id tables train with lazy sparse Adam: a step touches only the rows a batch used."""
+"""Large id tables train with lazy sparse Adam (a step touches only the rows a batch used);
+small ones with dense Adam, and never with weight decay."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ SIZES = TowerSizes(
 )
 
 
-def test_id_tables_are_sparse_and_untouched_rows_stay_put() -> None:
-    model = TwoTower(SIZES, dim=8, dropout=0.0)
+def test_large_id_tables_are_sparse_and_untouched_rows_stay_put() -> None:
+    model = TwoTower(SIZES, dim=8, dropout=0.0, sparse_ids=True)
     optimizer = _Optimizer(model, TrainingConfig(learning_rate=0.1))
     sparse = {id(p) for group in optimizer._sparse.param_groups for p in group["params"]}
     tables = [model.items.id.weight, model.users.id.weight, model.users.long_term.weight]
@@ -41,3 +42,19 @@ def test_id_tables_are_sparse_and_untouched_rows_stay_put() -> None:
     changed = (after != before).any(dim=1).nonzero().flatten().tolist()
     assert changed == [3, 7]
     assert not torch.equal(model.items.mlp[0].weight.detach(), dense_before)
+
+
+def test_small_id_tables_are_dense_without_weight_decay() -> None:
+    model = TwoTower(SIZES, dim=8, dropout=0.0)  # 90 id rows: below the sparse threshold
+    optimizer = _Optimizer(model, TrainingConfig(weight_decay=0.1, id_learning_rate=0.5))
+    assert optimizer._sparse is None
+    tables = {
+        id(model.items.id.weight),
+        id(model.users.id.weight),
+        id(model.users.long_term.weight),
+    }
+    groups = optimizer._dense.param_groups
+    id_group = next(g for g in groups if {id(p) for p in g["params"]} == tables)
+    assert id_group["weight_decay"] == 0.0 and id_group["lr"] == 0.5
+    rest = [g for g in groups if g is not id_group]
+    assert all(g["weight_decay"] == 0.1 for g in rest)

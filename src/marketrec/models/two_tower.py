@@ -37,6 +37,9 @@ class TwoTowerParams(Params):
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=1024, ge=2)
     learning_rate: float = Field(default=3e-3, gt=0)
+    id_learning_rate: float | None = Field(default=None, gt=0)
+    """Learning rate of the sparse id tables (None = `learning_rate`): each id row is updated
+    only in the batches that use it, so it can take larger steps."""
     weight_decay: float = Field(default=1e-5, ge=0)
     dropout: float = Field(default=0.1, ge=0, lt=1)
     temperature: float = Field(default=0.1, gt=0)
