@@ -114,13 +114,16 @@ class CollaborativeRecommender:
         include_seen: bool = False,
         regions: Sequence[str | None] | None = None,
         at: Sequence[datetime | None] | None = None,
+        exclude: sp.csr_matrix | None = None,
     ) -> pl.DataFrame:
         """Top-k items per user: columns user_id, item_id, rank (1 = best), score.
 
         Fewer than k rows only when fewer than k items are sellable to that user.
         `regions` overrides each user's home region (request context); `at` gives each
         user's ranking moment (offline replay of a per-user protocol) to models that read
-        time, None meaning "now" (just after the training data).
+        time, None meaning "now" (just after the training data). `exclude` (one row per user,
+        item columns in `item_ids` order) names the items to leave out instead of everything
+        the user touched (`include_seen` then has no effect): the pipeline's per-event-type rules.
         """
         if self._users is None or self._items is None or self._history is None:
             raise ModelError(f"model '{self.name}' is not fitted")
@@ -134,6 +137,10 @@ class CollaborativeRecommender:
         rows = self._users.lookup(ids)
         region_idx = self._region_rows(rows, regions, len(ids))
         moments = _epoch_seconds(at, len(ids))
+        if exclude is not None and exclude.shape != (len(ids), len(self._items)):
+            raise ConfigError(
+                f"exclude must be {len(ids)} users × {len(self._items)} items, got {exclude.shape}"
+            )
         k = min(int(k), len(self._items))
         frames = []
         for start in range(0, len(ids), _BATCH):
@@ -146,6 +153,7 @@ class CollaborativeRecommender:
                     k,
                     include_seen,
                     None if moments is None else moments[start:stop],
+                    None if exclude is None else exclude[start:stop],
                 )
             )
         if not frames:
@@ -174,6 +182,7 @@ class CollaborativeRecommender:
         k: int,
         include_seen: bool,
         moments: np.ndarray | None,
+        exclude: sp.csr_matrix | None = None,
     ) -> pl.DataFrame:
         assert self._history is not None and self._sellable is not None
         known = rows >= 0
@@ -197,10 +206,38 @@ class CollaborativeRecommender:
                 rows[cold_rows], history[cold_rows], region_idx[cold_rows]
             )
         scores[~self._sellable[region_idx]] = -np.inf
-        if not include_seen:
+        if exclude is not None:
+            r, c = exclude.nonzero()
+            scores[r, c] = -np.inf
+        elif not include_seen:
             r, c = history.nonzero()
             scores[r, c] = -np.inf
         return _top_k(ids, scores, k, self._items)  # type: ignore[arg-type]
+
+    @property
+    def item_ids(self) -> pl.Series:
+        """The catalogue in the model's column order (score and `exclude` columns)."""
+        if self._items is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        return self._items.ids
+
+    def user_rows(self, user_ids: pl.Series) -> np.ndarray:
+        """Each user's row in the model (-1: unknown to it)."""
+        if self._users is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        return self._users.lookup(user_ids)
+
+    def sellable(self, regions: np.ndarray) -> np.ndarray:
+        """(len(regions), n_items) bool: which items may be shown in each region index
+        (`region_index`; unknown = len(regions) where only delisted items are hidden)."""
+        assert self._sellable is not None
+        return self._sellable[regions]
+
+    def region_index(
+        self, user_ids: pl.Series, regions: Sequence[str | None] | None = None
+    ) -> np.ndarray:
+        """Each user's region index: the request's region where given, else the home one."""
+        return self._region_rows(self.user_rows(user_ids), regions, user_ids.len())
 
     # ----------------------------------------------------------------- persistence
     def save(self, folder: str | Path) -> Path:

@@ -1,0 +1,59 @@
+"""Diversity: reorder a relevance-ranked list so one category does not fill it.
+
+Two standard ways, chosen by `PipelineConfig.diversity`:
+- MMR (maximal marginal relevance, Carbonell & Goldstein 1998): pick greedily the item with
+  the best (1 − λ)·relevance − λ·(largest similarity to an item already picked), relevance
+  min-max scaled within the list; similarity 1 for the same category, 0.5 for the same
+  top-level category, else 0. λ = 0 keeps the relevance order.
+- Category cap: walk down the relevance order and skip an item once its category has `cap`
+  items in the list; skipped items fill the end if the list would otherwise be short.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def category_similarity(categories: np.ndarray, top_categories: np.ndarray) -> np.ndarray:
+    """(n, n) similarity of items by their category codes (0 = no category: similar to none)."""
+    same = (categories[:, None] == categories[None, :]) & (categories[:, None] > 0)
+    same_top = (top_categories[:, None] == top_categories[None, :]) & (top_categories[:, None] > 0)
+    return np.where(same, 1.0, np.where(same_top, 0.5, 0.0))
+
+
+def mmr_order(relevance: np.ndarray, similarity: np.ndarray, k: int, strength: float) -> np.ndarray:
+    """Positions (into `relevance`) of the k items MMR picks, in the order picked."""
+    n = len(relevance)
+    k = min(k, n)
+    if strength <= 0 or n == 0:
+        return np.argsort(-relevance, kind="stable")[:k]
+    span = float(relevance.max() - relevance.min()) or 1.0
+    rel = (relevance - relevance.min()) / span
+    picked: list[int] = []
+    closest = np.zeros(n)  # largest similarity of each item to anything picked so far
+    free = np.ones(n, dtype=bool)
+    for _ in range(k):
+        gain = np.where(free, (1.0 - strength) * rel - strength * closest, -np.inf)
+        best = int(np.argmax(gain))
+        picked.append(best)
+        free[best] = False
+        closest = np.maximum(closest, similarity[best])
+    return np.array(picked, dtype=np.int64)
+
+
+def capped_order(relevance: np.ndarray, categories: np.ndarray, k: int, cap: int) -> np.ndarray:
+    """Positions of the k items kept under a per-category cap (uncategorised items: no cap)."""
+    order = np.argsort(-relevance, kind="stable")
+    kept: list[int] = []
+    skipped: list[int] = []
+    used: dict[int, int] = {}
+    for pos in order:
+        c = int(categories[pos])
+        if c > 0 and used.get(c, 0) >= cap:
+            skipped.append(int(pos))
+            continue
+        used[c] = used.get(c, 0) + 1
+        kept.append(int(pos))
+        if len(kept) == k:
+            break
+    return np.array((kept + skipped)[: min(k, len(order))], dtype=np.int64)

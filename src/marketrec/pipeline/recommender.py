@@ -1,0 +1,405 @@
+"""The `Recommender`: retrieve → rank → rules → diversity → exploration, one code path.
+
+Offline evaluation, `marketrec recommend` and the service all call `recommend` (the CONTRACT
+§2 columns) or `recommend_detailed` (plus where each item came from and why), so what is
+measured is what is served.
+
+1. Retrieve `candidates` items with the retrieval model, which already leaves out items not
+   sellable in the user's region and delisted ones; the rules decide which of the user's past
+   items are left out (per event type).
+2. Rank them (a ranking stage plugs in here; without one, retrieval order).
+3. Diversity reorders the top (MMR or a per-category cap).
+4. Exploration gives a share of the slots to new items by Thompson sampling.
+Every item carries its `source` (retrieval, fallback, exploration) and its top signals.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from marketrec.core.errors import ConfigError, ModelError
+from marketrec.data.schema import Dataset
+from marketrec.models.base import CollaborativeRecommender
+from marketrec.models.registry import load_model
+from marketrec.pipeline.config import PipelineConfig
+from marketrec.pipeline.diversity import capped_order, category_similarity, mmr_order
+from marketrec.pipeline.exploration import (
+    ExplorationStats,
+    ThompsonExplorer,
+    exploration_positions,
+)
+from marketrec.pipeline.rules import SeenItems
+
+MANIFEST = "pipeline.json"
+FORMAT = "marketrec-pipeline"
+_DETAIL_SCHEMA = {
+    "user_id": pl.String,
+    "item_id": pl.String,
+    "rank": pl.Int32,
+    "score": pl.Float64,
+    "source": pl.String,
+    "signals": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """Per catalogue column of the retrieval model: what diversity and exploration read."""
+
+    category: np.ndarray  # code, 0 = none
+    top_category: np.ndarray  # code, 0 = none
+    listed_at: np.ndarray  # epoch seconds, NaN = unknown
+    train_events: np.ndarray  # events in the training data
+
+    @classmethod
+    def build(cls, data: Dataset, item_ids: pl.Series) -> ItemInfo:
+        frame = pl.DataFrame({"item_id": item_ids}).join(
+            data.items, on="item_id", how="left", maintain_order="left"
+        )
+        category = (
+            frame.get_column("category")
+            if "category" in frame.columns
+            else pl.repeat(None, frame.height, dtype=pl.String, eager=True)
+        )
+        top = category.str.split(" > ").list.first()
+        listed = (
+            frame.get_column("created_at").dt.epoch("us").cast(pl.Float64) / 1e6
+            if "created_at" in frame.columns
+            else pl.repeat(None, frame.height, dtype=pl.Float64, eager=True)
+        )
+        counts = (
+            pl.DataFrame({"item_id": item_ids})
+            .join(
+                data.events.group_by("item_id").len(),
+                on="item_id",
+                how="left",
+                maintain_order="left",
+            )
+            .get_column("len")
+            .fill_null(0)
+        )
+        return cls(
+            _codes(category),
+            _codes(top),
+            listed.fill_null(np.nan).to_numpy().astype(np.float64),
+            counts.to_numpy().astype(np.int64),
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"item/{k}": v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ItemInfo:
+        return cls(**{k: arrays[f"item/{k}"] for k in cls.__dataclass_fields__})
+
+
+def _codes(values: pl.Series) -> np.ndarray:
+    """Category strings → codes (0 = none), in sorted order of the values."""
+    vocab = values.drop_nulls().unique().sort()
+    lookup = pl.DataFrame({"v": vocab, "code": np.arange(1, vocab.len() + 1)})
+    coded = pl.DataFrame({"v": values}).join(lookup, on="v", how="left", maintain_order="left")
+    return coded.get_column("code").fill_null(0).to_numpy().astype(np.int64)
+
+
+class Recommender:
+    """The pipeline around a fitted (or to-be-fitted) retrieval model."""
+
+    def __init__(
+        self, retrieval: CollaborativeRecommender, config: PipelineConfig | None = None
+    ) -> None:
+        self.retrieval = retrieval
+        self.config = config or PipelineConfig()
+        self.name = f"pipeline({retrieval.name})"
+        self._seen: SeenItems | None = None
+        self._items: ItemInfo | None = None
+        self._reference_ts = float("nan")
+        self.stats: ExplorationStats | None = None
+
+    # ----------------------------------------------------------------- training
+    def fit(self, data: Dataset) -> Self:
+        self.retrieval.fit(data)
+        self._index(data)
+        return self
+
+    def _index(self, data: Dataset) -> None:
+        """What the steps after retrieval need from the training data."""
+        item_ids = self.retrieval.item_ids
+        users = self.retrieval._users
+        assert users is not None
+        self._seen = SeenItems.build(data.events, users.ids, item_ids)
+        self._items = ItemInfo.build(data, item_ids)
+        self.stats = ExplorationStats.empty(item_ids.len())
+        if data.events.height:
+            self._reference_ts = data.events.get_column("ts").max().timestamp() + 1.0
+
+    # ----------------------------------------------------------------- serving
+    def recommend(
+        self,
+        user_ids: Sequence[str] | pl.Series,
+        k: int,
+        *,
+        include_seen: bool = False,
+        regions: Sequence[str | None] | None = None,
+        at: Sequence[datetime | None] | None = None,
+    ) -> pl.DataFrame:
+        """Top-k per user: user_id, item_id, rank (1 = best), score (CONTRACT §2)."""
+        detailed = self.recommend_detailed(
+            user_ids, k, include_seen=include_seen, regions=regions, at=at
+        )
+        return detailed.select("user_id", "item_id", "rank", "score")
+
+    def recommend_detailed(
+        self,
+        user_ids: Sequence[str] | pl.Series,
+        k: int,
+        *,
+        include_seen: bool = False,
+        regions: Sequence[str | None] | None = None,
+        at: Sequence[datetime | None] | None = None,
+    ) -> pl.DataFrame:
+        """`recommend` plus `source` (retrieval, fallback, exploration) and `signals` (JSON:
+        the scores and counts that put the item there).
+
+        `score` is the ranking score, capped by the score above it so the list reads best
+        first after diversity and exploration moved items; the raw score is in `signals`.
+        """
+        if self._seen is None or self._items is None or self.stats is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        if int(k) != k or k <= 0:
+            raise ConfigError(f"k must be a positive integer, got {k}")
+        ids = pl.Series("user_id", list(user_ids), dtype=pl.String)
+        if ids.len() == 0:
+            return pl.DataFrame(schema=_DETAIL_SCHEMA)
+        cfg = self.config
+        rows = self.retrieval.user_rows(ids)
+        n_items = self.retrieval.item_ids.len()
+        exclude = (
+            sp.csr_matrix((ids.len(), n_items), dtype=np.float32)
+            if include_seen
+            else self._seen.exclusion(rows, cfg.exclude_events)
+        )
+        k = min(int(k), n_items)
+        candidates = self.retrieval.recommend(
+            ids, max(cfg.candidates, k), regions=regions, at=at, exclude=exclude
+        )
+        ranked = self._rank(candidates)
+        moments = _moments(at, ids.len(), self._reference_ts)
+        sellable = self.retrieval.sellable(self.retrieval.region_index(ids, regions))
+        cold = self._served_by_fallback(rows)
+        per_user = _group_positions(ranked.get_column("user_id"), ids)
+        item_col = self.retrieval_columns(ranked.get_column("item_id"))
+        scores = ranked.get_column("score").to_numpy()
+        out: list[dict[str, Any]] = []
+        for u, user in enumerate(ids.to_list()):
+            seed = (cfg.seed, int(rows[u]) + 1, int(np.nan_to_num(moments[u])))
+            explorer = ThompsonExplorer(
+                cfg.exploration_prior, self.stats, np.random.default_rng(seed)
+            )
+            positions = per_user.get(user, np.zeros(0, dtype=np.int64))
+            out.extend(
+                self._one_list(
+                    user,
+                    item_col[positions],
+                    scores[positions],
+                    k,
+                    explorer,
+                    eligible_mask=sellable[u] & ~_row_mask(exclude, u, n_items),
+                    moment=moments[u],
+                    source="fallback" if cold[u] else "retrieval",
+                )
+            )
+        if not out:
+            return pl.DataFrame(schema=_DETAIL_SCHEMA)
+        frame = pl.DataFrame(out, schema={**_DETAIL_SCHEMA, "item_idx": pl.Int64})
+        names = self.retrieval.item_ids.gather(frame.get_column("item_idx"))
+        return frame.with_columns(item_id=names).select(list(_DETAIL_SCHEMA))
+
+    def retrieval_columns(self, item_ids: pl.Series) -> np.ndarray:
+        lookup = pl.DataFrame({"item_id": self.retrieval.item_ids}).with_row_index("col")
+        joined = pl.DataFrame({"item_id": item_ids}).join(
+            lookup, on="item_id", how="left", maintain_order="left"
+        )
+        return joined.get_column("col").to_numpy().astype(np.int64)
+
+    def _rank(self, candidates: pl.DataFrame) -> pl.DataFrame:
+        """The ranking stage's slot: without a ranker, retrieval order and scores."""
+        return candidates
+
+    def _served_by_fallback(self, rows: np.ndarray) -> np.ndarray:
+        """Users the retrieval model answers with its popularity fallback (no history, and a
+        scorer that cannot embed users without one)."""
+        if getattr(self.retrieval.scorer, "handles_cold_users", False):
+            return np.zeros(len(rows), dtype=bool)
+        history = self.retrieval._history
+        assert history is not None
+        counts = np.diff(history.indptr)
+        return (rows < 0) | (counts[np.maximum(rows, 0)] == 0)
+
+    def _one_list(
+        self,
+        user: str,
+        columns: np.ndarray,
+        scores: np.ndarray,
+        k: int,
+        explorer: ThompsonExplorer,
+        eligible_mask: np.ndarray,
+        moment: float,
+        source: str,
+    ) -> list[dict[str, Any]]:
+        cfg, info = self.config, self._items
+        assert info is not None
+        n_explore = explorer.slots(k, cfg.exploration_share)
+        order = self._diversify(columns, scores, k)
+        picked_cols = [int(c) for c in columns[order]]
+        entries = [
+            {
+                "item_idx": int(columns[p]),
+                "raw": float(scores[p]),
+                "source": source,
+                "signals": {
+                    "retrieval_score": round(float(scores[p]), 6),
+                    "retrieval_rank": int(p) + 1,
+                },
+            }
+            for p in order
+        ]
+        if n_explore:
+            new = eligible_mask & self._new_items(moment)
+            new[picked_cols[: k - n_explore]] = False
+            pick = explorer.pick(np.flatnonzero(new), n_explore)
+            kept = entries[: k - len(pick.items)]
+            for spot, item, draw in zip(
+                exploration_positions(len(kept) + len(pick.items), len(pick.items)),
+                pick.items,
+                pick.draws,
+                strict=False,
+            ):
+                signals = {
+                    "thompson_draw": round(float(draw), 6),
+                    "impressions": int(self.stats.impressions[item]) if self.stats else 0,
+                    "clicks": int(self.stats.clicks[item]) if self.stats else 0,
+                    "listed_days_ago": _days(moment - info.listed_at[item]),
+                }
+                kept.insert(
+                    int(spot),
+                    {
+                        "item_idx": int(item),
+                        "raw": float("nan"),
+                        "source": "exploration",
+                        "signals": signals,
+                    },
+                )
+            entries = kept
+        entries = entries[:k]
+        out, cap = [], float("inf")
+        for rank, e in enumerate(entries, start=1):
+            if np.isfinite(e["raw"]):
+                cap = min(cap, e["raw"])
+            out.append(
+                {
+                    "user_id": user,
+                    "item_idx": e["item_idx"],
+                    "rank": rank,
+                    "score": cap if np.isfinite(cap) else 0.0,
+                    "source": e["source"],
+                    "signals": json.dumps(e["signals"]),
+                }
+            )
+        return out
+
+    def _diversify(self, columns: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+        cfg, info = self.config, self._items
+        assert info is not None
+        if cfg.diversity == "mmr" and cfg.diversity_strength > 0:
+            sim = category_similarity(info.category[columns], info.top_category[columns])
+            return mmr_order(scores, sim, k, cfg.diversity_strength)
+        if cfg.diversity == "category-cap":
+            return capped_order(scores, info.category[columns], k, cfg.category_cap)
+        return np.argsort(-scores, kind="stable")[:k]
+
+    def _new_items(self, moment: float) -> np.ndarray:
+        """Items listed within `new_item_days` before the moment, or never interacted with in
+        training; never items listed after the moment."""
+        info = self._items
+        assert info is not None
+        listed = info.listed_at
+        age = moment - listed
+        recent = np.isfinite(age) & (age >= 0) & (age <= self.config.new_item_days * 86_400.0)
+        not_yet = np.isfinite(age) & (age < 0)
+        return (recent | (info.train_events == 0)) & ~not_yet
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, folder: str | Path) -> Path:
+        if self._seen is None or self._items is None or self.stats is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        out = Path(folder)
+        self.retrieval.save(out / "retrieval")
+        manifest = {
+            "format": FORMAT,
+            "config": self.config.model_dump(mode="json"),
+            "reference_ts": self._reference_ts,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        np.savez(
+            out / "pipeline.npz",
+            **{f"seen/{k}": v for k, v in self._seen.arrays().items()},
+            **self._items.arrays(),
+            impressions=self.stats.impressions,
+            clicks=self.stats.clicks,
+        )
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Recommender:
+        path = Path(folder)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{path}: not a pipeline model folder ({exc})") from exc
+        if manifest.get("format") != FORMAT:
+            raise ModelError(f"{path / MANIFEST}: not a marketrec pipeline manifest")
+        model = cls(load_model(path / "retrieval"), PipelineConfig(**manifest["config"]))
+        with np.load(path / "pipeline.npz", allow_pickle=False) as arrays:
+            a = dict(arrays)
+        model._seen = SeenItems.from_arrays(
+            {k.removeprefix("seen/"): v for k, v in a.items() if k.startswith("seen/")}
+        )
+        model._items = ItemInfo.from_arrays(a)
+        model.stats = ExplorationStats(a["impressions"], a["clicks"])
+        model._reference_ts = float(manifest["reference_ts"])
+        return model
+
+
+def _moments(at: Sequence[datetime | None] | None, n: int, reference: float) -> np.ndarray:
+    if at is None:
+        return np.full(n, reference)
+    return np.array([reference if t is None else t.timestamp() for t in at], dtype=np.float64)
+
+
+def _group_positions(users: pl.Series, wanted: pl.Series) -> dict[str, np.ndarray]:
+    """Row positions of each user's candidates (candidates come grouped by user, best first)."""
+    frame = pl.DataFrame({"user_id": users}).with_row_index("pos")
+    return {
+        str(user): part.get_column("pos").to_numpy().astype(np.int64)
+        for (user,), part in frame.group_by("user_id", maintain_order=True)
+    }
+
+
+def _row_mask(matrix: sp.csr_matrix, row: int, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]]] = True
+    return mask
+
+
+def _days(seconds: float) -> float | None:
+    return round(seconds / 86_400.0, 2) if np.isfinite(seconds) else None

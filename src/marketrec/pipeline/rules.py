@@ -1,0 +1,80 @@
+"""Business rules: what may never be shown to a user.
+
+Items not sellable in the user's region and delisted items are left out by the retrieval
+model itself (`CollaborativeRecommender.sellable`); here: items the user already had, per
+event type, so a marketplace can show a viewed item again while never re-offering a purchase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from marketrec.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SeenItems:
+    """Per event type, a users × items boolean matrix of what each user did that to."""
+
+    by_event: dict[str, sp.csr_matrix]
+    shape: tuple[int, int]
+
+    @classmethod
+    def build(cls, events: pl.DataFrame, user_ids: pl.Series, item_ids: pl.Series) -> SeenItems:
+        """`events`: user_id, item_id, event; ids outside the vocabularies are ignored."""
+        users = pl.DataFrame({"user_id": user_ids, "u": np.arange(user_ids.len())})
+        items = pl.DataFrame({"item_id": item_ids, "i": np.arange(item_ids.len())})
+        pairs = (
+            events.filter(pl.col("item_id").is_not_null())
+            .select("user_id", "item_id", "event")
+            .join(users, on="user_id")
+            .join(items, on="item_id")
+            .unique(["u", "i", "event"])
+        )
+        shape = (user_ids.len(), item_ids.len())
+        by_event = {}
+        for (event,), part in pairs.group_by("event"):
+            u, i = part.get_column("u").to_numpy(), part.get_column("i").to_numpy()
+            by_event[str(event)] = sp.csr_matrix((np.ones(len(u), dtype=bool), (u, i)), shape)
+        return cls(by_event, shape)
+
+    def exclusion(self, user_rows: np.ndarray, events: tuple[str, ...] | None) -> sp.csr_matrix:
+        """(len(user_rows), n_items) items to leave out for these users (-1 rows: nothing):
+        what they did any of `events` to (None: any event at all)."""
+        chosen = self.by_event.keys() if events is None else events
+        total = sp.csr_matrix(self.shape, dtype=bool)
+        for event in chosen:  # an event type nobody had excludes nothing
+            if event in self.by_event:
+                total = total + self.by_event[event]
+        known = user_rows >= 0
+        rows = total[np.where(known, user_rows, 0)].astype(np.float32)
+        return (sp.diags(known.astype(np.float32)) @ rows).tocsr()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {"shape": np.array(self.shape)}
+        for event, m in self.by_event.items():
+            coo = m.tocoo()
+            out[f"{event}/rows"], out[f"{event}/cols"] = coo.row, coo.col
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SeenItems:
+        if "shape" not in arrays:
+            raise ConfigError("seen-items arrays lack their shape")
+        shape = (int(arrays["shape"][0]), int(arrays["shape"][1]))
+        events = {k.split("/")[0] for k in arrays if "/" in k}
+        by_event = {
+            e: sp.csr_matrix(
+                (
+                    np.ones(len(arrays[f"{e}/rows"]), dtype=bool),
+                    (arrays[f"{e}/rows"], arrays[f"{e}/cols"]),
+                ),
+                shape,
+            )
+            for e in events
+        }
+        return cls(by_event, shape)

@@ -1,0 +1,193 @@
+"""The pipeline after retrieval: rules, diversity, exploration, explanations, persistence."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import T0, events_frame
+from marketrec.core.errors import ConfigError
+from marketrec.data.schema import Dataset, make_dataset
+from marketrec.models.registry import create
+from marketrec.pipeline.config import PipelineConfig
+from marketrec.pipeline.diversity import capped_order, category_similarity, mmr_order
+from marketrec.pipeline.exploration import (
+    ExplorationStats,
+    ThompsonExplorer,
+    exploration_positions,
+)
+from marketrec.pipeline.recommender import Recommender
+
+CATEGORIES = ("Toys > Puzzles", "Toys > Dolls", "Garden > Tools")
+
+
+@pytest.fixture
+def market() -> Dataset:
+    """40 users; 18 old items in 3 categories (c0 most popular); 4 items listed on the last
+    day with no events (new); `del` is delisted; `north-only` sells in the north only. Users
+    view items of every category and buy one."""
+    items = [f"c{c}-{j}" for c in range(3) for j in range(6)]
+    rows = []
+    for u in range(40):
+        user = f"u{u:02d}"
+        for j in range(6):  # two items of each category; over all users, every old item
+            rows.append((user, f"c{j % 3}-{(u + j) % 6}", u + j, "view"))
+        rows.append((user, f"c0-{u % 6}", u + 10, "purchase"))
+        rows.append((user, "north-only", u + 11, "view"))
+    new = [f"new{j}" for j in range(4)]
+    catalogue = pl.DataFrame(
+        {
+            "item_id": [*items, *new, "del", "north-only"],
+            "category": [CATEGORIES[int(i[1])] for i in items] + [CATEGORIES[2]] * 4 + [None, None],
+            "created_at": [T0 - timedelta(days=30)] * len(items)
+            + [T0 + timedelta(hours=50)] * 4
+            + [T0, T0],
+            "available": [True] * (len(items) + 4) + [False, True],
+            "regions": [None] * (len(items) + 5) + [["north"]],
+        }
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": [f"u{u:02d}" for u in range(40)] + ["newbie"],
+            "region": ["north"] * 20 + ["south"] * 20 + ["south"],
+        }
+    )
+    return make_dataset(events_frame(rows), catalogue, users)
+
+
+def pipeline(market: Dataset, **config) -> Recommender:
+    return Recommender(create("itemknn"), PipelineConfig(**config)).fit(market)
+
+
+def touched(market: Dataset, user: str, events: tuple[str, ...] | None = None) -> set[str]:
+    mine = market.events.filter(pl.col("user_id") == user)
+    if events is not None:
+        mine = mine.filter(pl.col("event").is_in(events))
+    return set(mine.get_column("item_id").to_list())
+
+
+def test_lists_follow_the_contract_and_the_rules(market: Dataset) -> None:
+    model = pipeline(market)
+    users = ["u00", "u25", "newbie", "stranger"]
+    recs = model.recommend(users, 5)
+    assert recs.columns == ["user_id", "item_id", "rank", "score"]
+    for user in users:
+        mine = recs.filter(user_id=user).sort("rank")
+        assert mine.get_column("rank").to_list() == [1, 2, 3, 4, 5]
+        items = mine.get_column("item_id").to_list()
+        assert len(set(items)) == 5  # no duplicates
+        assert not set(items) & touched(market, user)
+        assert "del" not in items
+        scores = mine.get_column("score").to_list()
+        assert scores == sorted(scores, reverse=True)
+    south = recs.filter(pl.col("user_id").is_in(["u25", "newbie"]))
+    assert "north-only" not in south.get_column("item_id").to_list()
+
+
+def test_exclusion_per_event_type(market: Dataset) -> None:
+    model = pipeline(market, exclude_events=("purchase",))
+    recs = model.recommend([f"u{u:02d}" for u in range(40)], 18)
+    for (user,), mine in recs.group_by("user_id"):
+        items = set(mine.get_column("item_id").to_list())
+        assert not items & touched(market, str(user), ("purchase",))
+    viewed_again = sum(
+        bool(set(m.get_column("item_id").to_list()) & touched(market, str(u), ("view",)))
+        for (u,), m in recs.group_by("user_id")
+    )
+    assert viewed_again > 0  # views are allowed back
+    with pytest.raises(ConfigError):
+        model.recommend(["u00"], 0)
+
+
+def test_category_cap_and_mmr_spread_categories(market: Dataset) -> None:
+    users = [f"u{u:02d}" for u in range(40)]
+    base = pipeline(market, diversity="none").recommend_detailed(users, 6)
+    capped = pipeline(market, diversity="category-cap", category_cap=2).recommend_detailed(users, 6)
+    mmr = pipeline(market, diversity="mmr", diversity_strength=0.7).recommend_detailed(users, 6)
+    category = dict(zip(market.items["item_id"], market.items["category"], strict=True))
+
+    def distinct(recs: pl.DataFrame) -> float:
+        return float(
+            np.mean(
+                [
+                    len({category[i] for i in m.get_column("item_id").to_list()})
+                    for _, m in recs.group_by("user_id")
+                ]
+            )
+        )
+
+    for _, mine in capped.group_by("user_id"):
+        counts = pl.Series([category[i] for i in mine.get_column("item_id").to_list()])
+        assert counts.drop_nulls().value_counts().get_column("count").max() <= 2
+    assert distinct(capped) > distinct(base)
+    assert distinct(mmr) > distinct(base)
+
+
+def test_mmr_and_cap_units() -> None:
+    relevance = np.array([0.9, 0.8, 0.7, 0.1])
+    cats = np.array([1, 1, 1, 2])
+    sim = category_similarity(cats, cats)
+    assert mmr_order(relevance, sim, 2, 0.0).tolist() == [0, 1]
+    assert mmr_order(relevance, sim, 2, 0.8).tolist() == [0, 3]
+    assert capped_order(relevance, cats, 3, 2).tolist() == [0, 1, 3]
+    assert capped_order(relevance, cats, 4, 2).tolist() == [0, 1, 3, 2]  # fills when short
+
+
+def test_exploration_share_is_respected_and_slots_go_to_new_items(market: Dataset) -> None:
+    model = pipeline(market, exploration_share=0.25, new_item_days=3.0)
+    users = [f"u{u:02d}" for u in range(40)] + ["newbie"]
+    recs = model.recommend_detailed(users, 8)
+    explored = recs.filter(source="exploration")
+    share = explored.height / recs.height
+    assert share == pytest.approx(0.25, abs=0.02)  # 2 of 8 slots each
+    assert set(explored.get_column("item_id").to_list()) <= {f"new{j}" for j in range(4)}
+    assert explored.get_column("rank").min() > 1  # never the top slot
+    for row in explored.iter_rows(named=True):
+        signals = json.loads(row["signals"])
+        assert {"thompson_draw", "impressions", "clicks", "listed_days_ago"} <= set(signals)
+    ranked = recs.filter(source="retrieval")
+    assert all("retrieval_score" in json.loads(s) for s in ranked.get_column("signals"))
+    none = pipeline(market).recommend_detailed(users, 8)
+    assert none.filter(source="exploration").height == 0
+
+
+def test_fractional_exploration_share_averages_out() -> None:
+    explorer = ThompsonExplorer((1.0, 20.0), ExplorationStats.empty(5), np.random.default_rng(1))
+    slots = [explorer.slots(10, 0.15) for _ in range(4000)]
+    assert set(slots) == {1, 2}
+    assert np.mean(slots) / 10 == pytest.approx(0.15, abs=0.005)
+
+
+def test_thompson_sampling_favours_items_that_earn_clicks() -> None:
+    stats = ExplorationStats.empty(3)
+    stats.record(np.repeat([0, 1], 100), np.repeat([0], 30))  # item 0: 30% CTR; item 1: 0%
+    explorer = ThompsonExplorer((1.0, 20.0), stats, np.random.default_rng(0))
+    picks = [int(explorer.pick(np.array([0, 1, 2]), 1).items[0]) for _ in range(500)]
+    counts = np.bincount(picks, minlength=3)
+    assert counts[0] > counts[2] > counts[1]  # proven > unknown (prior 1/21) > proven dud
+
+
+def test_exploration_positions() -> None:
+    assert exploration_positions(10, 1).tolist() == [5]
+    assert exploration_positions(10, 2).tolist() == [3, 7]
+    assert exploration_positions(4, 3).tolist() == [1, 2, 3]
+    assert exploration_positions(1, 1).tolist() == [0]
+
+
+def test_cold_users_are_marked_as_served_by_the_fallback(market: Dataset) -> None:
+    recs = pipeline(market).recommend_detailed(["newbie", "u03"], 4)
+    assert set(recs.filter(user_id="newbie").get_column("source")) == {"fallback"}
+    assert set(recs.filter(user_id="u03").get_column("source")) == {"retrieval"}
+
+
+def test_save_and_load_give_the_same_lists(market: Dataset, tmp_path) -> None:
+    model = pipeline(market, exploration_share=0.2, exclude_events=("purchase",))
+    users = ["u00", "u31", "newbie"]
+    before = model.recommend_detailed(users, 6)
+    loaded = Recommender.load(model.save(tmp_path / "m"))
+    assert loaded.config == model.config
+    assert loaded.recommend_detailed(users, 6).equals(before)
