@@ -20,6 +20,7 @@ from marketrec.pipeline.exploration import (
     ThompsonExplorer,
     exploration_positions,
 )
+from marketrec.pipeline.ranking_stage import RankingParams
 from marketrec.pipeline.recommender import Recommender
 
 CATEGORIES = ("Toys > Puzzles", "Toys > Dolls", "Garden > Tools")
@@ -191,3 +192,29 @@ def test_save_and_load_give_the_same_lists(market: Dataset, tmp_path) -> None:
     loaded = Recommender.load(model.save(tmp_path / "m"))
     assert loaded.config == model.config
     assert loaded.recommend_detailed(users, 6).equals(before)
+
+
+def test_two_stage_trains_a_ranker_and_serves_through_the_same_path(market, tmp_path) -> None:
+    model = Recommender(
+        create("itemknn"),
+        PipelineConfig(candidates=12),
+        RankingParams(epochs=3, random_negatives=3, candidates=12),
+    ).fit(market)
+    assert model.ranking is not None and model.ranking.report.epochs_run >= 1
+    model.ranking.active = True  # the tiny world's validation is too small to judge it
+    users = ["u00", "u21", "newbie"]
+    recs = model.recommend_detailed(users, 5)
+    for user in users:
+        mine = recs.filter(user_id=user).sort("rank")
+        assert mine.height == 5
+        assert not set(mine.get_column("item_id").to_list()) & touched(market, user)
+        scores = mine.get_column("score").to_list()
+        assert scores == sorted(scores, reverse=True)
+    signals = [json.loads(s) for s in recs.get_column("signals")]
+    assert all({"ranker_score", "retrieval_score", "retrieval_rank"} <= set(s) for s in signals)
+    # the ranker's score orders the list (no diversity by default)
+    ranker = [s["ranker_score"] for s in signals[:5]]
+    assert ranker == sorted(ranker, reverse=True)
+    loaded = Recommender.load(model.save(tmp_path / "two-stage"))
+    assert loaded.ranking is not None and loaded.ranking.active
+    assert loaded.recommend_detailed(users, 5).equals(recs)

@@ -221,6 +221,24 @@ class CollaborativeRecommender:
             raise ModelError(f"model '{self.name}' is not fitted")
         return self._items.ids
 
+    def item_columns(self, item_ids: pl.Series) -> np.ndarray:
+        """Each item's column in the model (-1: unknown to it)."""
+        if self._items is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        return self._items.lookup(item_ids)
+
+    @property
+    def user_ids(self) -> pl.Series:
+        """Every user the model knows, in row order."""
+        if self._users is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        return self._users.ids
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        """Region names, in the order of `region_index`."""
+        return self._regions
+
     def user_rows(self, user_ids: pl.Series) -> np.ndarray:
         """Each user's row in the model (-1: unknown to it)."""
         if self._users is None:

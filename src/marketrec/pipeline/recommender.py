@@ -37,7 +37,9 @@ from marketrec.pipeline.exploration import (
     ThompsonExplorer,
     exploration_positions,
 )
+from marketrec.pipeline.ranking_stage import RankingParams, RankingStage, fit_ranking_stage
 from marketrec.pipeline.rules import SeenItems
+from marketrec.ranking.features import value_codes
 
 MANIFEST = "pipeline.json"
 FORMAT = "marketrec-pipeline"
@@ -88,8 +90,8 @@ class ItemInfo:
             .fill_null(0)
         )
         return cls(
-            _codes(category),
-            _codes(top),
+            value_codes(category)[0],
+            value_codes(top)[0],
             listed.fill_null(np.nan).to_numpy().astype(np.float64),
             counts.to_numpy().astype(np.int64),
         )
@@ -102,23 +104,22 @@ class ItemInfo:
         return cls(**{k: arrays[f"item/{k}"] for k in cls.__dataclass_fields__})
 
 
-def _codes(values: pl.Series) -> np.ndarray:
-    """Category strings → codes (0 = none), in sorted order of the values."""
-    vocab = values.drop_nulls().unique().sort()
-    lookup = pl.DataFrame({"v": vocab, "code": np.arange(1, vocab.len() + 1)})
-    coded = pl.DataFrame({"v": values}).join(lookup, on="v", how="left", maintain_order="left")
-    return coded.get_column("code").fill_null(0).to_numpy().astype(np.int64)
-
-
 class Recommender:
     """The pipeline around a fitted (or to-be-fitted) retrieval model."""
 
     def __init__(
-        self, retrieval: CollaborativeRecommender, config: PipelineConfig | None = None
+        self,
+        retrieval: CollaborativeRecommender,
+        config: PipelineConfig | None = None,
+        ranking: RankingParams | None = None,
     ) -> None:
+        """`ranking`: train a re-ranker after retrieval (None: retrieval order)."""
         self.retrieval = retrieval
         self.config = config or PipelineConfig()
-        self.name = f"pipeline({retrieval.name})"
+        self.ranking_params = ranking
+        self.ranking: RankingStage | None = None
+        stages = "two-stage" if ranking is not None else "retrieval"
+        self.name = f"{stages}({retrieval.name})"
         self._seen: SeenItems | None = None
         self._items: ItemInfo | None = None
         self._reference_ts = float("nan")
@@ -128,6 +129,8 @@ class Recommender:
     def fit(self, data: Dataset) -> Self:
         self.retrieval.fit(data)
         self._index(data)
+        if self.ranking_params is not None:
+            self.ranking = fit_ranking_stage(self.retrieval, data, self.ranking_params)
         return self
 
     def _index(self, data: Dataset) -> None:
@@ -191,13 +194,15 @@ class Recommender:
         candidates = self.retrieval.recommend(
             ids, max(cfg.candidates, k), regions=regions, at=at, exclude=exclude
         )
-        ranked = self._rank(candidates)
         moments = _moments(at, ids.len(), self._reference_ts)
+        ranked = self._rank(candidates, ids, moments, regions)
         sellable = self.retrieval.sellable(self.retrieval.region_index(ids, regions))
         cold = self._served_by_fallback(rows)
         per_user = _group_positions(ranked.get_column("user_id"), ids)
-        item_col = self.retrieval_columns(ranked.get_column("item_id"))
+        item_col = self.retrieval.item_columns(ranked.get_column("item_id"))
         scores = ranked.get_column("score").to_numpy()
+        retrieval_scores = ranked.get_column("retrieval_score").to_numpy()
+        retrieval_ranks = ranked.get_column("retrieval_rank").to_numpy()
         out: list[dict[str, Any]] = []
         for u, user in enumerate(ids.to_list()):
             seed = (cfg.seed, int(rows[u]) + 1, int(np.nan_to_num(moments[u])))
@@ -210,6 +215,7 @@ class Recommender:
                     user,
                     item_col[positions],
                     scores[positions],
+                    np.column_stack([retrieval_scores[positions], retrieval_ranks[positions]]),
                     k,
                     explorer,
                     eligible_mask=sellable[u] & ~_row_mask(exclude, u, n_items),
@@ -223,16 +229,22 @@ class Recommender:
         names = self.retrieval.item_ids.gather(frame.get_column("item_idx"))
         return frame.with_columns(item_id=names).select(list(_DETAIL_SCHEMA))
 
-    def retrieval_columns(self, item_ids: pl.Series) -> np.ndarray:
-        lookup = pl.DataFrame({"item_id": self.retrieval.item_ids}).with_row_index("col")
-        joined = pl.DataFrame({"item_id": item_ids}).join(
-            lookup, on="item_id", how="left", maintain_order="left"
+    def _rank(
+        self,
+        candidates: pl.DataFrame,
+        ids: pl.Series,
+        moments: np.ndarray,
+        regions: Sequence[str | None] | None,
+    ) -> pl.DataFrame:
+        """The ranking stage (without one, retrieval order): adds retrieval_score and
+        retrieval_rank, `score` becomes the ranker's."""
+        if self.ranking is None:
+            return candidates.with_columns(
+                retrieval_score=pl.col("score"), retrieval_rank=pl.col("rank")
+            )
+        return self.ranking.rank(
+            self.retrieval, candidates, ids, moments, None if regions is None else list(regions)
         )
-        return joined.get_column("col").to_numpy().astype(np.int64)
-
-    def _rank(self, candidates: pl.DataFrame) -> pl.DataFrame:
-        """The ranking stage's slot: without a ranker, retrieval order and scores."""
-        return candidates
 
     def _served_by_fallback(self, rows: np.ndarray) -> np.ndarray:
         """Users the retrieval model answers with its popularity fallback (no history, and a
@@ -249,6 +261,7 @@ class Recommender:
         user: str,
         columns: np.ndarray,
         scores: np.ndarray,
+        retrieval: np.ndarray,
         k: int,
         explorer: ThompsonExplorer,
         eligible_mask: np.ndarray,
@@ -265,10 +278,7 @@ class Recommender:
                 "item_idx": int(columns[p]),
                 "raw": float(scores[p]),
                 "source": source,
-                "signals": {
-                    "retrieval_score": round(float(scores[p]), 6),
-                    "retrieval_rank": int(p) + 1,
-                },
+                "signals": self._signals(float(scores[p]), retrieval[p]),
             }
             for p in order
         ]
@@ -316,6 +326,15 @@ class Recommender:
             )
         return out
 
+    def _signals(self, score: float, retrieval: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "retrieval_score": round(float(retrieval[0]), 6),
+            "retrieval_rank": int(retrieval[1]),
+        }
+        if self.ranking is not None:
+            out["ranker_score"] = round(score, 6)
+        return out
+
     def _diversify(self, columns: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         cfg, info = self.config, self._items
         assert info is not None
@@ -349,6 +368,11 @@ class Recommender:
             "reference_ts": self._reference_ts,
             "created_at": datetime.now(UTC).isoformat(),
         }
+        if self.ranking is not None:
+            self.ranking.save(out / "ranking")
+            manifest["ranking"] = (
+                self.ranking_params.model_dump(mode="json") if self.ranking_params else {}
+            )
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
         np.savez(
             out / "pipeline.npz",
@@ -368,7 +392,14 @@ class Recommender:
             raise ModelError(f"{path}: not a pipeline model folder ({exc})") from exc
         if manifest.get("format") != FORMAT:
             raise ModelError(f"{path / MANIFEST}: not a marketrec pipeline manifest")
-        model = cls(load_model(path / "retrieval"), PipelineConfig(**manifest["config"]))
+        ranking = manifest.get("ranking")
+        model = cls(
+            load_model(path / "retrieval"),
+            PipelineConfig(**manifest["config"]),
+            None if ranking is None else RankingParams(**ranking),
+        )
+        if ranking is not None:
+            model.ranking = RankingStage.load(path / "ranking")
         with np.load(path / "pipeline.npz", allow_pickle=False) as arrays:
             a = dict(arrays)
         model._seen = SeenItems.from_arrays(

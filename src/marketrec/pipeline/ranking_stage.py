@@ -1,0 +1,292 @@
+"""The ranking stage inside the pipeline: how the re-ranker is trained and applied.
+
+Training follows how it will be used. The training data is cut in time: a retrieval model of
+the same kind learns from the events before the cut, retrieves candidates for the users active
+after it, and the re-ranker learns which of those candidates (plus random items) the users
+then interacted with, from features computed as of the cut. A ranker trained on candidates of
+a retrieval model that had already seen those interactions would learn to trust retrieval
+scores that are too good to be true.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from marketrec.data.schema import Dataset
+from marketrec.data.split import split_global, split_per_user
+from marketrec.features.interactions import DEFAULT_EVENT_WEIGHTS
+from marketrec.models.base import CollaborativeRecommender
+from marketrec.models.registry import create
+from marketrec.ranking.features import RankingState, Rows, compute_features
+from marketrec.ranking.model import Ranker
+from marketrec.ranking.training import RankerConfig, RankerReport, predict, train_ranker
+
+log = logging.getLogger(__name__)
+
+
+class RankingParams(BaseModel):
+    """How the ranking stage is trained."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window: float = Field(default=0.2, gt=0, lt=1)
+    """Share of the events the re-ranker learns from: each user's latest (`per-user`) or the
+    whole marketplace's latest (`global`)."""
+    window_mode: Literal["per-user", "global"] = "per-user"
+    """per-user: every user with enough events gives a list (many lists even where each user
+    is active only briefly, as in MovieLens); global: one cut in time for everybody."""
+    candidates: int = Field(default=300, gt=0)
+    """Retrieved candidates per user in the ranker's training lists."""
+    random_negatives: int = Field(default=10, ge=0)
+    max_users: int = Field(default=20_000, gt=0)
+    min_rating: float = 4.0
+    """Ratings below this are not positives (as in the offline targets)."""
+    epochs: int = Field(default=20, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    seed: int = 0
+
+
+class RankingStage:
+    """A trained re-ranker and the state its features read."""
+
+    def __init__(
+        self, model: Ranker, state: RankingState, config: RankerConfig, active: bool = True
+    ) -> None:
+        self.model = model
+        self.state = state
+        self.config = config
+        self.report = RankerReport()
+        self.active = active
+        """False when the ranker did not order its validation lists better than retrieval
+        did: the stage then keeps retrieval order rather than ship a ranker that hurts."""
+
+    def rank(
+        self,
+        retrieval: CollaborativeRecommender,
+        candidates: pl.DataFrame,
+        user_ids: pl.Series,
+        moments: np.ndarray,
+        regions: list[str | None] | None,
+    ) -> pl.DataFrame:
+        """Candidates (user_id, item_id, rank, score) → the same rows with `retrieval_score`,
+        `retrieval_rank` and the ranker's `score`, best first within each user."""
+        if candidates.height == 0 or not self.active:
+            return candidates.with_columns(
+                retrieval_score=pl.col("score"), retrieval_rank=pl.col("rank")
+            )
+        rows, position = _rows_for(retrieval, candidates, user_ids, moments, regions)
+        logits = predict(self.model, compute_features(self.state, rows))
+        return (
+            candidates.rename({"score": "retrieval_score", "rank": "retrieval_rank"})
+            .with_columns(score=pl.Series(logits.astype(np.float64)), _user=pl.Series(position))
+            .sort(["_user", "score"], descending=[False, True], maintain_order=True)
+            .drop("_user")
+        )
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), folder / "ranker.pt")
+        arrays = {k: v for k, v in self.state.__dict__.items() if isinstance(v, np.ndarray)}
+        arrays["counter_codes"] = self.state.item_counter.codes
+        arrays["counter_times"] = self.state.item_counter.times
+        np.savez(folder / "ranking_state.npz", **arrays)
+        meta = {
+            "config": self.config.__dict__,
+            "cardinality": self.state.cardinality,
+            "active": self.active,
+            "report": stage_summary(self),
+        }
+        (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> RankingStage:
+        from marketrec.features.activity import ActivityCounter
+
+        meta = json.loads((folder / "ranker.json").read_text())
+        config = RankerConfig(**meta["config"])
+        with np.load(folder / "ranking_state.npz", allow_pickle=False) as arrays:
+            a = dict(arrays)
+        counter = ActivityCounter(a.pop("counter_codes"), a.pop("counter_times"))
+        state = RankingState(**a, item_counter=counter, cardinality=meta["cardinality"])
+        model = Ranker(
+            state.cardinality, config.dim, config.hidden, config.cross_layers, config.dropout
+        )
+        model.load_state_dict(torch.load(folder / "ranker.pt", weights_only=True))
+        model.eval()
+        return cls(model, state, config, bool(meta.get("active", True)))
+
+
+def _rows_for(
+    retrieval: CollaborativeRecommender,
+    candidates: pl.DataFrame,
+    user_ids: pl.Series,
+    moments: np.ndarray,
+    regions: list[str | None] | None,
+) -> tuple[Rows, np.ndarray]:
+    """Feature rows for candidates of `user_ids` (moments and regions given per user), and
+    each row's user position in `user_ids`."""
+    position = pl.DataFrame({"user_id": user_ids}).with_row_index("p").unique("user_id")
+    per_row = candidates.join(position, on="user_id", how="left", maintain_order="left")
+    p = per_row.get_column("p").to_numpy().astype(np.int64)
+    region_idx = retrieval.region_index(user_ids, regions)
+    n_regions = len(retrieval.region_names)
+    region_code = np.where(region_idx < n_regions, region_idx + 1, 0)[p]
+    items = retrieval.item_columns(candidates.get_column("item_id"))
+    sellable = retrieval.sellable(region_idx[p])[np.arange(len(p)), items]
+    score = candidates.get_column("score").to_numpy().astype(np.float64)
+    rank = candidates.get_column("rank").to_numpy().astype(np.float64)
+    rows = Rows(
+        user=retrieval.user_rows(user_ids)[p],
+        item=items,
+        at=moments[p],
+        region=region_code.astype(np.int64),
+        device=np.zeros(len(p), dtype=np.int64),
+        retrieval_score=np.where(rank > 0, score, np.nan),
+        retrieval_rank=rank,
+        sellable=sellable,
+    )
+    return rows, p
+
+
+def fit_ranking_stage(
+    retrieval: CollaborativeRecommender, data: Dataset, params: RankingParams
+) -> RankingStage:
+    """Train the re-ranker for a fitted `retrieval` model (see the module docstring)."""
+    if params.window_mode == "global":
+        split = split_global(data, quantile=1.0 - params.window)
+    else:
+        split = split_per_user(data, test_fraction=params.window)
+    early, late = split.train, split.test.events.filter(pl.col("item_id").is_not_null())
+    log.info("ranking stage: retrieval for the ranker's window (%s)", split.description)
+    early_model = create(
+        retrieval.name,
+        retrieval.scorer.params.model_dump(),
+        fallback=retrieval.fallback.params.model_dump(),
+        interactions=retrieval.interaction_config,
+    ).fit(early)
+    positives = _positives(late, early, params)
+    users = positives.get_column("user_id").unique().sort()
+    rng = np.random.default_rng(params.seed)
+    if users.len() > params.max_users:
+        users = users.gather(np.sort(rng.choice(users.len(), params.max_users, replace=False)))
+    moment = _moments(early, users, params.window_mode)
+    retrieved = early_model.recommend(
+        users, params.candidates, at=[datetime.fromtimestamp(t, UTC) for t in moment]
+    )
+    n_items = retrieval.item_ids.len()
+    randoms = pl.DataFrame(
+        {
+            "user_id": users.to_list() * params.random_negatives,
+            "item_id": retrieval.item_ids.gather(
+                rng.integers(0, n_items, users.len() * params.random_negatives)
+            ),
+            "rank": 0,
+            "score": float("nan"),
+        },
+        schema=retrieved.schema,
+    )
+    lists = (
+        pl.concat([retrieved, randoms])
+        .unique(["user_id", "item_id"], keep="first", maintain_order=True)
+        .join(positives, on=["user_id", "item_id"], how="left")
+        .with_columns(pl.col("weight").fill_null(0.0))
+        .sort("user_id", maintain_order=True)
+    )
+    state = RankingState.build(
+        early, retrieval.user_ids, retrieval.item_ids, retrieval.region_names
+    )
+    rows, _ = _rows_for(retrieval, lists, users, moment, None)
+    features = compute_features(state, rows)
+    labels = (lists.get_column("weight").to_numpy() > 0).astype(np.float32)
+    weights = np.where(labels > 0, lists.get_column("weight").to_numpy(), 1.0)
+    groups = rows.user
+    log.info(
+        "ranking stage: %s lists, %s rows, %.1f%% positive",
+        f"{users.len():,}",
+        f"{lists.height:,}",
+        100 * labels.mean() if len(labels) else 0.0,
+    )
+    config = RankerConfig(
+        epochs=params.epochs,
+        learning_rate=params.learning_rate,
+        dropout=params.dropout,
+        weight_decay=params.weight_decay,
+        seed=params.seed,
+    )
+    rank = rows.retrieval_rank
+    input_order = np.where(rank > 0, -rank, -1e9)
+    model, report = train_ranker(
+        features, labels, weights, groups, state.cardinality, config, input_order
+    )
+    serving_state = RankingState.build(
+        data, retrieval.user_ids, retrieval.item_ids, retrieval.region_names
+    )
+    active = report.best_ndcg > report.input_order_ndcg or math.isnan(report.input_order_ndcg)
+    if not active:
+        log.warning(
+            "ranking stage: the ranker's validation NDCG@10 %.4f does not beat retrieval order "
+            "(%.4f); serving keeps retrieval order",
+            report.best_ndcg,
+            report.input_order_ndcg,
+        )
+    stage = RankingStage(model, serving_state, config, active)
+    stage.report = report
+    return stage
+
+
+def _moments(early: Dataset, users: pl.Series, mode: str) -> np.ndarray:
+    """Each list's moment, epoch seconds: one second after the user's last event before the
+    window (per-user) or after the last event before the cut (global)."""
+    ts = early.events.select("user_id", t=pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6)
+    if mode == "global" or ts.height == 0:
+        last = float(ts.get_column("t").max() or 0.0)
+        return np.full(users.len(), last + 1.0)
+    per_user = ts.group_by("user_id").agg(pl.col("t").max())
+    joined = pl.DataFrame({"user_id": users}).join(
+        per_user, on="user_id", how="left", maintain_order="left"
+    )
+    fallback = float(ts.get_column("t").max())
+    return joined.get_column("t").fill_null(fallback).to_numpy() + 1.0
+
+
+def _positives(late: pl.DataFrame, early: Dataset, params: RankingParams) -> pl.DataFrame:
+    """(user_id, item_id, weight): what each user did in the window to items new to them,
+    weighted by the strongest event (ratings below `min_rating` are not interest)."""
+    weights = pl.DataFrame(
+        {"event": list(DEFAULT_EVENT_WEIGHTS), "weight": list(DEFAULT_EVENT_WEIGHTS.values())}
+    )
+    interest = late
+    if "value" in late.columns:
+        interest = late.filter(
+            (pl.col("event") != "rating") | (pl.col("value").fill_null(0) >= params.min_rating)
+        )
+    before = early.events.select("user_id", "item_id").unique()
+    return (
+        interest.join(weights, on="event", how="left")
+        .with_columns(pl.col("weight").fill_null(1.0))
+        .join(before, on=["user_id", "item_id"], how="anti")
+        .group_by("user_id", "item_id")
+        .agg(pl.col("weight").max())
+    )
+
+
+def stage_summary(stage: RankingStage) -> dict[str, Any]:
+    r = stage.report
+    return {
+        "epochs_run": r.epochs_run,
+        "best_epoch": r.best_epoch,
+        "validation_ndcg@10": r.best_ndcg,
+    }

@@ -1,0 +1,347 @@
+"""Point-in-time features of (user, candidate item, moment) rows for the ranking stage.
+
+Every feature reads only events strictly before the row's moment, so training rows built for
+a past window see what serving would have seen then (the test in tests/ranking checks it).
+
+- user: events before (log count, in the last week), days since the last event and the last
+  purchase, average order value, average rating given, region, profile attributes;
+- item: events in the last hour, day, week, month and ever (point-in-time counts), its share
+  of the day's and week's events, price, brand, category, days since listing, whether it is
+  sellable in the user's region;
+- context: device, hour, weekday, region;
+- cross: the retrieval score (standardised within the user's candidate list) and rank, the
+  user's affinity for the candidate's category, top category and brand (share of their last
+  `AFFINITY_EVENTS` events), the candidate's price relative to the user's usual price, and the
+  user's last `RECENT_ITEMS` items for the model's target attention.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from marketrec.data.schema import Dataset
+from marketrec.features.activity import ActivityCounter
+
+AFFINITY_EVENTS = 50
+RECENT_ITEMS = 10
+ITEM_WINDOWS_S = (3_600.0, 86_400.0, 7 * 86_400.0, 30 * 86_400.0, None)
+EVENT_CODES = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4, "rating": 5}
+NUMERIC = (
+    "user_events_log",
+    "user_events_week_log",
+    "user_days_since_last",
+    "user_days_since_purchase",
+    "user_never_bought",
+    "user_order_value_log",
+    "user_rating_mean",
+    "item_hour_log",
+    "item_day_log",
+    "item_week_log",
+    "item_month_log",
+    "item_ever_log",
+    "item_day_share_log",
+    "item_week_share_log",
+    "item_age_days_log",
+    "item_price_log",
+    "item_sellable",
+    "retrieval_z",
+    "retrieval_rank_log",
+    "retrieved",
+    "affinity_category",
+    "affinity_top_category",
+    "affinity_brand",
+    "price_vs_usual_log",
+)
+CATEGORICAL = (
+    "item_bucket",
+    "category",
+    "top_category",
+    "brand",
+    "region",
+    "device",
+    "hour",
+    "weekday",
+)
+ITEM_BUCKETS = 1 << 16
+
+
+def value_codes(values: pl.Series) -> tuple[np.ndarray, int]:
+    """Strings → codes in sorted order of the values (0 = missing), and the table size."""
+    vocab = values.drop_nulls().unique().sort()
+    lookup = pl.DataFrame({"v": vocab, "code": np.arange(1, vocab.len() + 1)})
+    coded = pl.DataFrame({"v": values}).join(lookup, on="v", how="left", maintain_order="left")
+    return coded.get_column("code").fill_null(0).to_numpy().astype(np.int64), vocab.len() + 1
+
+
+def _column(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Series:
+    if name in frame.columns:
+        return frame.get_column(name).cast(dtype)
+    return pl.Series(name, [None] * frame.height, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class RankingState:
+    """What the features read: the event log by user, item counters and item/user tables, all
+    aligned with the retrieval model's user rows and item columns."""
+
+    user_codes: np.ndarray  # sorted (user, second) codes of item events
+    ev_item: np.ndarray
+    ev_ts: np.ndarray
+    ev_last_purchase: np.ndarray  # per event: index of the user's latest purchase so far, -1
+    spend_cum: np.ndarray  # prefix sums over events (len + 1)
+    purchases_cum: np.ndarray
+    rating_sum_cum: np.ndarray
+    ratings_cum: np.ndarray
+    item_counter: ActivityCounter
+    item_category: np.ndarray
+    item_top_category: np.ndarray
+    item_brand: np.ndarray
+    item_price: np.ndarray  # NaN = unknown
+    item_listed: np.ndarray  # epoch s, NaN = unknown
+    item_bucket: np.ndarray
+    user_region: np.ndarray  # code, 0 = unknown
+    cardinality: dict[str, int]
+
+    @classmethod
+    def build(
+        cls, data: Dataset, user_ids: pl.Series, item_ids: pl.Series, region_names: tuple[str, ...]
+    ) -> RankingState:
+        users = pl.DataFrame({"user_id": user_ids}).with_row_index("u")
+        items = pl.DataFrame({"item_id": item_ids}).with_row_index("i")
+        ev = (
+            data.events.filter(pl.col("item_id").is_not_null() & (pl.col("event") != "search"))
+            .join(users, on="user_id")
+            .join(items, on="item_id")
+            .with_columns(
+                t=pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6,
+                v=pl.col("value") if "value" in data.events.columns else pl.lit(0.0),
+            )
+            .sort("u", "t")
+        )
+        u = ev.get_column("u").to_numpy().astype(np.int64)
+        t = ev.get_column("t").to_numpy()
+        event = ev.get_column("event").to_numpy()
+        value = ev.get_column("v").cast(pl.Float64).fill_null(0.0).to_numpy()
+        purchase = event == "purchase"
+        rating = event == "rating"
+        idx = np.arange(len(u))
+        marks = np.where(purchase, idx, -1)
+        # latest purchase so far within each user's run: running max, reset at run starts
+        starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1] if len(u) else np.zeros(0, int)
+        run_start = np.repeat(starts, np.diff(np.r_[starts, len(u)])) if len(u) else idx
+        last = np.maximum.accumulate(np.where(marks >= run_start, marks, -1)) if len(u) else marks
+        last = np.where(last >= run_start, last, -1)
+        catalogue = pl.DataFrame({"item_id": item_ids}).join(
+            data.items, on="item_id", how="left", maintain_order="left"
+        )
+        category = _column(catalogue, "category", pl.String)
+        category_codes, n_categories = value_codes(category)
+        top_codes, n_top = value_codes(category.str.split(" > ").list.first())
+        brand_codes, n_brands = value_codes(_column(catalogue, "brand", pl.String))
+        listed = _column(catalogue, "created_at", pl.Datetime("us", "UTC"))
+        profile = users.join(data.users, on="user_id", how="left", maintain_order="left")
+        region_lookup = {name: j + 1 for j, name in enumerate(region_names)}
+        region = np.array(
+            [region_lookup.get(r, 0) for r in _column(profile, "region", pl.String).to_list()],
+            dtype=np.int64,
+        )
+        ev_item = ev.get_column("i").to_numpy().astype(np.int64)
+        return cls(
+            user_codes=_user_codes(u, t),
+            ev_item=ev_item,
+            ev_ts=t,
+            ev_last_purchase=last.astype(np.int64),
+            spend_cum=np.r_[0.0, np.cumsum(np.where(purchase, value, 0.0))],
+            purchases_cum=np.r_[0, np.cumsum(purchase)],
+            rating_sum_cum=np.r_[0.0, np.cumsum(np.where(rating, value, 0.0))],
+            ratings_cum=np.r_[0, np.cumsum(rating)],
+            item_counter=ActivityCounter.build(ev_item, t),
+            item_category=category_codes,
+            item_top_category=top_codes,
+            item_brand=brand_codes,
+            item_price=_column(catalogue, "price", pl.Float64).fill_null(np.nan).to_numpy(),
+            item_listed=(listed.dt.epoch("us").cast(pl.Float64) / 1e6).fill_null(np.nan).to_numpy(),
+            item_bucket=np.array(
+                [zlib.crc32(s.encode()) % (ITEM_BUCKETS - 1) + 1 for s in item_ids.to_list()],
+                dtype=np.int64,
+            ),
+            user_region=region,
+            cardinality={
+                "item_bucket": ITEM_BUCKETS,
+                "category": n_categories,
+                "top_category": n_top,
+                "brand": n_brands,
+                "region": len(region_names) + 1,
+                "device": 17,
+                "hour": 25,
+                "weekday": 8,
+            },
+        )
+
+
+def _user_codes(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    seconds = np.clip(np.floor(np.nan_to_num(ts, nan=0.0)), 0, 2**34 - 1).astype(np.int64)
+    return (users.astype(np.int64) << 34) | seconds
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The candidate rows to featurise (one entry per row)."""
+
+    user: np.ndarray  # user row, -1 = unknown user
+    item: np.ndarray  # item column
+    at: np.ndarray  # moment, epoch seconds
+    region: np.ndarray  # region code (0 = unknown)
+    device: np.ndarray  # device code (0 = unknown)
+    retrieval_score: np.ndarray  # NaN = not retrieved
+    retrieval_rank: np.ndarray  # 1-based; 0 = not retrieved
+    sellable: np.ndarray  # bool
+
+
+@dataclass(frozen=True)
+class Features:
+    numeric: np.ndarray  # (B, len(NUMERIC)) float32
+    categorical: np.ndarray  # (B, len(CATEGORICAL)) int64
+    recent: np.ndarray  # (B, RECENT_ITEMS) item buckets, 0 = none
+    recent_category: np.ndarray  # (B, RECENT_ITEMS)
+
+    def take(self, rows: np.ndarray) -> Features:
+        return Features(
+            self.numeric[rows],
+            self.categorical[rows],
+            self.recent[rows],
+            self.recent_category[rows],
+        )
+
+
+def compute_features(state: RankingState, rows: Rows) -> Features:
+    """Features of every row, from events strictly before its moment."""
+    s = state
+    n = len(rows.user)
+    known = rows.user >= 0
+    safe_user = np.maximum(rows.user, 0)
+    end = np.searchsorted(s.user_codes, _user_codes(safe_user, rows.at), "left")
+    begin = np.searchsorted(s.user_codes, _user_codes(safe_user, np.zeros(n)), "left")
+    end = np.where(known, end, begin)
+    count = end - begin
+    week = end - np.searchsorted(
+        s.user_codes, _user_codes(safe_user, rows.at - 7 * 86_400.0), "left"
+    )
+    last = np.maximum(end - 1, 0)
+    has = count > 0
+    since_last = (
+        np.where(has, (rows.at - s.ev_ts[last]) / 86_400.0, 365.0)
+        if len(s.ev_ts)
+        else np.full(n, 365.0)
+    )
+    lp = s.ev_last_purchase[last] if len(s.ev_last_purchase) else np.full(n, -1)
+    bought = has & (lp >= begin)
+    since_purchase = np.where(bought, (rows.at - s.ev_ts[np.maximum(lp, 0)]) / 86_400.0, 365.0)
+    purchases = s.purchases_cum[end] - s.purchases_cum[begin]
+    spend = s.spend_cum[end] - s.spend_cum[begin]
+    ratings = s.ratings_cum[end] - s.ratings_cum[begin]
+    rating_sum = s.rating_sum_cum[end] - s.rating_sum_cum[begin]
+    # the user's last AFFINITY_EVENTS events: (B, L) positions, -1 = none
+    offsets = np.arange(AFFINITY_EVENTS, 0, -1)
+    window = end[:, None] - offsets[None, :]
+    valid = window >= begin[:, None]
+    window_items = (
+        np.where(valid, s.ev_item[np.clip(window, 0, max(len(s.ev_item) - 1, 0))], -1)
+        if len(s.ev_item)
+        else np.full((n, AFFINITY_EVENTS), -1)
+    )
+    item_safe = np.maximum(window_items, 0)
+    seen = valid.sum(1)
+
+    def affinity(table: np.ndarray) -> np.ndarray:
+        same = (
+            (table[item_safe] == table[rows.item][:, None])
+            & valid
+            & (table[rows.item][:, None] > 0)
+        )
+        return same.sum(1) / np.maximum(seen, 1)
+
+    prices = np.where(valid, s.item_price[item_safe], np.nan)
+    priced = np.isfinite(prices)
+    usual = np.where(priced, prices, 0.0).sum(1) / np.maximum(priced.sum(1), 1)
+    usual = np.where(priced.any(1), usual, np.nan)
+    cand_price = s.item_price[rows.item]
+    ratio = np.where(
+        np.isfinite(usual) & np.isfinite(cand_price) & (usual > 0),
+        np.log((cand_price + 1.0) / (np.nan_to_num(usual) + 1.0)),
+        0.0,
+    )
+    # item activity, point in time
+    counts = [s.item_counter.count(rows.item, rows.at, w) for w in ITEM_WINDOWS_S]
+    day_total = s.item_counter.total(rows.at, 86_400.0)
+    week_total = s.item_counter.total(rows.at, 7 * 86_400.0)
+    age = (rows.at - s.item_listed[rows.item]) / 86_400.0
+    # retrieval score standardised within each user's list (rows of one request are adjacent)
+    z = _within_list_z(rows)
+    numeric = np.column_stack(
+        [
+            np.log1p(count),
+            np.log1p(week),
+            np.log1p(np.clip(since_last, 0, 365)),
+            np.log1p(np.clip(since_purchase, 0, 365)),
+            (~bought).astype(np.float64),
+            np.log1p(np.where(purchases > 0, spend / np.maximum(purchases, 1), 0.0)),
+            np.where(ratings > 0, rating_sum / np.maximum(ratings, 1), 0.0),
+            *[np.log1p(c) for c in counts],
+            np.log((counts[1] + 0.5) / (day_total + 1.0)),
+            np.log((counts[2] + 0.5) / (week_total + 1.0)),
+            np.log1p(np.clip(np.nan_to_num(age, nan=365.0), 0, None)),
+            np.log1p(np.nan_to_num(np.clip(cand_price, 0, None), nan=0.0)),
+            rows.sellable.astype(np.float64),
+            z,
+            np.log1p(rows.retrieval_rank),
+            (rows.retrieval_rank > 0).astype(np.float64),
+            affinity(s.item_category),
+            affinity(s.item_top_category),
+            affinity(s.item_brand),
+            ratio,
+        ]
+    ).astype(np.float32)
+    hour = (np.floor(rows.at / 3600.0) % 24).astype(np.int64) + 1
+    weekday = ((np.floor(rows.at / 86_400.0) + 3) % 7).astype(np.int64) + 1
+    categorical = np.column_stack(
+        [
+            s.item_bucket[rows.item],
+            s.item_category[rows.item],
+            s.item_top_category[rows.item],
+            s.item_brand[rows.item],
+            rows.region,
+            np.clip(rows.device, 0, 16),
+            hour,
+            weekday,
+        ]
+    ).astype(np.int64)
+    recent_pos = window_items[:, -RECENT_ITEMS:]
+    recent_ok = recent_pos >= 0
+    recent_safe = np.maximum(recent_pos, 0)
+    recent = np.where(recent_ok, s.item_bucket[recent_safe], 0)
+    recent_category = np.where(recent_ok, s.item_category[recent_safe], 0)
+    return Features(numeric, categorical, recent.astype(np.int64), recent_category.astype(np.int64))
+
+
+def _within_list_z(rows: Rows) -> np.ndarray:
+    """Retrieval score minus the mean of the user's list, over its standard deviation; rows of
+    one (user, moment) list are grouped. Not-retrieved rows get the list's minimum − 1 sd."""
+    score = rows.retrieval_score
+    key = pl.DataFrame({"u": rows.user, "t": rows.at, "s": score}).with_columns(
+        pl.col("s").fill_nan(None)
+    )
+    stats = key.with_columns(
+        m=pl.col("s").mean().over("u", "t"),
+        sd=pl.col("s").std().over("u", "t").fill_null(1.0),
+        lo=pl.col("s").min().over("u", "t"),
+    )
+    m = stats.get_column("m").fill_null(0.0).to_numpy()
+    sd = np.maximum(np.nan_to_num(stats.get_column("sd").to_numpy(), nan=1.0), 1e-6)
+    lo = stats.get_column("lo").fill_null(0.0).to_numpy()
+    filled = np.where(np.isfinite(score), score, lo - sd)
+    return np.clip((filled - m) / sd, -5, 5)

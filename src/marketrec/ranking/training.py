@@ -1,0 +1,161 @@
+"""Training the re-ranker: binary cross-entropy on candidate rows, early stopping on NDCG@10.
+
+Rows come grouped in lists (one user at one moment); validation holds out whole lists and
+measures how well the ranker orders each held-out list (NDCG@10 of its positives), which is
+what the stage is for.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from marketrec.ranking.features import Features
+from marketrec.ranking.model import Ranker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    dim: int = 16
+    hidden: int = 128
+    cross_layers: int = 2
+    dropout: float = 0.1
+    epochs: int = 20
+    batch_size: int = 1024
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    patience: int = 3
+    validation_fraction: float = 0.15
+    seed: int = 0
+
+
+@dataclass
+class RankerReport:
+    epochs_run: int = 0
+    best_epoch: int = 0
+    best_ndcg: float = 0.0
+    #: NDCG@10 of the validation lists in the order they came in (retrieval order): what the
+    #: ranker has to beat to be worth its milliseconds
+    input_order_ndcg: float = math.nan
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _tensors(f: Features) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.from_numpy(f.numeric),
+        torch.from_numpy(f.categorical),
+        torch.from_numpy(f.recent),
+        torch.from_numpy(f.recent_category),
+    )
+
+
+def predict(model: Ranker, features: Features, batch: int = 8192) -> np.ndarray:
+    """Logits for every row."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(features.numeric), batch):
+            part = features.take(np.arange(start, min(start + batch, len(features.numeric))))
+            out.append(model(*_tensors(part)).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def list_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over the lists (groups) that hold at least one positive."""
+    total, lists = 0.0, 0
+    order = np.lexsort((-scores, groups))
+    g, lab = groups[order], labels[order]
+    bounds = np.r_[0, np.flatnonzero(np.diff(g)) + 1, len(g)]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    for a, b in pairwise(bounds):
+        rel = lab[a:b] > 0
+        positives = int(rel.sum())
+        if positives == 0:
+            continue
+        gains = rel[:k].astype(np.float64)
+        ideal = discounts[: min(positives, k)].sum()
+        total += float((gains * discounts[: len(gains)]).sum() / ideal)
+        lists += 1
+    return total / lists if lists else math.nan
+
+
+def train_ranker(
+    features: Features,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    groups: np.ndarray,
+    cardinality: dict[str, int],
+    config: RankerConfig,
+    input_order: np.ndarray | None = None,
+) -> tuple[Ranker, RankerReport]:
+    """labels: 1 for rows the user then interacted with, else 0; weights: per-row loss weight
+    (event-type weight of positives); groups: list id per row; input_order: a score per row
+    that gives the order the lists came in (reported beside the ranker's validation NDCG)."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    unique = np.unique(groups)
+    held = rng.random(len(unique)) < config.validation_fraction
+    val_rows = np.isin(groups, unique[held])
+    fit_idx, val_idx = np.flatnonzero(~val_rows), np.flatnonzero(val_rows)
+    model = Ranker(cardinality, config.dim, config.hidden, config.cross_layers, config.dropout)
+    numeric = features.numeric[fit_idx]
+    model.mean.copy_(torch.from_numpy(numeric.mean(0)))
+    model.scale.copy_(torch.from_numpy(numeric.std(0) + 1e-3))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    report, best_state, stale = RankerReport(), None, 0
+    if input_order is not None and len(val_idx):
+        report.input_order_ndcg = list_ndcg(input_order[val_idx], labels[val_idx], groups[val_idx])
+        log.info("ranker: validation NDCG@10 in input order %.4f", report.input_order_ndcg)
+    y = torch.from_numpy(labels.astype(np.float32))
+    w = torch.from_numpy(weights.astype(np.float32))
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = rng.permutation(fit_idx)
+        total, batches = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            rows = order[start : start + config.batch_size]
+            logits = model(*_tensors(features.take(rows)))
+            loss = F.binary_cross_entropy_with_logits(
+                logits, y[rows], weight=w[rows], reduction="sum"
+            ) / max(float(w[rows].sum()), 1e-6)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            batches += 1
+        ndcg = (
+            list_ndcg(predict(model, features.take(val_idx)), labels[val_idx], groups[val_idx])
+            if len(val_idx)
+            else math.nan
+        )
+        report.history.append(
+            {"epoch": float(epoch), "loss": total / max(batches, 1), "ndcg": ndcg}
+        )
+        report.epochs_run = epoch
+        log.info(
+            "ranker epoch %d: loss %.4f, validation NDCG@10 %.4f",
+            epoch,
+            total / max(batches, 1),
+            ndcg,
+        )
+        if not len(val_idx) or ndcg > report.best_ndcg:
+            report.best_ndcg, report.best_epoch, stale = (ndcg if len(val_idx) else 0.0), epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, report

@@ -1,0 +1,84 @@
+"""Ranking features are point-in-time: nothing at or after a row's moment changes them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import T0, events_frame
+from marketrec.data.schema import Dataset, make_dataset
+from marketrec.ranking.features import NUMERIC, RankingState, Rows, compute_features
+
+HOUR = 3600.0
+
+
+def world(extra: list[tuple[str, str, int, str]] = ()) -> Dataset:
+    rows = [
+        ("u1", "a", 0, "view"),
+        ("u1", "b", 1, "view"),
+        ("u1", "b", 2, "purchase"),
+        ("u2", "a", 3, "view"),
+        ("u2", "c", 30, "view"),
+        *extra,
+    ]
+    values = [None, None, 20.0, None, None] + [50.0] * len(extra)
+    items = pl.DataFrame(
+        {
+            "item_id": ["a", "b", "c"],
+            "category": ["Toys > Dolls", "Toys > Dolls", "Garden > Tools"],
+            "price": [10.0, 20.0, 40.0],
+            "created_at": [T0 - timedelta(days=3)] * 3,
+        }
+    )
+    return make_dataset(events_frame(rows, value=values), items)
+
+
+def features_at(data: Dataset, hours: float) -> np.ndarray:
+    users, items = pl.Series(["u1", "u2"]), pl.Series(["a", "b", "c"])
+    state = RankingState.build(data, users, items, ())
+    at = T0.timestamp() + hours * HOUR
+    rows = Rows(
+        user=np.array([0, 0, 1]),
+        item=np.array([0, 2, 2]),
+        at=np.full(3, at),
+        region=np.zeros(3, dtype=np.int64),
+        device=np.zeros(3, dtype=np.int64),
+        retrieval_score=np.array([2.0, 1.0, np.nan]),
+        retrieval_rank=np.array([1.0, 2.0, 0.0]),
+        sellable=np.ones(3, dtype=bool),
+    )
+    return compute_features(state, rows).numeric
+
+
+def col(name: str) -> int:
+    return NUMERIC.index(name)
+
+
+def test_values_count_only_the_past() -> None:
+    f = features_at(world(), 2.5)
+    assert f[0, col("user_events_log")] == pytest.approx(np.log1p(3))
+    assert f[0, col("user_never_bought")] == 0.0
+    assert f[0, col("user_order_value_log")] == pytest.approx(np.log1p(20.0))
+    assert f[0, col("user_days_since_purchase")] == pytest.approx(np.log1p(0.5 / 24), rel=1e-4)
+    assert f[2, col("user_events_log")] == pytest.approx(0.0)  # u2 acts at hour 3
+    assert f[2, col("user_never_bought")] == 1.0
+    assert f[0, col("item_ever_log")] == pytest.approx(np.log1p(1))  # a: u1's view only
+    assert f[1, col("item_ever_log")] == 0.0  # c is first touched at hour 30
+    # u1's history is two Dolls events of three (b viewed and bought): affinity for Dolls
+    assert f[0, col("affinity_category")] == pytest.approx(1.0)
+    assert f[1, col("affinity_category")] == 0.0
+    assert f[0, col("retrieved")] == 1.0 and f[2, col("retrieved")] == 0.0
+
+
+def test_events_at_or_after_the_moment_change_nothing() -> None:
+    before = features_at(world(), 2.0)
+    # a purchase at exactly the moment (hour 2: u1 bought b then in the base world too, so
+    # use other items), and later ones
+    future = [("u1", "c", 2, "purchase"), ("u2", "a", 2, "view"), ("u1", "a", 40, "click")]
+    np.testing.assert_allclose(features_at(world(future), 2.0), before)
+    # the same events an hour earlier are the past: they must show
+    past = [("u1", "c", 1, "purchase"), ("u2", "a", 1, "view")]
+    assert not np.allclose(features_at(world(past), 2.0), before)
