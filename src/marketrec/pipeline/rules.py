@@ -45,14 +45,13 @@ class SeenItems:
     def exclusion(self, user_rows: np.ndarray, events: tuple[str, ...] | None) -> sp.csr_matrix:
         """(len(user_rows), n_items) items to leave out for these users (-1 rows: nothing):
         what they did any of `events` to (None: any event at all)."""
-        chosen = self.by_event.keys() if events is None else events
-        total = sp.csr_matrix(self.shape, dtype=bool)
-        for event in chosen:  # an event type nobody had excludes nothing
-            if event in self.by_event:
-                total = total + self.by_event[event]
+        chosen = [e for e in (self.by_event if events is None else events) if e in self.by_event]
         known = user_rows >= 0
-        rows = total[np.where(known, user_rows, 0)].astype(np.float32)
-        return (sp.diags(known.astype(np.float32)) @ rows).tocsr()
+        safe = np.where(known, user_rows, 0)
+        total = sp.csr_matrix((len(user_rows), self.shape[1]), dtype=np.float32)
+        for event in chosen:  # an event type nobody had excludes nothing
+            total = total + self.by_event[event][safe].astype(np.float32)
+        return (sp.diags(known.astype(np.float32)) @ total).tocsr()
 
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {"shape": np.array(self.shape)}

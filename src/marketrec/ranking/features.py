@@ -228,9 +228,8 @@ def compute_features(state: RankingState, rows: Rows) -> Features:
     begin = np.searchsorted(s.user_codes, _user_codes(safe_user, np.zeros(n)), "left")
     end = np.where(known, end, begin)
     count = end - begin
-    week = end - np.searchsorted(
-        s.user_codes, _user_codes(safe_user, rows.at - 7 * 86_400.0), "left"
-    )
+    week_start = np.searchsorted(s.user_codes, _user_codes(safe_user, rows.at - 7 * 86_400.0))
+    week = np.where(known, end - np.maximum(week_start, begin), 0)
     last = np.maximum(end - 1, 0)
     has = count > 0
     since_last = (
