@@ -133,3 +133,18 @@ def test_without_time_features_the_clock_changes_nothing(content_world) -> None:
     rows, regions = np.array([0, 0]), np.array([0, 0])
     vectors = scorer.user_vectors(rows, regions, np.array([start + 500, start + 9e6]))
     assert np.allclose(vectors[0], vectors[1])
+
+
+def test_history_vectors_from_the_stored_catalogue_equal_the_tower(fitted) -> None:
+    """Serving at "now" reads history items' vectors from the stored catalogue instead of
+    running the item tower again: it must be the same vector."""
+    from marketrec.retrieval.training import user_vectors
+
+    scorer = fitted.scorer
+    rows = np.arange(len(fitted.user_ids))
+    regions = np.zeros(len(rows), dtype=np.int64)
+    now = float(scorer._meta["reference_ts"])
+    args = (scorer._model, scorer._data, rows, regions, now, scorer._config)
+    np.testing.assert_allclose(
+        user_vectors(*args, catalogue=scorer._item_vectors), user_vectors(*args), atol=1e-6
+    )

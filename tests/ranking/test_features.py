@@ -49,6 +49,7 @@ def features_at(data: Dataset, hours: float) -> np.ndarray:
         retrieval_score=np.array([2.0, 1.0, np.nan]),
         retrieval_rank=np.array([1.0, 2.0, 0.0]),
         sellable=np.ones(3, dtype=bool),
+        group=np.array([0, 0, 1]),
     )
     return compute_features(state, rows).numeric
 

@@ -136,29 +136,53 @@ class CollaborativeRecommender:
         )
         rows = self._users.lookup(ids)
         region_idx = self._region_rows(rows, regions, len(ids))
-        moments = _epoch_seconds(at, len(ids))
-        if exclude is not None and exclude.shape != (len(ids), len(self._items)):
+        columns, scores = self.top_items(
+            rows, region_idx, k, _epoch_seconds(at, len(ids)), exclude, include_seen
+        )
+        keep = np.isfinite(scores)
+        user_pos = np.repeat(np.arange(len(ids)), columns.shape[1]).reshape(columns.shape)
+        ranks = np.tile(np.arange(1, columns.shape[1] + 1, dtype=np.int32), (len(ids), 1))
+        return pl.DataFrame(
+            {
+                "user_id": ids.gather(user_pos[keep]),
+                "item_id": self._items.ids.gather(columns[keep]),
+                "rank": ranks[keep],
+                "score": scores[keep].astype(np.float64),
+            },
+            schema=_empty_recs().schema,
+        )
+
+    def top_items(
+        self,
+        rows: np.ndarray,
+        region_idx: np.ndarray,
+        k: int,
+        moments: np.ndarray | None = None,
+        exclude: sp.csr_matrix | None = None,
+        include_seen: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The numeric core of `recommend` for user rows (-1 = unknown) and region indices:
+        (len(rows), k) item columns and scores, best first; -inf scores where fewer than k
+        items may be shown. The pipeline calls it directly, without id lookups or frames."""
+        assert self._items is not None
+        if exclude is not None and exclude.shape != (len(rows), len(self._items)):
             raise ConfigError(
-                f"exclude must be {len(ids)} users × {len(self._items)} items, got {exclude.shape}"
+                f"exclude must be {len(rows)} users × {len(self._items)} items, got {exclude.shape}"
             )
         k = min(int(k), len(self._items))
-        frames = []
-        for start in range(0, len(ids), _BATCH):
-            stop = min(start + _BATCH, len(ids))
-            frames.append(
-                self._recommend_batch(
-                    ids[start:stop],
-                    rows[start:stop],
-                    region_idx[start:stop],
-                    k,
-                    include_seen,
-                    None if moments is None else moments[start:stop],
-                    None if exclude is None else exclude[start:stop],
-                )
+        out_cols = np.zeros((len(rows), k), dtype=np.int64)
+        out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        for start in range(0, len(rows), _BATCH):
+            stop = min(start + _BATCH, len(rows))
+            scores = self._scores_batch(
+                rows[start:stop],
+                region_idx[start:stop],
+                include_seen,
+                None if moments is None else moments[start:stop],
+                None if exclude is None else exclude[start:stop],
             )
-        if not frames:
-            return _empty_recs()
-        return pl.concat(frames)
+            out_cols[start:stop], out_scores[start:stop] = _top_k(scores, k)
+        return out_cols, out_scores
 
     def _region_rows(
         self, rows: np.ndarray, regions: Sequence[str | None] | None, n: int
@@ -174,16 +198,14 @@ class CollaborativeRecommender:
             home = np.where(given >= 0, given, np.where(given == -2, -1, home))
         return np.where(home >= 0, home, no_region)
 
-    def _recommend_batch(
+    def _scores_batch(
         self,
-        ids: pl.Series,
         rows: np.ndarray,
         region_idx: np.ndarray,
-        k: int,
         include_seen: bool,
         moments: np.ndarray | None,
         exclude: sp.csr_matrix | None = None,
-    ) -> pl.DataFrame:
+    ) -> np.ndarray:
         assert self._history is not None and self._sellable is not None
         known = rows >= 0
         history = self._history[np.maximum(rows, 0)]
@@ -212,7 +234,7 @@ class CollaborativeRecommender:
         elif not include_seen:
             r, c = history.nonzero()
             scores[r, c] = -np.inf
-        return _top_k(ids, scores, k, self._items)  # type: ignore[arg-type]
+        return scores
 
     @property
     def item_ids(self) -> pl.Series:
@@ -256,6 +278,12 @@ class CollaborativeRecommender:
     ) -> np.ndarray:
         """Each user's region index: the request's region where given, else the home one."""
         return self._region_rows(self.user_rows(user_ids), regions, user_ids.len())
+
+    def regions_of(
+        self, rows: np.ndarray, regions: Sequence[str | None] | None = None
+    ) -> np.ndarray:
+        """`region_index` for user rows already looked up."""
+        return self._region_rows(rows, regions, len(rows))
 
     # ----------------------------------------------------------------- persistence
     def save(self, folder: str | Path) -> Path:
@@ -359,8 +387,9 @@ def _empty_recs() -> pl.DataFrame:
     )
 
 
-def _top_k(ids: pl.Series, scores: np.ndarray, k: int, items: IdVocab) -> pl.DataFrame:
-    """Best k finite scores per row, best first; ties go to the lower item index."""
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, k) columns and scores of the best k per row, best first; ties go to the lower
+    column."""
     n_items = scores.shape[1]
     if k < n_items:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -368,19 +397,7 @@ def _top_k(ids: pl.Series, scores: np.ndarray, k: int, items: IdVocab) -> pl.Dat
         part = np.tile(np.arange(n_items), (scores.shape[0], 1))
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -part_scores), axis=1)
-    top = np.take_along_axis(part, order, axis=1)
-    top_scores = np.take_along_axis(part_scores, order, axis=1)
-    keep = np.isfinite(top_scores)
-    user_pos = np.repeat(np.arange(len(ids)), k).reshape(len(ids), k)
-    ranks = np.tile(np.arange(1, k + 1, dtype=np.int32), (len(ids), 1))
-    return pl.DataFrame(
-        {
-            "user_id": ids.gather(user_pos[keep]),
-            "item_id": items.ids.gather(top[keep]),
-            "rank": ranks[keep],
-            "score": top_scores[keep].astype(np.float64),
-        }
-    )
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
 
 
 def _user_regions(data: Dataset, users: IdVocab) -> tuple[tuple[str, ...], np.ndarray]:

@@ -162,6 +162,8 @@ class TwoTowerScorer:
         region_code = np.where(region_idx < n_regions, region_idx + 1, 0).astype(np.int64)
         now = float(self._meta["reference_ts"])
         moments = now if at is None else np.where(np.isnan(at), now, at)
+        # at the model's "now" the history items' vectors are the stored catalogue's
+        at_now = at is None or bool(np.all(np.asarray(moments) == now))
         return user_vectors(
             self._model,
             self._data,
@@ -169,6 +171,7 @@ class TwoTowerScorer:
             region_code,
             moments,
             self._config,
+            catalogue=self._item_vectors if at_now else None,
         )
 
     def index_vectors(self) -> np.ndarray:

@@ -74,28 +74,43 @@ class RankingStage:
         """False when the ranker did not order its validation lists better than retrieval
         did: the stage then keeps retrieval order rather than ship a ranker that hurts."""
 
-    def rank(
+    def score(
         self,
         retrieval: CollaborativeRecommender,
-        candidates: pl.DataFrame,
-        user_ids: pl.Series,
+        rows: np.ndarray,
+        region_idx: np.ndarray,
         moments: np.ndarray,
-        regions: list[str | None] | None,
-    ) -> pl.DataFrame:
-        """Candidates (user_id, item_id, rank, score) → the same rows with `retrieval_score`,
-        `retrieval_rank` and the ranker's `score`, best first within each user."""
-        if candidates.height == 0 or not self.active:
-            return candidates.with_columns(
-                retrieval_score=pl.col("score"), retrieval_rank=pl.col("rank")
-            )
-        rows, position = _rows_for(retrieval, candidates, user_ids, moments, regions)
-        logits = predict(self.model, compute_features(self.state, rows))
-        return (
-            candidates.rename({"score": "retrieval_score", "rank": "retrieval_rank"})
-            .with_columns(score=pl.Series(logits.astype(np.float64)), _user=pl.Series(position))
-            .sort(["_user", "score"], descending=[False, True], maintain_order=True)
-            .drop("_user")
+        columns: np.ndarray,
+        scores: np.ndarray,
+    ) -> np.ndarray:
+        """Ranker scores (B, N) for each user's retrieved candidates: `columns`/`scores`
+        (B, N) from `CollaborativeRecommender.top_items` (-inf = no candidate, kept -inf);
+        without an active ranker, the retrieval scores."""
+        valid = np.isfinite(scores)
+        if not self.active or not valid.any():
+            return scores
+        user_pos, cand_pos = np.nonzero(valid)
+        n_regions = len(retrieval.region_names)
+        region_code = np.where(region_idx < n_regions, region_idx + 1, 0)
+        features = compute_features(
+            self.state,
+            Rows(
+                user=rows[user_pos],
+                item=columns[user_pos, cand_pos],
+                at=moments[user_pos],
+                region=region_code[user_pos].astype(np.int64),
+                device=np.zeros(len(user_pos), dtype=np.int64),
+                retrieval_score=scores[user_pos, cand_pos].astype(np.float64),
+                retrieval_rank=(cand_pos + 1).astype(np.float64),
+                sellable=retrieval.sellable(region_idx[user_pos])[
+                    np.arange(len(user_pos)), columns[user_pos, cand_pos]
+                ],
+                group=user_pos,
+            ),
         )
+        out = np.full(scores.shape, -np.inf, dtype=np.float64)
+        out[user_pos, cand_pos] = predict(self.model, features)
+        return out
 
     # ----------------------------------------------------------------- persistence
     def save(self, folder: Path) -> None:
@@ -159,6 +174,7 @@ def _rows_for(
         retrieval_score=np.where(rank > 0, score, np.nan),
         retrieval_rank=rank,
         sellable=sellable,
+        group=p,
     )
     return rows, p
 

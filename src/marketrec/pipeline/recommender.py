@@ -191,31 +191,37 @@ class Recommender:
             else self._seen.exclusion(rows, cfg.exclude_events)
         )
         k = min(int(k), n_items)
-        candidates = self.retrieval.recommend(
-            ids, max(cfg.candidates, k), regions=regions, at=at, exclude=exclude
-        )
+        region_idx = self.retrieval.regions_of(rows, regions)
         moments = _moments(at, ids.len(), self._reference_ts)
-        ranked = self._rank(candidates, ids, moments, regions)
-        sellable = self.retrieval.sellable(self.retrieval.region_index(ids, regions))
+        columns, retrieval_scores = self.retrieval.top_items(
+            rows,
+            region_idx,
+            max(cfg.candidates, k),
+            None if at is None else moments,
+            exclude,
+        )
+        scores = (
+            retrieval_scores.astype(np.float64)
+            if self.ranking is None
+            else self.ranking.score(
+                self.retrieval, rows, region_idx, moments, columns, retrieval_scores
+            )
+        )
+        sellable = self.retrieval.sellable(region_idx)
         cold = self._served_by_fallback(rows)
-        per_user = _group_positions(ranked.get_column("user_id"), ids)
-        item_col = self.retrieval.item_columns(ranked.get_column("item_id"))
-        scores = ranked.get_column("score").to_numpy()
-        retrieval_scores = ranked.get_column("retrieval_score").to_numpy()
-        retrieval_ranks = ranked.get_column("retrieval_rank").to_numpy()
         out: list[dict[str, Any]] = []
         for u, user in enumerate(ids.to_list()):
             seed = (cfg.seed, int(rows[u]) + 1, int(np.nan_to_num(moments[u])))
             explorer = ThompsonExplorer(
                 cfg.exploration_prior, self.stats, np.random.default_rng(seed)
             )
-            positions = per_user.get(user, np.zeros(0, dtype=np.int64))
+            valid = np.isfinite(retrieval_scores[u])
             out.extend(
                 self._one_list(
                     user,
-                    item_col[positions],
-                    scores[positions],
-                    np.column_stack([retrieval_scores[positions], retrieval_ranks[positions]]),
+                    columns[u, valid],
+                    scores[u, valid],
+                    np.column_stack([retrieval_scores[u, valid], np.flatnonzero(valid) + 1]),
                     k,
                     explorer,
                     eligible_mask=sellable[u] & ~_row_mask(exclude, u, n_items),
@@ -228,23 +234,6 @@ class Recommender:
         frame = pl.DataFrame(out, schema={**_DETAIL_SCHEMA, "item_idx": pl.Int64})
         names = self.retrieval.item_ids.gather(frame.get_column("item_idx"))
         return frame.with_columns(item_id=names).select(list(_DETAIL_SCHEMA))
-
-    def _rank(
-        self,
-        candidates: pl.DataFrame,
-        ids: pl.Series,
-        moments: np.ndarray,
-        regions: Sequence[str | None] | None,
-    ) -> pl.DataFrame:
-        """The ranking stage (without one, retrieval order): adds retrieval_score and
-        retrieval_rank, `score` becomes the ranker's."""
-        if self.ranking is None:
-            return candidates.with_columns(
-                retrieval_score=pl.col("score"), retrieval_rank=pl.col("rank")
-            )
-        return self.ranking.rank(
-            self.retrieval, candidates, ids, moments, None if regions is None else list(regions)
-        )
 
     def _served_by_fallback(self, rows: np.ndarray) -> np.ndarray:
         """Users the retrieval model answers with its popularity fallback (no history, and a
@@ -415,15 +404,6 @@ def _moments(at: Sequence[datetime | None] | None, n: int, reference: float) -> 
     if at is None:
         return np.full(n, reference)
     return np.array([reference if t is None else t.timestamp() for t in at], dtype=np.float64)
-
-
-def _group_positions(users: pl.Series, wanted: pl.Series) -> dict[str, np.ndarray]:
-    """Row positions of each user's candidates (candidates come grouped by user, best first)."""
-    frame = pl.DataFrame({"user_id": users}).with_row_index("pos")
-    return {
-        str(user): part.get_column("pos").to_numpy().astype(np.int64)
-        for (user,), part in frame.group_by("user_id", maintain_order=True)
-    }
 
 
 def _row_mask(matrix: sp.csr_matrix, row: int, n: int) -> np.ndarray:

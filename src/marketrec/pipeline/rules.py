@@ -7,7 +7,7 @@ event type, so a marketplace can show a viewed item again while never re-offerin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -22,6 +22,11 @@ class SeenItems:
 
     by_event: dict[str, sp.csr_matrix]
     shape: tuple[int, int]
+    #: union matrices per choice of event types, built on first use (a request then slices
+    #: one matrix instead of adding one per event type)
+    _unions: dict[tuple[str, ...] | None, sp.csr_matrix] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(cls, events: pl.DataFrame, user_ids: pl.Series, item_ids: pl.Series) -> SeenItems:
@@ -45,13 +50,19 @@ class SeenItems:
     def exclusion(self, user_rows: np.ndarray, events: tuple[str, ...] | None) -> sp.csr_matrix:
         """(len(user_rows), n_items) items to leave out for these users (-1 rows: nothing):
         what they did any of `events` to (None: any event at all)."""
-        chosen = [e for e in (self.by_event if events is None else events) if e in self.by_event]
+        key = None if events is None else tuple(sorted(set(events)))
+        if key not in self._unions:
+            chosen = [e for e in (self.by_event if key is None else key) if e in self.by_event]
+            union = sp.csr_matrix(self.shape, dtype=np.float32)
+            for event in chosen:  # an event type nobody had excludes nothing
+                union = union + self.by_event[event].astype(np.float32)
+            union.data[:] = 1.0
+            self._unions[key] = union.tocsr()
         known = user_rows >= 0
-        safe = np.where(known, user_rows, 0)
-        total = sp.csr_matrix((len(user_rows), self.shape[1]), dtype=np.float32)
-        for event in chosen:  # an event type nobody had excludes nothing
-            total = total + self.by_event[event][safe].astype(np.float32)
-        return (sp.diags(known.astype(np.float32)) @ total).tocsr()
+        rows = self._unions[key][np.where(known, user_rows, 0)]
+        if known.all():
+            return rows
+        return (sp.diags(known.astype(np.float32)) @ rows).tocsr()
 
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {"shape": np.array(self.shape)}

@@ -200,6 +200,7 @@ class Rows:
     retrieval_score: np.ndarray  # NaN = not retrieved
     retrieval_rank: np.ndarray  # 1-based; 0 = not retrieved
     sellable: np.ndarray  # bool
+    group: np.ndarray  # list id: rows of one request share it
 
 
 @dataclass(frozen=True)
@@ -328,19 +329,19 @@ def compute_features(state: RankingState, rows: Rows) -> Features:
 
 
 def _within_list_z(rows: Rows) -> np.ndarray:
-    """Retrieval score minus the mean of the user's list, over its standard deviation; rows of
-    one (user, moment) list are grouped. Not-retrieved rows get the list's minimum − 1 sd."""
+    """Retrieval score minus the mean of its list, over the list's standard deviation.
+    Not-retrieved rows get the list's minimum − 1 sd."""
     score = rows.retrieval_score
-    key = pl.DataFrame({"u": rows.user, "t": rows.at, "s": score}).with_columns(
-        pl.col("s").fill_nan(None)
-    )
-    stats = key.with_columns(
-        m=pl.col("s").mean().over("u", "t"),
-        sd=pl.col("s").std().over("u", "t").fill_null(1.0),
-        lo=pl.col("s").min().over("u", "t"),
-    )
-    m = stats.get_column("m").fill_null(0.0).to_numpy()
-    sd = np.maximum(np.nan_to_num(stats.get_column("sd").to_numpy(), nan=1.0), 1e-6)
-    lo = stats.get_column("lo").fill_null(0.0).to_numpy()
-    filled = np.where(np.isfinite(score), score, lo - sd)
-    return np.clip((filled - m) / sd, -5, 5)
+    _, group = np.unique(rows.group, return_inverse=True)
+    ok = np.isfinite(score)
+    filled = np.where(ok, score, 0.0)
+    n = np.bincount(group, weights=ok.astype(np.float64))
+    mean = np.bincount(group, weights=filled) / np.maximum(n, 1)
+    var = np.bincount(group, weights=np.where(ok, (filled - mean[group]) ** 2, 0.0))
+    sd = np.sqrt(var / np.maximum(n - 1, 1))
+    sd = np.where((n > 1) & (sd > 1e-6), sd, 1.0)
+    low = np.full(len(n), np.inf)
+    np.minimum.at(low, group[ok], filled[ok])
+    low = np.where(np.isfinite(low), low, 0.0)
+    value = np.where(ok, filled, low[group] - sd[group])
+    return np.clip((value - mean[group]) / sd[group], -5, 5)

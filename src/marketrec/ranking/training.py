@@ -59,11 +59,15 @@ def _tensors(f: Features) -> tuple[torch.Tensor, ...]:
 
 def predict(model: Ranker, features: Features, batch: int = 8192) -> np.ndarray:
     """Logits for every row."""
-    model.eval()
+    if model.training:
+        model.eval()
     out = []
-    with torch.no_grad():
-        for start in range(0, len(features.numeric), batch):
-            part = features.take(np.arange(start, min(start + batch, len(features.numeric))))
+    n = len(features.numeric)
+    with torch.inference_mode():
+        for start in range(0, n, batch):
+            part = (
+                features if n <= batch else features.take(np.arange(start, min(start + batch, n)))
+            )
             out.append(model(*_tensors(part)).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 

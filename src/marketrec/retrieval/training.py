@@ -250,16 +250,21 @@ def embed_users(
     hist: np.ndarray,
     now: np.ndarray,
     item_mask_dropout: bool = False,
+    catalogue: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """User vectors; history items go through the item tower (deduplicated)."""
+    """User vectors; history items go through the item tower (deduplicated), or are read
+    from `catalogue` (item vectors already computed for this moment) when given."""
     seq = data.seq
     hist_items = np.where(hist >= 0, seq.item[np.maximum(hist, 0)], 0)
     unique, inverse = np.unique(hist_items, return_inverse=True)
-    at = np.full(len(unique), float(np.median(now)) if len(now) else 0.0)
-    vectors = model.items(
-        item_features(data, unique, at),
-        torch.from_numpy(data.item_trained[unique].astype(np.float32)),
-    )
+    if catalogue is not None:
+        vectors = torch.from_numpy(catalogue[unique])
+    else:
+        at = np.full(len(unique), float(np.median(now)) if len(now) else 0.0)
+        vectors = model.items(
+            item_features(data, unique, at),
+            torch.from_numpy(data.item_trained[unique].astype(np.float32)),
+        )
     history = vectors[:, :-1][torch.from_numpy(inverse.reshape(hist.shape))]
     return model.users(f, history, f["queries"])
 
@@ -290,10 +295,11 @@ def user_vectors(
     at: float | np.ndarray,
     config: TrainingConfig,
     batch: int = 2048,
+    catalogue: np.ndarray | None = None,
 ) -> np.ndarray:
     """(len(rows), D) vectors of users (-1 = unknown) from their whole stored history, as of
     time `at` (one time, or one per user: the ranking moment); `region` = region code per
-    user (0 = unknown)."""
+    user (0 = unknown); `catalogue`: the item vectors as of `at`, when already computed."""
     model.eval()
     seq = data.seq
     out = []
@@ -314,7 +320,7 @@ def user_vectors(
             f, hist = user_features(
                 data, r, now, ends, device, config, region=region[start : start + batch]
             )
-            out.append(embed_users(model, data, f, hist, now))
+            out.append(embed_users(model, data, f, hist, now, catalogue=catalogue))
     return torch.cat(out).numpy() if out else np.zeros((0, config.dim), dtype=np.float32)
 
 
