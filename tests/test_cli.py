@@ -189,6 +189,37 @@ def test_train_with_config_file(workspace: Path, tmp_path: Path) -> None:
     assert manifest["params"]["l2"] == 123.0
 
 
+def test_two_stage_trains_both_stages_and_recommends(workspace: Path, tmp_path: Path) -> None:
+    config = tmp_path / "two.toml"
+    config.write_text(
+        '[model.params]\ntext_encoder = "hashed"\nepochs = 2\ndim = 16\n'
+        '[ranking]\nepochs = 2\nwindow_mode = "global"\n'
+        "[pipeline]\nexploration_share = 0.1\n"
+    )
+    out = tmp_path / "two-stage"
+    train = str(workspace / "split" / "train")
+    argv = ["train", train, "--model", "two-stage", "--config", str(config), "--out", str(out)]
+    assert main(argv) == 0
+    assert (out / "pipeline.json").exists() and (out / "ranking" / "ranker.pt").exists()
+    assert (out / "retrieval" / "manifest.json").exists()
+    users = tmp_path / "users.txt"
+    users.write_text("\n".join(["u000001", "u000002", "never-seen"]))
+    recs_path = tmp_path / "recs.parquet"
+    argv = ["recommend", str(out), "--users", str(users), "--k", "5", "--out", str(recs_path)]
+    assert main(argv) == 0
+    recs = pl.read_parquet(recs_path)
+    assert recs.columns == ["user_id", "item_id", "rank", "score"]
+    assert recs.group_by("user_id").len().get_column("len").to_list() == [5, 5, 5]
+
+
+def test_two_stage_config_errors_name_the_key(workspace: Path, tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[pipeline]\nexploration_share = 2.0\n")
+    argv = ["train", str(workspace / "data"), "--model", "two-stage", "--config", str(config)]
+    assert main([*argv, "--out", str(tmp_path / "m")]) != 0
+    assert "exploration_share" in one_error_line(capsys)
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [

@@ -145,6 +145,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = load_train_config(args.config)
     name = args.model or config.model.name
+    if name == TWO_STAGE:
+        _train_two_stage(args, config)
+        return
     spec(name)  # unknown names fail before any data is read
     data = load_dataset(args.data)
     params: dict[str, Any] = dict(config.model.params)
@@ -191,11 +194,56 @@ def cmd_train(args: argparse.Namespace) -> None:
     console.print(f"trained {name} in {time.perf_counter() - started:.1f}s → {args.out}")
 
 
+TWO_STAGE = "two-stage"
+
+
+def _train_two_stage(args: argparse.Namespace, config: Any) -> None:
+    """Two-tower retrieval ([model] params) → re-ranker ([ranking]) → rules, diversity and
+    exploration ([pipeline]); one model folder holds both stages."""
+    from pydantic import ValidationError
+
+    from marketrec.data.schema import load_dataset
+    from marketrec.models.registry import create
+    from marketrec.pipeline.config import PipelineConfig
+    from marketrec.pipeline.ranking_stage import RankingParams
+    from marketrec.pipeline.recommender import Recommender
+
+    if args.tune or config.tuning.enabled:
+        raise ConfigError("--tune is not available for two-stage models yet")
+    try:
+        pipeline = PipelineConfig(**config.pipeline)
+        ranking = RankingParams(**config.ranking)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"two-stage config: {problems}") from None
+    retrieval = create(
+        "two-tower",
+        dict(config.model.params),
+        fallback=config.fallback,
+        interactions=config.interactions.to_config(),
+    )
+    data = load_dataset(args.data)
+    started = time.perf_counter()
+    with console.status("training the two-stage model (retrieval twice, then the ranker)…"):
+        model = Recommender(retrieval, pipeline, ranking).fit(data)
+        model.save(args.out)
+    report = model.ranking.report if model.ranking is not None else None
+    if report is not None:
+        kept = "kept" if model.ranking.active else "not kept: retrieval order is served"
+        console.print(
+            f"ranker: validation NDCG@10 {report.best_ndcg:.4f} vs retrieval order "
+            f"{report.input_order_ndcg:.4f} ({kept})"
+        )
+    console.print(f"trained two-stage in {time.perf_counter() - started:.1f}s → {args.out}")
+
+
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from marketrec.models.registry import load_model
+    from marketrec.pipeline.recommender import load_recommender
 
     users = _read_user_list(args.users)
-    model = load_model(args.model)
+    model = load_recommender(args.model)
     with console.status(f"recommending for {len(users):,} users…"):
         recs = model.recommend(users, args.k, include_seen=args.include_seen)
     out = Path(args.out)
@@ -219,9 +267,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise DataError(str(args.recs), "recommendations file not found")
     model = None
     if args.model is not None:
-        from marketrec.models.registry import load_model
+        from marketrec.pipeline.recommender import load_recommender
 
-        model = load_model(args.model)
+        model = load_recommender(args.model)
     split = load_split(args.split)
     with console.status("evaluating…"):
         if model is not None:
@@ -251,6 +299,18 @@ def cmd_models(args: argparse.Namespace) -> None:
     for s in MODELS.values():
         defaults = s.params().model_dump() if not s.fixed else s.params(**s.fixed).model_dump()
         table.add_row(s.name, s.summary, ", ".join(f"{k}={v}" for k, v in defaults.items()))
+    from marketrec.pipeline.config import PipelineConfig
+    from marketrec.pipeline.ranking_stage import RankingParams
+
+    table.add_row(
+        TWO_STAGE,
+        "two-tower retrieval → DCN-v2 re-ranker → rules → diversity → exploration "
+        "([model.params] for retrieval, [ranking] and [pipeline] sections)",
+        ", ".join(
+            f"{k}={v}"
+            for k, v in {**RankingParams().model_dump(), **PipelineConfig().model_dump()}.items()
+        ),
+    )
     console.print(table)
 
 
@@ -445,7 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on every event of a dataset")
     p.add_argument("data")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--model", help="model name (default: the config's, else als)")
+    p.add_argument(
+        "--model",
+        help="model name (default: the config's, else als); two-stage = two-tower retrieval "
+        "and a neural re-ranker in one folder",
+    )
     p.add_argument("--config", help="TOML training config (see configs/train.example.toml)")
     p.add_argument(
         "--tune",

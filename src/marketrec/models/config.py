@@ -46,6 +46,10 @@ class TuningSection(_Section):
 class TrainConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     fallback: dict[str, Any] | None = None
+    #: `--model two-stage` only: settings of the pipeline after retrieval and of the ranking
+    #: stage (marketrec.pipeline's PipelineConfig and RankingParams validate them)
+    pipeline: dict[str, Any] = Field(default_factory=dict)
+    ranking: dict[str, Any] = Field(default_factory=dict)
     interactions: InteractionSection = Field(default_factory=InteractionSection)
     tuning: TuningSection = Field(default_factory=TuningSection)
 

@@ -414,3 +414,11 @@ def _row_mask(matrix: sp.csr_matrix, row: int, n: int) -> np.ndarray:
 
 def _days(seconds: float) -> float | None:
     return round(seconds / 86_400.0, 2) if np.isfinite(seconds) else None
+
+
+def load_recommender(folder: str | Path) -> Recommender | CollaborativeRecommender:
+    """Any model folder: a pipeline (two-stage) or a single model."""
+    path = Path(folder)
+    if (path / MANIFEST).exists():
+        return Recommender.load(path)
+    return load_model(path)
