@@ -99,7 +99,8 @@ def ranker_note(model: Recommender) -> str:
     state = "kept" if model.ranking.active else "dropped (retrieval order served)"
     return (
         f"validation NDCG@10 {s['validation_ndcg@10']:.3f} vs retrieval order "
-        f"{s['validation_ndcg@10_retrieval_order']:.3f}, {s['epochs_run']} epochs; {state}"
+        f"{s['validation_ndcg@10_retrieval_order']:.3f} (gain t {s['validation_gain_t']:.2f}), "
+        f"{s['epochs_run']} epochs; {state}"
     )
 
 

@@ -33,7 +33,7 @@ class RankerConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     patience: int = 3
-    validation_fraction: float = 0.15
+    validation_fraction: float = 0.25
     seed: int = 0
 
 
@@ -45,6 +45,9 @@ class RankerReport:
     #: NDCG@10 of the validation lists in the order they came in (retrieval order): what the
     #: ranker has to beat to be worth its milliseconds
     input_order_ndcg: float = math.nan
+    #: the best epoch's mean per-list gain over input order and its t statistic
+    gain: float = math.nan
+    gain_t: float = math.nan
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -72,9 +75,11 @@ def predict(model: Ranker, features: Features, batch: int = 8192) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def list_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
-    """Mean NDCG@k over the lists (groups) that hold at least one positive."""
-    total, lists = 0.0, 0
+def per_list_ndcg(
+    scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 10
+) -> dict[int, float]:
+    """NDCG@k of each list (group) that holds at least one positive."""
+    out: dict[int, float] = {}
     order = np.lexsort((-scores, groups))
     g, lab = groups[order], labels[order]
     bounds = np.r_[0, np.flatnonzero(np.diff(g)) + 1, len(g)]
@@ -86,9 +91,28 @@ def list_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int
             continue
         gains = rel[:k].astype(np.float64)
         ideal = discounts[: min(positives, k)].sum()
-        total += float((gains * discounts[: len(gains)]).sum() / ideal)
-        lists += 1
-    return total / lists if lists else math.nan
+        out[int(g[a])] = float((gains * discounts[: len(gains)]).sum() / ideal)
+    return out
+
+
+def list_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over the lists (groups) that hold at least one positive."""
+    values = per_list_ndcg(scores, labels, groups, k)
+    return float(np.mean(list(values.values()))) if values else math.nan
+
+
+def paired_gain(
+    scores: np.ndarray, baseline: np.ndarray, labels: np.ndarray, groups: np.ndarray
+) -> tuple[float, float]:
+    """Mean per-list NDCG@10 gain of `scores` over `baseline` and its t statistic (lists as
+    the unit): whether a ranker's validation gain is more than the noise of a few lists."""
+    ours = per_list_ndcg(scores, labels, groups)
+    theirs = per_list_ndcg(baseline, labels, groups)
+    diff = np.array([ours[g] - theirs[g] for g in ours])
+    if len(diff) < 2:
+        return (float(diff.mean()) if len(diff) else 0.0), 0.0
+    spread = diff.std(ddof=1) / math.sqrt(len(diff))
+    return float(diff.mean()), float(diff.mean() / spread) if spread > 0 else 0.0
 
 
 def train_ranker(
@@ -162,4 +186,11 @@ def train_ranker(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    if input_order is not None and len(val_idx):
+        report.gain, report.gain_t = paired_gain(
+            predict(model, features.take(val_idx)),
+            input_order[val_idx],
+            labels[val_idx],
+            groups[val_idx],
+        )
     return model, report
