@@ -124,7 +124,7 @@ def ml100k_section(text_encoder: str) -> str:
         tune = "per-user" if protocol == "P1u" else "global"
         runs = run_models(split, ["region-popularity", "ease"], tune_protocol=tune)
         ease = next(r for r in runs if r.name == "ease")
-        fallback = ease.fallback.model_dump() if ease.fallback is not None else None
+        fallback = dict(ease.fallback) if ease.fallback is not None else None
         rows: list[tuple[str, dict[str, dict[str, float]], float, str]] = [
             (f"{r.name} (tuned {r.params})", r.report.slices, r.fit_seconds, "–") for r in runs
         ]

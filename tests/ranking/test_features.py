@@ -83,3 +83,24 @@ def test_events_at_or_after_the_moment_change_nothing() -> None:
     # the same events an hour earlier are the past: they must show
     past = [("u1", "c", 1, "purchase"), ("u2", "a", 1, "view")]
     assert not np.allclose(features_at(world(past), 2.0), before)
+
+
+def test_chunked_computation_equals_one_pass() -> None:
+    data = world()
+    state = RankingState.build(data, pl.Series(["u1", "u2"]), pl.Series(["a", "b", "c"]), ())
+    n = 60
+    group = np.repeat(np.arange(12), 5)  # 12 lists of 5 candidates
+    rows = Rows(
+        user=group % 2,
+        item=np.arange(n) % 3,
+        at=T0.timestamp() + (group % 4) * HOUR,
+        region=np.zeros(n, dtype=np.int64),
+        device=np.zeros(n, dtype=np.int64),
+        retrieval_score=np.linspace(0, 1, n),
+        retrieval_rank=(np.arange(n) % 5 + 1).astype(float),
+        sellable=np.ones(n, dtype=bool),
+        group=group,
+    )
+    whole, chunked = compute_features(state, rows), compute_features(state, rows, chunk_rows=7)
+    for name in ("numeric", "categorical", "recent", "recent_category"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name))

@@ -50,7 +50,7 @@ class RankingParams(BaseModel):
     candidates: int = Field(default=300, gt=0)
     """Retrieved candidates per user in the ranker's training lists."""
     random_negatives: int = Field(default=10, ge=0)
-    max_users: int = Field(default=20_000, gt=0)
+    max_users: int = Field(default=10_000, gt=0)
     min_rating: float = 4.0
     """Ratings below this are not positives (as in the offline targets)."""
     epochs: int = Field(default=20, gt=0)

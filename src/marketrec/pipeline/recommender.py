@@ -42,6 +42,7 @@ from marketrec.pipeline.rules import SeenItems
 from marketrec.ranking.features import value_codes
 
 MANIFEST = "pipeline.json"
+_CHUNK = 256
 FORMAT = "marketrec-pipeline"
 _DETAIL_SCHEMA = {
     "user_id": pl.String,
@@ -182,6 +183,33 @@ class Recommender:
         ids = pl.Series("user_id", list(user_ids), dtype=pl.String)
         if ids.len() == 0:
             return pl.DataFrame(schema=_DETAIL_SCHEMA)
+        moments_all = _moments(at, ids.len(), self._reference_ts)
+        frames = []
+        # users in chunks: the ranker's features are (users × candidates) rows
+        for start in range(0, ids.len(), _CHUNK):
+            stop = min(start + _CHUNK, ids.len())
+            frames.append(
+                self._detailed_chunk(
+                    ids[start:stop],
+                    k,
+                    include_seen,
+                    None if regions is None else list(regions)[start:stop],
+                    moments_all[start:stop],
+                    at is not None,
+                )
+            )
+        return pl.concat(frames)
+
+    def _detailed_chunk(
+        self,
+        ids: pl.Series,
+        k: int,
+        include_seen: bool,
+        regions: list[str | None] | None,
+        moments: np.ndarray,
+        timed: bool,
+    ) -> pl.DataFrame:
+        assert self._seen is not None and self.stats is not None
         cfg = self.config
         rows = self.retrieval.user_rows(ids)
         n_items = self.retrieval.item_ids.len()
@@ -192,13 +220,8 @@ class Recommender:
         )
         k = min(int(k), n_items)
         region_idx = self.retrieval.regions_of(rows, regions)
-        moments = _moments(at, ids.len(), self._reference_ts)
         columns, retrieval_scores = self.retrieval.top_items(
-            rows,
-            region_idx,
-            max(cfg.candidates, k),
-            None if at is None else moments,
-            exclude,
+            rows, region_idx, max(cfg.candidates, k), moments if timed else None, exclude
         )
         scores = (
             retrieval_scores.astype(np.float64)

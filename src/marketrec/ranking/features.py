@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import polars as pl
@@ -219,8 +220,31 @@ class Features:
         )
 
 
-def compute_features(state: RankingState, rows: Rows) -> Features:
-    """Features of every row, from events strictly before its moment."""
+def compute_features(state: RankingState, rows: Rows, chunk_rows: int = 200_000) -> Features:
+    """Features of every row, from events strictly before its moment; computed a few hundred
+    thousand rows at a time (whole lists per chunk), so millions of rows fit in memory."""
+    if len(rows.user) <= chunk_rows:
+        return _compute(state, rows)
+    starts = np.r_[0, np.flatnonzero(np.diff(rows.group)) + 1]
+    cuts = [0]
+    for start in starts:
+        if start - cuts[-1] >= chunk_rows:
+            cuts.append(int(start))
+    cuts.append(len(rows.user))
+    parts = [_compute(state, _slice(rows, slice(a, b))) for a, b in pairwise(cuts)]
+    return Features(
+        np.concatenate([p.numeric for p in parts]),
+        np.concatenate([p.categorical for p in parts]),
+        np.concatenate([p.recent for p in parts]),
+        np.concatenate([p.recent_category for p in parts]),
+    )
+
+
+def _slice(rows: Rows, part: slice) -> Rows:
+    return Rows(**{k: v[part] for k, v in rows.__dict__.items()})
+
+
+def _compute(state: RankingState, rows: Rows) -> Features:
     s = state
     n = len(rows.user)
     known = rows.user >= 0
