@@ -215,6 +215,19 @@ def test_two_stage_trains_a_ranker_and_serves_through_the_same_path(market, tmp_
     # the ranker's score orders the list (no diversity by default)
     ranker = [s["ranker_score"] for s in signals[:5]]
     assert ranker == sorted(ranker, reverse=True)
+    # each ranked item names the signal groups that moved it most, with signed effects
+    for s in signals:
+        top = s["top_signals"]
+        assert 1 <= len(top) <= 3
+        assert set(top) <= {
+            "retrieval",
+            "item trend",
+            "user activity",
+            "taste match",
+            "item facts",
+            "recent items",
+            "context",
+        }
     loaded = Recommender.load(model.save(tmp_path / "two-stage"))
     assert loaded.ranking is not None and loaded.ranking.active
     assert loaded.recommend_detailed(users, 5).equals(recs)

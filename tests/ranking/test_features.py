@@ -104,3 +104,32 @@ def test_chunked_computation_equals_one_pass() -> None:
     whole, chunked = compute_features(state, rows), compute_features(state, rows, chunk_rows=7)
     for name in ("numeric", "categorical", "recent", "recent_category"):
         np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name))
+
+
+def test_explanations_attribute_the_score_to_the_groups_that_made_it() -> None:
+    from marketrec.ranking.model import Ranker
+    from marketrec.ranking.training import explain
+
+    data = world()
+    state = RankingState.build(data, pl.Series(["u1", "u2"]), pl.Series(["a", "b", "c"]), ())
+    features = compute_features(
+        state,
+        Rows(
+            user=np.array([0, 0]),
+            item=np.array([0, 2]),
+            at=np.full(2, T0.timestamp() + 5 * HOUR),
+            region=np.zeros(2, dtype=np.int64),
+            device=np.zeros(2, dtype=np.int64),
+            retrieval_score=np.array([3.0, 1.0]),
+            retrieval_rank=np.array([1.0, 2.0]),
+            sellable=np.ones(2, dtype=bool),
+            group=np.zeros(2, dtype=np.int64),
+        ),
+    )
+    model = Ranker(state.cardinality)  # untrained: the score is the retrieval prior alone
+    model.eval()
+    reasons = explain(model, features)
+    z = features.numeric[:, NUMERIC.index("retrieval_z")]
+    for row, reason in enumerate(reasons):
+        assert reason["retrieval"] == pytest.approx(float(z[row]), abs=1e-3)  # weight 1, mean 0
+        assert all(abs(v) < 1e-6 for k, v in reason.items() if k != "retrieval")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +28,15 @@ from marketrec.data.split import split_global, split_leave_one_out, split_per_us
 from marketrec.features.interactions import DEFAULT_EVENT_WEIGHTS
 from marketrec.models.base import CollaborativeRecommender
 from marketrec.models.registry import create
-from marketrec.ranking.features import RankingState, Rows, compute_features
+from marketrec.ranking.features import Features, RankingState, Rows, compute_features
 from marketrec.ranking.model import Ranker
-from marketrec.ranking.training import RankerConfig, RankerReport, predict, train_ranker
+from marketrec.ranking.training import (
+    RankerConfig,
+    RankerReport,
+    explain,
+    predict,
+    train_ranker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,15 @@ class RankingParams(BaseModel):
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Scored:
+    """Ranker scores of candidates, and the features behind them (for explanations)."""
+
+    scores: np.ndarray  # (B, N)
+    features: Features | None
+    row_of: np.ndarray | None  # (B, N) row in `features`, -1 = none
+
+
 class RankingStage:
     """A trained re-ranker and the state its features read."""
 
@@ -85,13 +101,13 @@ class RankingStage:
         moments: np.ndarray,
         columns: np.ndarray,
         scores: np.ndarray,
-    ) -> np.ndarray:
+    ) -> Scored:
         """Ranker scores (B, N) for each user's retrieved candidates: `columns`/`scores`
         (B, N) from `CollaborativeRecommender.top_items` (-inf = no candidate, kept -inf);
         without an active ranker, the retrieval scores."""
         valid = np.isfinite(scores)
         if not self.active or not valid.any():
-            return scores
+            return Scored(scores.astype(np.float64), None, None)
         user_pos, cand_pos = np.nonzero(valid)
         n_regions = len(retrieval.region_names)
         region_code = np.where(region_idx < n_regions, region_idx + 1, 0)
@@ -113,7 +129,15 @@ class RankingStage:
         )
         out = np.full(scores.shape, -np.inf, dtype=np.float64)
         out[user_pos, cand_pos] = predict(self.model, features)
-        return out
+        row_of = np.full(scores.shape, -1, dtype=np.int64)
+        row_of[user_pos, cand_pos] = np.arange(len(user_pos))
+        return Scored(out, features, row_of)
+
+    def explain(self, scored: Scored, user: int, candidates: np.ndarray) -> list[dict[str, float]]:
+        """The top signal groups behind each of a user's chosen candidates (positions)."""
+        if scored.features is None or scored.row_of is None or len(candidates) == 0:
+            return [{} for _ in candidates]
+        return explain(self.model, scored.features.take(scored.row_of[user, candidates]))
 
     # ----------------------------------------------------------------- persistence
     def save(self, folder: Path) -> None:

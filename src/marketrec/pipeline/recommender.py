@@ -16,9 +16,10 @@ Every item carries its `source` (retrieval, fallback, exploration) and its top s
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Self
 
@@ -223,13 +224,14 @@ class Recommender:
         columns, retrieval_scores = self.retrieval.top_items(
             rows, region_idx, max(cfg.candidates, k), moments if timed else None, exclude
         )
-        scores = (
-            retrieval_scores.astype(np.float64)
+        scored = (
+            None
             if self.ranking is None
             else self.ranking.score(
                 self.retrieval, rows, region_idx, moments, columns, retrieval_scores
             )
         )
+        scores = retrieval_scores.astype(np.float64) if scored is None else scored.scores
         sellable = self.retrieval.sellable(region_idx)
         cold = self._served_by_fallback(rows)
         out: list[dict[str, Any]] = []
@@ -250,6 +252,9 @@ class Recommender:
                     eligible_mask=sellable[u] & ~_row_mask(exclude, u, n_items),
                     moment=moments[u],
                     source="fallback" if cold[u] else "retrieval",
+                    why=None
+                    if scored is None or scored.features is None or self.ranking is None
+                    else partial(self.ranking.explain, scored, u),
                 )
             )
         if not out:
@@ -279,20 +284,27 @@ class Recommender:
         eligible_mask: np.ndarray,
         moment: float,
         source: str,
+        why: Callable[[np.ndarray], list[dict[str, float]]] | None = None,
     ) -> list[dict[str, Any]]:
+        """One user's list; `why(positions)` gives the ranker's top signal groups of those
+        candidates (None without a ranker)."""
         cfg, info = self.config, self._items
         assert info is not None
         n_explore = explorer.slots(k, cfg.exploration_share)
         order = self._diversify(columns, scores, k)
         picked_cols = [int(c) for c in columns[order]]
+        reasons = why(order[: k - n_explore]) if why is not None else []
         entries = [
             {
                 "item_idx": int(columns[p]),
                 "raw": float(scores[p]),
                 "source": source,
-                "signals": self._signals(float(scores[p]), retrieval[p]),
+                "signals": {
+                    **self._signals(float(scores[p]), retrieval[p]),
+                    **({"top_signals": reasons[j]} if j < len(reasons) else {}),
+                },
             }
-            for p in order
+            for j, p in enumerate(order)
         ]
         if n_explore:
             new = eligible_mask & self._new_items(moment)
