@@ -273,6 +273,11 @@ class CollaborativeRecommender:
         assert self._sellable is not None
         return self._sellable[regions]
 
+    def sellable_pairs(self, regions: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each (region index, item column) pair may be shown, elementwise."""
+        assert self._sellable is not None
+        return self._sellable[regions, items]
+
     def region_index(
         self, user_ids: pl.Series, regions: Sequence[str | None] | None = None
     ) -> np.ndarray:

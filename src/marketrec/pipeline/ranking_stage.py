@@ -121,9 +121,9 @@ class RankingStage:
                 device=np.zeros(len(user_pos), dtype=np.int64),
                 retrieval_score=scores[user_pos, cand_pos].astype(np.float64),
                 retrieval_rank=(cand_pos + 1).astype(np.float64),
-                sellable=retrieval.sellable(region_idx[user_pos])[
-                    np.arange(len(user_pos)), columns[user_pos, cand_pos]
-                ],
+                sellable=retrieval.sellable_pairs(
+                    region_idx[user_pos], columns[user_pos, cand_pos]
+                ),
                 group=user_pos,
             ),
         )
@@ -189,7 +189,7 @@ def _rows_for(
     n_regions = len(retrieval.region_names)
     region_code = np.where(region_idx < n_regions, region_idx + 1, 0)[p]
     items = retrieval.item_columns(candidates.get_column("item_id"))
-    sellable = retrieval.sellable(region_idx[p])[np.arange(len(p)), items]
+    sellable = retrieval.sellable_pairs(region_idx[p], items)
     score = candidates.get_column("score").to_numpy().astype(np.float64)
     rank = candidates.get_column("rank").to_numpy().astype(np.float64)
     rows = Rows(
