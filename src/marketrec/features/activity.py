@@ -15,7 +15,8 @@ import numpy as np
 _TS_BITS = 34  # epoch seconds < 2**34 (year 2514); keys < 2**29
 
 
-def _key(keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
+def time_key(keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """(key, whole second) packed in one sortable int64."""
     seconds = np.clip(np.floor(np.nan_to_num(ts, nan=0.0)), 0, 2**_TS_BITS - 1).astype(np.int64)
     return (np.asarray(keys).astype(np.int64) << _TS_BITS) | seconds
 
@@ -29,14 +30,14 @@ class ActivityCounter:
 
     @classmethod
     def build(cls, keys: np.ndarray, ts: np.ndarray) -> ActivityCounter:
-        return cls(np.sort(_key(keys, ts)), np.sort(np.nan_to_num(ts, nan=0.0)))
+        return cls(np.sort(time_key(keys, ts)), np.sort(np.nan_to_num(ts, nan=0.0)))
 
     def count(self, keys: np.ndarray, at: np.ndarray, window_s: float | None = None) -> np.ndarray:
         """Events of each key strictly before its moment (in the `window_s` seconds before it;
         None = ever)."""
-        upper = np.searchsorted(self.codes, _key(keys, at), "left")
+        upper = np.searchsorted(self.codes, time_key(keys, at), "left")
         start = np.zeros_like(at) if window_s is None else at - window_s
-        lower = np.searchsorted(self.codes, _key(keys, start), "left")
+        lower = np.searchsorted(self.codes, time_key(keys, start), "left")
         return upper - lower
 
     def total(self, at: np.ndarray, window_s: float | None = None) -> np.ndarray:

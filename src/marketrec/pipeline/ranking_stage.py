@@ -178,21 +178,20 @@ def _rows_for(
     candidates: pl.DataFrame,
     user_ids: pl.Series,
     moments: np.ndarray,
-    regions: list[str | None] | None,
-) -> tuple[Rows, np.ndarray]:
-    """Feature rows for candidates of `user_ids` (moments and regions given per user), and
-    each row's user position in `user_ids`."""
+) -> Rows:
+    """Feature rows of training lists: candidates of `user_ids` (home regions, a moment per
+    user); each user's rows form one list."""
     position = pl.DataFrame({"user_id": user_ids}).with_row_index("p").unique("user_id")
     per_row = candidates.join(position, on="user_id", how="left", maintain_order="left")
     p = per_row.get_column("p").to_numpy().astype(np.int64)
-    region_idx = retrieval.region_index(user_ids, regions)
+    region_idx = retrieval.region_index(user_ids)
     n_regions = len(retrieval.region_names)
     region_code = np.where(region_idx < n_regions, region_idx + 1, 0)[p]
     items = retrieval.item_columns(candidates.get_column("item_id"))
     sellable = retrieval.sellable_pairs(region_idx[p], items)
     score = candidates.get_column("score").to_numpy().astype(np.float64)
     rank = candidates.get_column("rank").to_numpy().astype(np.float64)
-    rows = Rows(
+    return Rows(
         user=retrieval.user_rows(user_ids)[p],
         item=items,
         at=moments[p],
@@ -203,7 +202,6 @@ def _rows_for(
         sellable=sellable,
         group=p,
     )
-    return rows, p
 
 
 def fit_ranking_stage(
@@ -261,7 +259,7 @@ def fit_ranking_stage(
     state = RankingState.build(
         early, retrieval.user_ids, retrieval.item_ids, retrieval.region_names
     )
-    rows, _ = _rows_for(retrieval, lists, users, moment, None)
+    rows = _rows_for(retrieval, lists, users, moment)
     features = compute_features(state, rows)
     labels = (lists.get_column("weight").to_numpy() > 0).astype(np.float32)
     weights = np.where(labels > 0, lists.get_column("weight").to_numpy(), 1.0)

@@ -232,7 +232,8 @@ class Recommender:
             )
         )
         scores = retrieval_scores.astype(np.float64) if scored is None else scored.scores
-        sellable = self.retrieval.sellable(region_idx)
+        # what exploration may pick: only built when the list explores (a users × catalogue mask)
+        sellable = self.retrieval.sellable(region_idx) if cfg.exploration_share > 0 else None
         cold = self._served_by_fallback(rows)
         out: list[dict[str, Any]] = []
         for u, user in enumerate(ids.to_list()):
@@ -249,7 +250,9 @@ class Recommender:
                     np.column_stack([retrieval_scores[u, valid], np.flatnonzero(valid) + 1]),
                     k,
                     explorer,
-                    eligible_mask=sellable[u] & ~_row_mask(exclude, u, n_items),
+                    eligible_mask=None
+                    if sellable is None
+                    else sellable[u] & ~_row_mask(exclude, u, n_items),
                     moment=moments[u],
                     source="fallback" if cold[u] else "retrieval",
                     why=None
@@ -281,7 +284,7 @@ class Recommender:
         retrieval: np.ndarray,
         k: int,
         explorer: ThompsonExplorer,
-        eligible_mask: np.ndarray,
+        eligible_mask: np.ndarray | None,
         moment: float,
         source: str,
         why: Callable[[np.ndarray], list[dict[str, float]]] | None = None,
@@ -306,7 +309,7 @@ class Recommender:
             }
             for j, p in enumerate(order)
         ]
-        if n_explore:
+        if n_explore and eligible_mask is not None:
             new = eligible_mask & self._new_items(moment)
             new[picked_cols[: k - n_explore]] = False
             pick = explorer.pick(np.flatnonzero(new), n_explore)

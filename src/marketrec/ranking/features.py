@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from marketrec.data.schema import Dataset
-from marketrec.features.activity import ActivityCounter
+from marketrec.features.activity import ActivityCounter, time_key
 
 AFFINITY_EVENTS = 50
 RECENT_ITEMS = 10
@@ -152,7 +152,7 @@ class RankingState:
         )
         ev_item = ev.get_column("i").to_numpy().astype(np.int64)
         return cls(
-            user_codes=_user_codes(u, t),
+            user_codes=time_key(u, t),
             ev_item=ev_item,
             ev_ts=t,
             ev_last_purchase=last.astype(np.int64),
@@ -182,11 +182,6 @@ class RankingState:
                 "weekday": 8,
             },
         )
-
-
-def _user_codes(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    seconds = np.clip(np.floor(np.nan_to_num(ts, nan=0.0)), 0, 2**34 - 1).astype(np.int64)
-    return (users.astype(np.int64) << 34) | seconds
 
 
 @dataclass(frozen=True)
@@ -249,11 +244,11 @@ def _compute(state: RankingState, rows: Rows) -> Features:
     n = len(rows.user)
     known = rows.user >= 0
     safe_user = np.maximum(rows.user, 0)
-    end = np.searchsorted(s.user_codes, _user_codes(safe_user, rows.at), "left")
-    begin = np.searchsorted(s.user_codes, _user_codes(safe_user, np.zeros(n)), "left")
+    end = np.searchsorted(s.user_codes, time_key(safe_user, rows.at), "left")
+    begin = np.searchsorted(s.user_codes, time_key(safe_user, np.zeros(n)), "left")
     end = np.where(known, end, begin)
     count = end - begin
-    week_start = np.searchsorted(s.user_codes, _user_codes(safe_user, rows.at - 7 * 86_400.0))
+    week_start = np.searchsorted(s.user_codes, time_key(safe_user, rows.at - 7 * 86_400.0))
     week = np.where(known, end - np.maximum(week_start, begin), 0)
     last = np.maximum(end - 1, 0)
     has = count > 0

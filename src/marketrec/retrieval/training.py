@@ -22,6 +22,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from marketrec.features.activity import ActivityCounter
 from marketrec.retrieval.examples import (
     Sequences,
     history_window,
@@ -88,25 +89,18 @@ class TwoTowerData:
     timed: bool = True
 
     @cached_property
-    def _trend_keys(self) -> np.ndarray:
-        """Sorted (item, second) keys of every item event, for point-in-time counts."""
-        return np.sort(_trend_key(self.seq.item, self.seq.ts))
-
-    @cached_property
-    def _event_times(self) -> np.ndarray:
-        return np.sort(np.nan_to_num(self.seq.ts, nan=0.0))
+    def _activity(self) -> ActivityCounter:
+        """Every item event by (item, second), for point-in-time counts."""
+        return ActivityCounter.build(self.seq.item, self.seq.ts)
 
     def recent_activity(self, items: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Events on each item, and on all items, in each of `SHARE_WINDOWS_DAYS` before `at`:
         two (B, windows) arrays, counted once for the trend buckets and the shares."""
         counts = np.empty((len(items), len(SHARE_WINDOWS_DAYS)), dtype=np.int64)
         totals = np.empty_like(counts)
-        times = self._event_times
         for j, days in enumerate(SHARE_WINDOWS_DAYS):
             counts[:, j] = self.recent_counts(items, at, days)
-            totals[:, j] = np.searchsorted(times, at, "left") - np.searchsorted(
-                times, at - days * 86_400.0, "left"
-            )
+            totals[:, j] = self._activity.total(at, days * 86_400.0)
         return counts, totals
 
     def recent_shares(self, items: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -118,18 +112,7 @@ class TwoTowerData:
     def recent_counts(self, items: np.ndarray, at: np.ndarray, window_days: float) -> np.ndarray:
         """Events on each item in the `window_days` before `at` (strictly before its second):
         how much the item is trending at that moment, with no look into the future."""
-        keys = self._trend_keys
-        upper = np.searchsorted(keys, _trend_key(items, at), "left")
-        lower = np.searchsorted(keys, _trend_key(items, at - window_days * 86_400.0), "left")
-        return upper - lower
-
-
-_TS_BITS = 34  # epoch seconds < 2**34 (year 2514); item indices < 2**29
-
-
-def _trend_key(items: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    seconds = np.clip(np.floor(np.nan_to_num(ts, nan=0.0)), 0, 2**_TS_BITS - 1).astype(np.int64)
-    return (items.astype(np.int64) << _TS_BITS) | seconds
+        return self._activity.count(items, at, window_days * 86_400.0)
 
 
 @dataclass
