@@ -148,3 +148,27 @@ def test_history_vectors_from_the_stored_catalogue_equal_the_tower(fitted) -> No
     np.testing.assert_allclose(
         user_vectors(*args, catalogue=scorer._item_vectors), user_vectors(*args), atol=1e-6
     )
+
+
+def test_new_listings_get_reserved_places(content_world) -> None:
+    # the two never-bought items are listed a day before the last event; the older items
+    # have no listing time (never "new")
+    last = content_world.events.get_column("ts").max()
+    items = content_world.items.with_columns(
+        created_at=pl.when(pl.col("item_id").str.ends_with("-new"))
+        .then(pl.lit(last - timedelta(days=1)))
+        .otherwise(None)
+    )
+    data = make_dataset(content_world.events, items, content_world.users)
+    model = create("two-tower", {**FAST, "epochs": 3, "new_item_share": 0.25}).fit(data)
+    mask, places = model.scorer.reserved_items(8)
+    assert places == 2
+    assert sorted(model.item_ids.filter(pl.Series(mask)).to_list()) == ["garden-new", "kitchen-new"]
+    users = [f"g{u:02d}" for u in range(5)] + [f"k{u:02d}" for u in range(5)]
+    recs = model.recommend(users, 8)
+    for user in users:
+        shown = recs.filter(user_id=user).get_column("item_id").to_list()
+        assert len(shown) == len(set(shown)) == 8
+        assert {"garden-new", "kitchen-new"} <= set(shown), (user, shown)
+    # a top 3 reserves no place (0.25 × 3 rounds down)
+    assert model.scorer.reserved_items(3)[1] == 0

@@ -71,3 +71,20 @@ def test_logq_correction_subtracts_expected_counts() -> None:
     row0 = [1 - expected_q[0], 0 - expected_q[1], 0.6 - expected_q[2]]
     row1 = [0 - expected_q[0], 1 - expected_q[1], 0.8 - expected_q[2]]
     assert float(loss) == pytest.approx((ce(row0, 0) + ce(row1, 1)) / 2, rel=1e-5)
+
+
+def test_items_not_yet_listed_are_masked_per_row() -> None:
+    # candidate 12 was listed after row 1's moment: it counts against row 0 only; a row's
+    # own positive is never masked
+    unavailable = torch.tensor([[False, True, False], [False, True, True]])
+    loss = sampled_softmax_loss(
+        USERS,
+        CANDIDATES,
+        torch.tensor([10, 11]),
+        torch.tensor([10, 11, 12]),
+        None,
+        temperature=1.0,
+        unavailable=unavailable,
+    )
+    expected = (ce([1, 0.6], 0) + ce([0, 1], 1)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)

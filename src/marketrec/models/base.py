@@ -181,7 +181,12 @@ class CollaborativeRecommender:
                 None if moments is None else moments[start:stop],
                 None if exclude is None else exclude[start:stop],
             )
-            out_cols[start:stop], out_scores[start:stop] = _top_k(scores, k)
+            cols, best = _top_k(scores, k)
+            reserve = getattr(self.scorer, "reserved_items", None)
+            mask, slots = reserve(k) if reserve is not None else (None, 0)
+            if mask is not None and slots > 0:
+                cols, best = _with_reserved(scores, cols, best, mask, slots)
+            out_cols[start:stop], out_scores[start:stop] = cols, best
         return out_cols, out_scores
 
     def _region_rows(
@@ -403,6 +408,34 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -part_scores), axis=1)
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+
+
+def _with_reserved(
+    scores: np.ndarray, cols: np.ndarray, best: np.ndarray, reserved: np.ndarray, slots: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lists that hold at least `slots` of the `reserved` items (a boolean column mask)
+    where that many may be shown: the best-scored reserved items not already in the first
+    k - slots places on merit take the last places; places they cannot fill keep the merit
+    order. Each item keeps its own score, so such a list is not sorted by score."""
+    k = cols.shape[1]
+    slots = min(slots, k)
+    head = k - slots
+    extra, extra_scores = _top_k(np.where(reserved[None, :], scores, -np.inf), slots)
+    valid = np.isfinite(extra_scores) & ~(extra[:, :, None] == cols[:, None, :head]).any(-1)
+    tail_taken = (cols[:, head:, None] == np.where(valid, extra, -1)[:, None, :]).any(-1)
+    # order of preference: merit head, valid reserved items, the rest of the merit list
+    keys = np.concatenate(
+        [
+            np.broadcast_to(np.arange(head), (len(cols), head)),
+            np.where(valid, head + np.arange(slots), 4 * k),
+            np.where(tail_taken, 4 * k, head + slots + np.arange(slots)),
+        ],
+        axis=1,
+    )
+    pool = np.concatenate([cols[:, :head], extra, cols[:, head:]], axis=1)
+    pool_scores = np.concatenate([best[:, :head], extra_scores, best[:, head:]], axis=1)
+    order = np.argsort(keys, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(pool, order, 1), np.take_along_axis(pool_scores, order, 1)
 
 
 def _user_regions(data: Dataset, users: IdVocab) -> tuple[tuple[str, ...], np.ndarray]:

@@ -60,6 +60,14 @@ class TwoTowerParams(Params):
     seed: int = 0
     text_encoder: Literal["auto", "minilm", "hashed"] = "auto"
     id_buckets_per_id: float = Field(default=2.0, gt=0)
+    new_item_share: float = Field(default=0.05, ge=0, le=1)
+    """Share of a list (rounded down: none in a top 10, 5 of 100, 15 of 300 candidates)
+    reserved for the best-scored new items: listed at most `new_item_days` before the model's
+    "now" (or after it) and without training interactions. Their vectors come from content
+    alone and carry no popularity, so on merit they rarely beat items with a known following;
+    a few reserved places let new products reach the ranker and earn feedback. 0 = merit
+    order only."""
+    new_item_days: float = Field(default=7.0, gt=0)
     threads: int = Field(default=1, ge=0)
     """torch threads; 1 by default: on a shared 2-core machine two threads ran a training
     step 6× slower than one (measured), and one thread is reproducible; 0 = torch's default."""
@@ -173,6 +181,15 @@ class TwoTowerScorer:
             self._config,
             catalogue=self._item_vectors if at_now else None,
         )
+
+    def reserved_items(self, k: int) -> tuple[np.ndarray, int]:
+        """(mask of new items, places reserved for them in a list of k; see
+        `TwoTowerParams.new_item_share`): read by the shared top-k selection (`models.base`)."""
+        since = self._meta["reference_ts"] - self.params.new_item_days * 86_400.0
+        with np.errstate(invalid="ignore"):
+            recent = self._data.items.listed_at >= since  # NaN (unknown) = not new
+        new = recent & ~self._data.item_trained.astype(bool)
+        return new, int(self.params.new_item_share * k + 1e-9)
 
     def index_vectors(self) -> np.ndarray:
         """(n_items, dim + 1) catalogue vectors for an inner-product ANN index, in the model's

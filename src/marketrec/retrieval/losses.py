@@ -23,13 +23,17 @@ def sampled_softmax_loss(
     log_q: Tensor | None,
     temperature: float,
     weights: Tensor | None = None,
+    unavailable: Tensor | None = None,
 ) -> Tensor:
     """Weighted mean cross-entropy of each row's positive against all candidates.
 
     users: (B, D); candidates: (C, D), or (C, D + 1) with each item's bias last (added to
     the logit after the temperature), the first B being the rows' positives in order;
     positive_items: (B,) item index per row; candidate_items: (C,) item index per column;
-    log_q: (C,) log expected count of each candidate in the sample, or None; weights: (B,).
+    log_q: (C,) log expected count of each candidate in the sample, or None; weights: (B,);
+    unavailable: (B, C) true where a candidate was not in the catalogue at the row's moment
+    (listed later): masked like an accidental hit, since no user could have chosen it then
+    and, left in, it would teach the towers that "just listed" means "never chosen".
     """
     batch = users.shape[0]
     if candidates.shape[1] == users.shape[1] + 1:
@@ -41,7 +45,10 @@ def sampled_softmax_loss(
     same_item = positive_items[:, None] == candidate_items[None, :]
     own_column = torch.zeros_like(same_item)
     own_column[:, :batch] = torch.eye(batch, dtype=torch.bool, device=users.device)
-    logits = logits.masked_fill(same_item & ~own_column, float("-inf"))
+    masked = same_item
+    if unavailable is not None:
+        masked = masked | unavailable
+    logits = logits.masked_fill(masked & ~own_column, float("-inf"))
     target = torch.arange(batch, device=users.device)
     losses = F.cross_entropy(logits, target, reduction="none")
     if weights is None:

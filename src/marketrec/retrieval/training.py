@@ -491,6 +491,7 @@ def _epoch(
             log_q,
             config.temperature,
             torch.from_numpy(_example_weights(data, pos, config)),
+            _not_yet_listed(data, candidates, now),
         )
         optimizer.zero_grad()
         loss.backward()
@@ -498,6 +499,13 @@ def _epoch(
         total += float(loss.detach())
         batches += 1
     return total / max(batches, 1)
+
+
+def _not_yet_listed(data: TwoTowerData, items: np.ndarray, now: np.ndarray) -> torch.Tensor:
+    """(len(now), len(items)) true where an item was listed after the moment (NaN listing
+    times count as always listed)."""
+    listed = data.items.listed_at[items]
+    return torch.from_numpy(listed[None, :] > now[:, None])
 
 
 def _history_cut(
@@ -568,5 +576,7 @@ def _hits_at_k(
     seen = hist.ravel()
     keep = seen >= 0
     scores[rows[keep], seq.item[seen[keep]]] = -math.inf
+    all_items = np.arange(scores.shape[1])
+    scores = scores.masked_fill(_not_yet_listed(data, all_items, now), -math.inf)
     target_score = scores[torch.arange(len(pos)), torch.from_numpy(seq.item[pos])]
     return int(((scores > target_score[:, None]).sum(dim=1) < k).sum())
