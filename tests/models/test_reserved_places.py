@@ -27,7 +27,9 @@ def test_reserved_items_already_in_on_merit_count() -> None:
     # item 1 made the list on merit: one more reserved item (7) is enough
     assert reserve([1, 7, 9], 2)[0].tolist() == [[0, 1, 2, 7, 3]]
     # item 4 was in the merit list's last places: it moves up, nothing is duplicated
-    assert reserve([4], 2)[0].tolist() == [[0, 1, 2, 4, 3]]
+    assert reserve([4, 9], 2)[0].tolist() == [[0, 1, 2, 4, 9]]
+    # one reserved item in all: one place, which it holds on merit already
+    assert reserve([4], 2)[0].tolist() == [[0, 1, 2, 3, 4]]
 
 
 def test_unsellable_reserved_items_leave_the_merit_order() -> None:

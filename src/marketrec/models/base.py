@@ -418,9 +418,13 @@ def _with_reserved(
     k - slots places on merit take the last places; places they cannot fill keep the merit
     order. Each item keeps its own score, so such a list is not sorted by score."""
     k = cols.shape[1]
-    slots = min(slots, k)
+    candidates = np.flatnonzero(reserved)
+    slots = min(slots, k, len(candidates))
+    if slots == 0:
+        return cols, best
     head = k - slots
-    extra, extra_scores = _top_k(np.where(reserved[None, :], scores, -np.inf), slots)
+    extra, extra_scores = _top_k(scores[:, candidates], slots)
+    extra = candidates[extra]
     valid = np.isfinite(extra_scores) & ~(extra[:, :, None] == cols[:, None, :head]).any(-1)
     tail_taken = (cols[:, head:, None] == np.where(valid, extra, -1)[:, None, :]).any(-1)
     # order of preference: merit head, valid reserved items, the rest of the merit list

@@ -81,6 +81,7 @@ class TwoTowerScorer:
         self._model: Any = None
         self._data: Any = None
         self._item_vectors = np.zeros((0, 0), dtype=np.float32)
+        self._index_vectors: tuple[np.ndarray, np.ndarray] | None = None
         self._meta: dict[str, Any] = {}
         #: called after each training epoch with {"epoch", "loss", "val_recall@100"}
         #: (the CLI draws its progress bar from it)
@@ -147,8 +148,13 @@ class TwoTowerScorer:
         return scores
 
     def _dot(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Cosine / temperature plus each item's bias (towers.item_scores, in NumPy)."""
-        return users @ items[:, :-1].T / self.params.temperature + items[:, -1][None, :]
+        """Cosine / temperature plus each item's bias (towers.item_scores, in NumPy), as one
+        product [u, 1] · [v / temperature, bias] over a contiguous matrix: the stored
+        catalogue's is kept (slicing off the bias column made NumPy copy the whole catalogue
+        on every request, a third of the scoring time at 100k items)."""
+        matrix = self.index_vectors() if items is self._item_vectors else self._scaled(items)
+        ones = np.ones((len(users), 1), dtype=np.float32)
+        return np.hstack([users.astype(np.float32, copy=False), ones]) @ matrix.T
 
     def catalogue_vectors(self, at: float) -> np.ndarray:
         """(n_items, dim + 1) item vectors and biases as of `at` (epoch seconds)."""
@@ -193,9 +199,17 @@ class TwoTowerScorer:
 
     def index_vectors(self) -> np.ndarray:
         """(n_items, dim + 1) catalogue vectors for an inner-product ANN index, in the model's
-        item order: [v / temperature, bias], to be queried with [u, 1]."""
-        items = self._item_vectors
-        return np.hstack([items[:, :-1] / self.params.temperature, items[:, -1:]])
+        item order: [v / temperature, bias], to be queried with [u, 1]. Computed once per
+        catalogue (do not modify the returned array)."""
+        cached = self._index_vectors
+        if cached is None or cached[0] is not self._item_vectors:
+            cached = (self._item_vectors, self._scaled(self._item_vectors))
+            self._index_vectors = cached
+        return cached[1]
+
+    def _scaled(self, items: np.ndarray) -> np.ndarray:
+        scaled = np.hstack([items[:, :-1] / self.params.temperature, items[:, -1:]])
+        return np.ascontiguousarray(scaled, dtype=np.float32)
 
     # ----------------------------------------------------------------- persistence
     def arrays(self) -> dict[str, np.ndarray]:

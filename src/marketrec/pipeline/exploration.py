@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import betaincinv
 
 
 @dataclass
@@ -54,15 +55,41 @@ class ThompsonExplorer:
         return min(k, whole + int(self.rng.random() < expected - whole))
 
     def pick(self, eligible: np.ndarray, n: int) -> ExplorationPick:
-        """The n eligible items (column indices) with the highest sampled click rates."""
+        """The n eligible items (column indices) with the highest sampled click rates.
+
+        Items never shown share the prior, so only the top n of their draws can matter:
+        those are sampled directly (`_top_prior_draws`) instead of one draw per item, which
+        with tens of thousands of new items was most of a request's time."""
         if n <= 0 or len(eligible) == 0:
             return ExplorationPick(np.zeros(0, dtype=np.int64), np.zeros(0))
         a, b = self.prior
-        clicks = self.stats.clicks[eligible]
-        misses = np.maximum(self.stats.impressions[eligible] - clicks, 0)
-        draws = self.rng.beta(a + clicks, b + misses)
-        best = np.argsort(-draws, kind="stable")[:n]
-        return ExplorationPick(eligible[best], draws[best])
+        impressions = self.stats.impressions[eligible]
+        shown = impressions > 0
+        seen = eligible[shown]
+        clicks = self.stats.clicks[seen]
+        misses = np.maximum(impressions[shown] - clicks, 0)
+        unseen = eligible[~shown]
+        top = min(n, len(unseen))
+        items = np.concatenate([seen, self.rng.choice(unseen, top, replace=False)])
+        draws = np.concatenate(
+            [self.rng.beta(a + clicks, b + misses), self._top_prior_draws(len(unseen), top)]
+        )
+        if len(items) > n:
+            keep = np.argpartition(-draws, n - 1)[:n]
+            items, draws = items[keep], draws[keep]
+        order = np.argsort(-draws, kind="stable")
+        return ExplorationPick(items[order], draws[order])
+
+    def _top_prior_draws(self, population: int, top: int) -> np.ndarray:
+        """The `top` largest of `population` independent Beta(α, β) draws, largest first,
+        drawn exactly without the rest: the largest of m uniforms is V^(1/m), the next is
+        that times V'^(1/(m-1)), and so on (Rényi); the prior's inverse CDF maps them. Which
+        items hold them is a uniform random subset (drawn by the caller)."""
+        if top <= 0:
+            return np.zeros(0)
+        exponents = 1.0 / np.arange(population, population - top, -1, dtype=np.float64)
+        uniforms = np.cumprod(self.rng.random(top) ** exponents)
+        return betaincinv(*self.prior, uniforms)
 
 
 def exploration_positions(k: int, n: int) -> np.ndarray:
