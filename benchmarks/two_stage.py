@@ -150,18 +150,21 @@ def ml100k_section(text_encoder: str) -> str:
     return "\n\n".join(parts)
 
 
-def toys_section() -> str:
+TOYS_RETRIEVAL = {
+    "ease": {"l2": 200.0},
+    "two-tower": {"text_encoder": "hashed", "time_features": False},
+}
+
+
+def toys_section(retrievals: list[str]) -> str:
     data = import_sequences(SHARED / "amazon-toys-s3rec")
     split = split_leave_one_out(data)
     targets = TargetConfig(all_events=True)
     columns = [("all", "HR@10"), ("all", "NDCG@10"), ("all", "Recall@100")]
     ranking = RankingParams(window_mode="leave-one-out")
     rows = []
-    for retrieval, params in (
-        ("ease", {"l2": 200.0}),
-        ("two-tower", {"text_encoder": "hashed", "time_features": False}),
-    ):
-        model, seconds = fitted(retrieval, params, split, ranking)
+    for retrieval in retrievals:
+        model, seconds = fitted(retrieval, TOYS_RETRIEVAL[retrieval], split, ranking)
         alone = variant(model, PipelineConfig(), ranked=False)
         rows.append(
             (
@@ -275,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-users", type=int, default=100_000)
     parser.add_argument("--synthetic-items", type=int, default=5_000)
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument(
+        "--toys-retrieval", nargs="+", default=list(TOYS_RETRIEVAL), choices=list(TOYS_RETRIEVAL)
+    )
     parser.add_argument("--latency-items", type=int, default=100_000)
     parser.add_argument("--text-encoder", default="auto")
     parser.add_argument("--write", type=Path)
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ml100k" in args.sections:
         parts["ml100k"] = ml100k_section(args.text_encoder)
     if "toys" in args.sections:
-        parts["toys"] = toys_section()
+        parts["toys"] = toys_section(args.toys_retrieval)
     if "synthetic" in args.sections:
         parts["synthetic"] = synthetic_section(
             args.synthetic_users, args.synthetic_items, args.text_encoder
@@ -295,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         parts["latency"] = latency_section(args.requests, args.latency_items)
     command = (
         f"Command: `.venv/bin/python benchmarks/two_stage.py --sections "
-        f"{' '.join(args.sections)} --text-encoder {args.text_encoder} --write "
+        f"{' '.join(args.sections)} --text-encoder {args.text_encoder}"
+        + (f" --toys-retrieval {' '.join(args.toys_retrieval)}" if "toys" in args.sections else "")
+        + " --write "
         f"docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "
         f"{time.perf_counter() - started:.0f} s in all; one torch thread)."
     )

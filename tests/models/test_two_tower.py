@@ -172,3 +172,20 @@ def test_new_listings_get_reserved_places(content_world) -> None:
         assert {"garden-new", "kitchen-new"} <= set(shown), (user, shown)
     # a top 3 reserves no place (0.25 × 3 rounds down)
     assert model.scorer.reserved_items(3)[1] == 0
+
+
+def test_no_item_before_its_listing_time(content_world) -> None:
+    last = content_world.events.get_column("ts").max()
+    items = content_world.items.with_columns(
+        created_at=pl.when(pl.col("item_id") == "garden-new")
+        .then(pl.lit(last + timedelta(days=10)))
+        .otherwise(None)
+    )
+    data = make_dataset(content_world.events, items, content_world.users)
+    model = create("two-tower", {**FAST, "epochs": 2}).fit(data)
+    every = model.item_ids.len()
+    now = model.recommend(["g00", "new-gardener"], every)
+    assert "garden-new" not in now.get_column("item_id").to_list()
+    assert now.height == 2 * (every - 1) - 4  # g00's four bought items are left out too
+    later = model.recommend(["g00"], every, at=[last + timedelta(days=11)])
+    assert "garden-new" in later.get_column("item_id").to_list()

@@ -25,6 +25,7 @@ from marketrec import __version__
 from marketrec.core.errors import ConfigError, ModelError
 from marketrec.data.schema import Dataset
 from marketrec.features.interactions import IdVocab, InteractionConfig, build_interactions
+from marketrec.features.listing import listing_times
 from marketrec.features.regions import home_regions, item_regions
 from marketrec.models.scoring import Scorer, TrainContext
 
@@ -82,6 +83,8 @@ class CollaborativeRecommender:
         self._user_region: np.ndarray | None = None
         self._regions: tuple[str, ...] = ()
         self._sellable: np.ndarray | None = None  # (n_regions + 1, n_items); last = no region
+        self._listed_at = np.zeros(0)  # per item: listing time, epoch seconds (NaN = unknown)
+        self._now = np.nan  # the default ranking moment: one second past the last training event
         self._train_summary: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- training
@@ -92,6 +95,9 @@ class CollaborativeRecommender:
         self._history = interactions.matrix
         self._user_region, self._regions = user_region, regions
         self._sellable = _sellable_matrix(data, interactions.items, regions)
+        self._listed_at = listing_times(data, interactions.items.ids)
+        last = interactions.reference_time
+        self._now = last.timestamp() + 1.0 if last is not None else np.nan
         ctx = TrainContext(interactions, user_region, regions, data)
         log.debug(
             "%s: fitting on %s users × %s items, %s interactions",
@@ -233,6 +239,7 @@ class CollaborativeRecommender:
                 rows[cold_rows], history[cold_rows], region_idx[cold_rows]
             )
         scores[~self._sellable[region_idx]] = -np.inf
+        self._hide_unlisted(scores, moments)
         if exclude is not None:
             r, c = exclude.nonzero()
             scores[r, c] = -np.inf
@@ -240,6 +247,19 @@ class CollaborativeRecommender:
             r, c = history.nonzero()
             scores[r, c] = -np.inf
         return scores
+
+    def _hide_unlisted(self, scores: np.ndarray, moments: np.ndarray | None) -> None:
+        """No item before its listing time: at a user's ranking moment (the model's "now"
+        without one), a product listed later does not exist yet."""
+        if not len(self._listed_at) or np.isnan(self._now):
+            return
+        moment = np.full(len(scores), self._now) if moments is None else moments
+        moment = np.where(np.isnan(moment), self._now, moment)
+        with np.errstate(invalid="ignore"):
+            late = np.flatnonzero(self._listed_at > moment.min())  # NaN: always listed
+        if len(late):
+            hidden = self._listed_at[late][None, :] > moment[:, None]
+            scores[:, late] = np.where(hidden, -np.inf, scores[:, late])
 
     @property
     def item_ids(self) -> pl.Series:
@@ -332,6 +352,8 @@ class CollaborativeRecommender:
             history_indptr=h.indptr,
             history_shape=np.array(h.shape),
             sellable=self._sellable,
+            listed_at=self._listed_at,
+            now=np.array([self._now]),
         )
         np.savez(out / "scorer.npz", **self.scorer.arrays())
         np.savez(out / "fallback.npz", **self.fallback.arrays())
@@ -352,6 +374,9 @@ class CollaborativeRecommender:
                 shape=tuple(state["history_shape"]),
             )
             self._sellable = state["sellable"]
+            # folders written before listing times were kept: every item counts as listed
+            self._listed_at = state["listed_at"] if "listed_at" in state else np.zeros(0)
+            self._now = float(state["now"][0]) if "now" in state else np.nan
         with np.load(folder / "scorer.npz", allow_pickle=False) as arrays:
             self.scorer.restore(dict(arrays))
         with np.load(folder / "fallback.npz", allow_pickle=False) as arrays:

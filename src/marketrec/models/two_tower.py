@@ -7,6 +7,7 @@ only when a two-tower model is trained or loaded, so the rest of marketrec stays
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import Field
 
+from marketrec.features.listing import listing_times
 from marketrec.models.scoring import Params, TrainContext
 
 log = logging.getLogger(__name__)
@@ -297,6 +299,7 @@ def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[st
         data.items, max(64, int(len(item_ids) * params.id_buckets_per_id))
     )
     items = encode_items(item_ids, data.items, item_vocabs, text)
+    items = dataclasses.replace(items, listed_at=listing_times(data, item_ids))
     user_vocabs = fit_user_vocabs(
         data, ctx.region_names, max(64, int(len(inter.users) * params.id_buckets_per_id))
     )

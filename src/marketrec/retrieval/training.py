@@ -283,10 +283,11 @@ def user_vectors(
     """(len(rows), D) vectors of users (-1 = unknown) from their whole stored history, as of
     time `at` (one time, or one per user: the ranking moment); `region` = region code per
     user (0 = unknown); `catalogue`: the item vectors as of `at`, when already computed."""
-    model.eval()
+    if model.training:  # eval() walks every module: a measurable part of a one-user request
+        model.eval()
     seq = data.seq
     out = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, len(rows), batch):
             r = rows[start : start + batch]
             safe = np.maximum(r, 0)
