@@ -219,10 +219,15 @@ class CollaborativeRecommender:
     ) -> np.ndarray:
         assert self._history is not None and self._sellable is not None
         known = rows >= 0
-        history = self._history[np.maximum(rows, 0)]
-        history = sp.diags(known.astype(np.float32)) @ history  # unknown users: empty rows
+        embeds_cold = getattr(self.scorer, "handles_cold_users", False)
+        if embeds_cold and exclude is not None and not getattr(self.scorer, "reads_history", True):
+            # nothing below reads the history rows: skip slicing them (a request's fixed cost)
+            history = sp.csr_matrix((len(rows), self._history.shape[1]), dtype=np.float32)
+        else:
+            history = self._history[np.maximum(rows, 0)]
+            history = sp.diags(known.astype(np.float32)) @ history  # unknown users: empty rows
         warm = np.diff(history.indptr) > 0
-        if getattr(self.scorer, "handles_cold_users", False):
+        if embeds_cold:
             warm = np.ones(len(rows), dtype=bool)  # the scorer embeds cold users itself
         scores = np.empty((len(rows), self._history.shape[1]), dtype=np.float32)
         if warm.any():

@@ -77,6 +77,7 @@ class TwoTowerParams(Params):
 
 class TwoTowerScorer:
     handles_cold_users = True
+    reads_history = False  # the towers read the stored event sequences, not the matrix rows
 
     def __init__(self, params: TwoTowerParams | None = None) -> None:
         self.params = params or TwoTowerParams()
