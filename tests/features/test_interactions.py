@@ -18,3 +18,12 @@ def test_lookup_sorted_and_unsorted_vocabularies_agree() -> None:
     unsorted = IdVocab(pl.Series("id", ids))  # rows in the given order, joined instead
     assert unsorted.lookup(query).tolist() == [3, -1, -1, 2, 1, -1, 0]
     assert IdVocab.from_series(pl.Series([], dtype=pl.String)).lookup(query).tolist() == [-1] * 7
+
+
+def test_lookup_of_few_and_many_ids_agree() -> None:
+    vocab = IdVocab.from_series(pl.Series(["b", "a", "ab", "é", "z1"]))
+    # "abc" must not match "ab" (the bytes array is as wide as the longest known id)
+    query = pl.Series(["ab", "a", "zz", None, "é", "", "b", "abc", "z1z"], dtype=pl.String)
+    expected = [1, 0, -1, -1, 4, -1, 2, -1, -1]
+    assert vocab.lookup(query).tolist() == expected  # few ids: NumPy bytes search
+    assert vocab.lookup(pl.concat([query] * 20)).tolist() == expected * 20  # polars

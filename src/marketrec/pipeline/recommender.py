@@ -156,9 +156,10 @@ class Recommender:
         regions: Sequence[str | None] | None = None,
         at: Sequence[datetime | None] | None = None,
     ) -> pl.DataFrame:
-        """Top-k per user: user_id, item_id, rank (1 = best), score (CONTRACT §2)."""
+        """Top-k per user: user_id, item_id, rank (1 = best), score (CONTRACT §2). The same
+        lists as `recommend_detailed`, without computing the explanations it would drop."""
         detailed = self.recommend_detailed(
-            user_ids, k, include_seen=include_seen, regions=regions, at=at
+            user_ids, k, include_seen=include_seen, regions=regions, at=at, explain=False
         )
         return detailed.select("user_id", "item_id", "rank", "score")
 
@@ -170,9 +171,11 @@ class Recommender:
         include_seen: bool = False,
         regions: Sequence[str | None] | None = None,
         at: Sequence[datetime | None] | None = None,
+        explain: bool = True,
     ) -> pl.DataFrame:
         """`recommend` plus `source` (retrieval, fallback, exploration) and `signals` (JSON:
-        the scores and counts that put the item there).
+        the scores and counts that put the item there; with `explain`, also the ranker's top
+        signal groups, which take a second ranker pass over the shown items).
 
         `score` is the ranking score, capped by the score above it so the list reads best
         first after diversity and exploration moved items; the raw score is in `signals`.
@@ -197,6 +200,7 @@ class Recommender:
                     None if regions is None else list(regions)[start:stop],
                     moments_all[start:stop],
                     at is not None,
+                    explain,
                 )
             )
         return pl.concat(frames)
@@ -209,6 +213,7 @@ class Recommender:
         regions: list[str | None] | None,
         moments: np.ndarray,
         timed: bool,
+        explain: bool = True,
     ) -> pl.DataFrame:
         assert self._seen is not None and self.stats is not None
         cfg = self.config
@@ -256,7 +261,10 @@ class Recommender:
                     moment=moments[u],
                     source="fallback" if cold[u] else "retrieval",
                     why=None
-                    if scored is None or scored.features is None or self.ranking is None
+                    if not explain
+                    or scored is None
+                    or scored.features is None
+                    or self.ranking is None
                     else partial(self.ranking.explain, scored, u),
                 )
             )
