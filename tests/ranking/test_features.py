@@ -133,3 +133,30 @@ def test_explanations_attribute_the_score_to_the_groups_that_made_it() -> None:
     for row, reason in enumerate(reasons):
         assert reason["retrieval"] == pytest.approx(float(z[row]), abs=1e-3)  # weight 1, mean 0
         assert all(abs(v) < 1e-6 for k, v in reason.items() if k != "retrieval")
+
+
+def test_without_clock_blanks_only_the_clock_features() -> None:
+    from marketrec.ranking.features import (
+        CATEGORICAL,
+        CLOCK_CATEGORICAL,
+        CLOCK_NUMERIC,
+        NUMERIC,
+        Features,
+        without_clock,
+    )
+
+    rng = np.random.default_rng(0)
+    features = Features(
+        rng.random((4, len(NUMERIC))).astype(np.float32) + 1.0,
+        rng.integers(1, 5, (4, len(CATEGORICAL))),
+        rng.integers(1, 5, (4, 3)),
+        rng.integers(1, 5, (4, 3)),
+    )
+    blank = without_clock(features)
+    for j, name in enumerate(NUMERIC):
+        expected = 0.0 if name in CLOCK_NUMERIC else features.numeric[:, j]
+        np.testing.assert_array_equal(blank.numeric[:, j], expected)
+    for j, name in enumerate(CATEGORICAL):
+        expected = 0 if name in CLOCK_CATEGORICAL else features.categorical[:, j]
+        np.testing.assert_array_equal(blank.categorical[:, j], expected)
+    assert features.numeric.min() >= 1.0  # the input is left as it was

@@ -28,7 +28,13 @@ from marketrec.data.split import split_global, split_leave_one_out, split_per_us
 from marketrec.features.interactions import DEFAULT_EVENT_WEIGHTS
 from marketrec.models.base import CollaborativeRecommender
 from marketrec.models.registry import create
-from marketrec.ranking.features import Features, RankingState, Rows, compute_features
+from marketrec.ranking.features import (
+    Features,
+    RankingState,
+    Rows,
+    compute_features,
+    without_clock,
+)
 from marketrec.ranking.model import Ranker
 from marketrec.ranking.training import (
     RankerConfig,
@@ -64,6 +70,10 @@ class RankingParams(BaseModel):
     learning_rate: float = Field(default=1e-3, gt=0)
     dropout: float = Field(default=0.3, ge=0, lt=1)
     weight_decay: float = Field(default=1e-3, ge=0)
+    time_features: bool = True
+    """False for data whose event times are only each user's order (sequence datasets): the
+    features that read the clock (activity windows, recency, age, hour, weekday) are then
+    left out instead of read from an invented clock, as the two-tower's `time_features`."""
     keep_t: float = 1.645
     """The ranker is kept when its per-list validation gain over retrieval order has at least
     this t statistic (1.645: one-sided 95%); -inf keeps it always."""
@@ -83,11 +93,17 @@ class RankingStage:
     """A trained re-ranker and the state its features read."""
 
     def __init__(
-        self, model: Ranker, state: RankingState, config: RankerConfig, active: bool = True
+        self,
+        model: Ranker,
+        state: RankingState,
+        config: RankerConfig,
+        active: bool = True,
+        time_features: bool = True,
     ) -> None:
         self.model = model
         self.state = state
         self.config = config
+        self.time_features = time_features
         self.report = RankerReport()
         self.active = active
         """False when the ranker did not order its validation lists better than retrieval
@@ -127,6 +143,8 @@ class RankingStage:
                 group=user_pos,
             ),
         )
+        if not self.time_features:
+            features = without_clock(features)
         out = np.full(scores.shape, -np.inf, dtype=np.float64)
         out[user_pos, cand_pos] = predict(self.model, features)
         row_of = np.full(scores.shape, -1, dtype=np.int64)
@@ -151,6 +169,7 @@ class RankingStage:
             "config": self.config.__dict__,
             "cardinality": self.state.cardinality,
             "active": self.active,
+            "time_features": self.time_features,
             "report": stage_summary(self),
         }
         (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
@@ -170,7 +189,13 @@ class RankingStage:
         )
         model.load_state_dict(torch.load(folder / "ranker.pt", weights_only=True))
         model.eval()
-        return cls(model, state, config, bool(meta.get("active", True)))
+        return cls(
+            model,
+            state,
+            config,
+            bool(meta.get("active", True)),
+            bool(meta.get("time_features", True)),
+        )
 
 
 def _rows_for(
@@ -261,6 +286,8 @@ def fit_ranking_stage(
     )
     rows = _rows_for(retrieval, lists, users, moment)
     features = compute_features(state, rows)
+    if not params.time_features:
+        features = without_clock(features)
     labels = (lists.get_column("weight").to_numpy() > 0).astype(np.float32)
     weights = np.where(labels > 0, lists.get_column("weight").to_numpy(), 1.0)
     groups = rows.user
@@ -297,7 +324,7 @@ def fit_ranking_stage(
     serving = RankingState.build(
         data, retrieval.user_ids, retrieval.item_ids, retrieval.region_names
     )
-    stage = RankingStage(model, serving, config, active)
+    stage = RankingStage(model, serving, config, active, params.time_features)
     stage.report = report
     return stage
 

@@ -215,6 +215,33 @@ class Features:
         )
 
 
+#: Features that read the clock: meaningless where event times are only each user's order.
+CLOCK_NUMERIC = (
+    "user_events_week_log",
+    "user_days_since_last",
+    "user_days_since_purchase",
+    "item_hour_log",
+    "item_day_log",
+    "item_week_log",
+    "item_month_log",
+    "item_ever_log",
+    "item_day_share_log",
+    "item_week_share_log",
+    "item_age_days_log",
+)
+CLOCK_CATEGORICAL = ("hour", "weekday")
+
+
+def without_clock(features: Features) -> Features:
+    """The same rows with every clock-reading feature set to one constant (0; code 0 =
+    unknown), so a model trained and served on them cannot tell rows apart by it."""
+    numeric = features.numeric.copy()
+    numeric[:, [NUMERIC.index(n) for n in CLOCK_NUMERIC]] = 0.0
+    categorical = features.categorical.copy()
+    categorical[:, [CATEGORICAL.index(n) for n in CLOCK_CATEGORICAL]] = 0
+    return Features(numeric, categorical, features.recent, features.recent_category)
+
+
 def compute_features(state: RankingState, rows: Rows, chunk_rows: int = 200_000) -> Features:
     """Features of every row, from events strictly before its moment; computed a few hundred
     thousand rows at a time (whole lists per chunk), so millions of rows fit in memory."""
