@@ -231,3 +231,25 @@ def test_two_stage_trains_a_ranker_and_serves_through_the_same_path(market, tmp_
     loaded = Recommender.load(model.save(tmp_path / "two-stage"))
     assert loaded.ranking is not None and loaded.ranking.active
     assert loaded.recommend_detailed(users, 5).equals(recs)
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_ranker_without_time_features_ignores_the_clock(market, tmp_path, timed) -> None:
+    model = Recommender(
+        create("itemknn"),
+        PipelineConfig(candidates=12),
+        RankingParams(epochs=2, random_negatives=3, candidates=12, time_features=timed),
+    ).fit(market)
+    assert model.ranking is not None
+    model.ranking.active = True
+    last = market.events.get_column("ts").max()
+    # both moments come after every event: only clock-reading features can tell them apart
+    soon, later = last + timedelta(days=1), last + timedelta(days=40)
+    lists = [
+        model.recommend_detailed(["u00"], 5, at=[moment]).get_column("signals").to_list()
+        for moment in (soon, later)
+    ]
+    scores = [[json.loads(s)["ranker_score"] for s in one] for one in lists]
+    assert (scores[0] == scores[1]) is (not timed)
+    loaded = Recommender.load(model.save(tmp_path / "stage"))
+    assert loaded.ranking is not None and loaded.ranking.time_features is timed
