@@ -98,7 +98,7 @@ class CollaborativeRecommender:
         self._listed_at = listing_times(data, interactions.items.ids)
         last = interactions.reference_time
         self._now = last.timestamp() + 1.0 if last is not None else np.nan
-        ctx = TrainContext(interactions, user_region, regions, data)
+        ctx = TrainContext(interactions, user_region, regions, data, self._listed_at)
         log.debug(
             "%s: fitting on %s users × %s items, %s interactions",
             self.name,
@@ -178,6 +178,8 @@ class CollaborativeRecommender:
         k = min(int(k), len(self._items))
         out_cols = np.zeros((len(rows), k), dtype=np.int64)
         out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        reserve = getattr(self.scorer, "reserved_items", None)
+        reserved, slots = reserve(k) if reserve is not None else (None, 0)
         for start in range(0, len(rows), _BATCH):
             stop = min(start + _BATCH, len(rows))
             scores = self._scores_batch(
@@ -188,10 +190,8 @@ class CollaborativeRecommender:
                 None if exclude is None else exclude[start:stop],
             )
             cols, best = _top_k(scores, k)
-            reserve = getattr(self.scorer, "reserved_items", None)
-            mask, slots = reserve(k) if reserve is not None else (None, 0)
-            if mask is not None and slots > 0:
-                cols, best = _with_reserved(scores, cols, best, mask, slots)
+            if reserved is not None and slots > 0:
+                cols, best = _with_reserved(scores, cols, best, reserved, slots)
             out_cols[start:stop], out_scores[start:stop] = cols, best
         return out_cols, out_scores
 
@@ -302,6 +302,12 @@ class CollaborativeRecommender:
         (`region_index`; unknown = len(regions) where only delisted items are hidden)."""
         assert self._sellable is not None
         return self._sellable[regions]
+
+    @property
+    def listed_at(self) -> np.ndarray:
+        """Per item column: listing time in epoch seconds (NaN = unknown; see
+        `features.listing`), empty for a model folder written before they were kept."""
+        return self._listed_at
 
     def sellable_pairs(self, regions: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each (region index, item column) pair may be shown, elementwise."""

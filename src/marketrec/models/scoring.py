@@ -31,6 +31,7 @@ class TrainContext:
     user_region: np.ndarray  # per user row: region index, or -1 when unknown
     region_names: tuple[str, ...]
     data: Dataset
+    listed_at: np.ndarray  # per item column: listing time, epoch seconds (NaN = unknown)
 
 
 class Scorer(Protocol):

@@ -21,7 +21,6 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import Field
 
-from marketrec.features.listing import listing_times
 from marketrec.models.scoring import Params, TrainContext
 
 log = logging.getLogger(__name__)
@@ -98,6 +97,7 @@ class TwoTowerScorer:
         data, meta = _build_data(ctx, self.params)
         model, report = train_two_tower(data, self._config, on_epoch=self.on_epoch)
         self._model, self._data = model, data
+        self.__dict__.pop("_new_items", None)  # a refit has other new items
         self._meta = {
             **meta,
             "report": {
@@ -194,11 +194,16 @@ class TwoTowerScorer:
     def reserved_items(self, k: int) -> tuple[np.ndarray, int]:
         """(mask of new items, places reserved for them in a list of k; see
         `TwoTowerParams.new_item_share`): read by the shared top-k selection (`models.base`)."""
+        return self._new_items, int(self.params.new_item_share * k + 1e-9)
+
+    @cached_property
+    def _new_items(self) -> np.ndarray:
+        """Items listed within `new_item_days` of the model's "now" (or later) and never
+        trained on: fixed once the model is fitted or loaded (both set `_data` once)."""
         since = self._meta["reference_ts"] - self.params.new_item_days * 86_400.0
         with np.errstate(invalid="ignore"):
             recent = self._data.items.listed_at >= since  # NaN (unknown) = not new
-        new = recent & ~self._data.item_trained.astype(bool)
-        return new, int(self.params.new_item_share * k + 1e-9)
+        return recent & ~self._data.item_trained.astype(bool)
 
     def index_vectors(self) -> np.ndarray:
         """(n_items, dim + 1) catalogue vectors for an inner-product ANN index, in the model's
@@ -245,6 +250,7 @@ class TwoTowerScorer:
         self._set_threads()
         meta = json.loads(arrays["meta_json"].tobytes().decode())
         sizes = TowerSizes.from_dict(meta["sizes"])
+        self.__dict__.pop("_new_items", None)
         self._data = TwoTowerData(
             seq=Sequences.from_arrays(arrays),
             items=ItemInputs.from_arrays(arrays),
@@ -300,7 +306,7 @@ def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[st
         data.items, max(64, int(len(item_ids) * params.id_buckets_per_id))
     )
     items = encode_items(item_ids, data.items, item_vocabs, text)
-    items = dataclasses.replace(items, listed_at=listing_times(data, item_ids))
+    items = dataclasses.replace(items, listed_at=ctx.listed_at)
     user_vocabs = fit_user_vocabs(
         data, ctx.region_names, max(64, int(len(inter.users) * params.id_buckets_per_id))
     )

@@ -65,7 +65,7 @@ class ItemInfo:
     train_events: np.ndarray  # events in the training data
 
     @classmethod
-    def build(cls, data: Dataset, item_ids: pl.Series) -> ItemInfo:
+    def build(cls, data: Dataset, item_ids: pl.Series, listed_at: np.ndarray) -> ItemInfo:
         frame = pl.DataFrame({"item_id": item_ids}).join(
             data.items, on="item_id", how="left", maintain_order="left"
         )
@@ -75,11 +75,6 @@ class ItemInfo:
             else pl.repeat(None, frame.height, dtype=pl.String, eager=True)
         )
         top = category.str.split(" > ").list.first()
-        listed = (
-            frame.get_column("created_at").dt.epoch("us").cast(pl.Float64) / 1e6
-            if "created_at" in frame.columns
-            else pl.repeat(None, frame.height, dtype=pl.Float64, eager=True)
-        )
         counts = (
             pl.DataFrame({"item_id": item_ids})
             .join(
@@ -94,7 +89,7 @@ class ItemInfo:
         return cls(
             value_codes(category)[0],
             value_codes(top)[0],
-            listed.fill_null(np.nan).to_numpy().astype(np.float64),
+            listed_at.astype(np.float64),
             counts.to_numpy().astype(np.int64),
         )
 
@@ -141,7 +136,8 @@ class Recommender:
         users = self.retrieval._users
         assert users is not None
         self._seen = SeenItems.build(data.events, users.ids, item_ids)
-        self._items = ItemInfo.build(data, item_ids)
+        # the retrieval model was just fitted on `data`: its listing times are this catalogue's
+        self._items = ItemInfo.build(data, item_ids, self.retrieval.listed_at)
         self.stats = ExplorationStats.empty(item_ids.len())
         if data.events.height:
             self._reference_ts = data.events.get_column("ts").max().timestamp() + 1.0

@@ -26,6 +26,7 @@ import polars as pl
 
 from marketrec.data.schema import Dataset
 from marketrec.features.activity import ActivityCounter, time_key
+from marketrec.features.listing import listing_times
 
 AFFINITY_EVENTS = 50
 RECENT_ITEMS = 10
@@ -143,7 +144,6 @@ class RankingState:
         category_codes, n_categories = value_codes(category)
         top_codes, n_top = value_codes(category.str.split(" > ").list.first())
         brand_codes, n_brands = value_codes(_column(catalogue, "brand", pl.String))
-        listed = _column(catalogue, "created_at", pl.Datetime("us", "UTC"))
         profile = users.join(data.users, on="user_id", how="left", maintain_order="left")
         region_lookup = {name: j + 1 for j, name in enumerate(region_names)}
         region = np.array(
@@ -165,7 +165,7 @@ class RankingState:
             item_top_category=top_codes,
             item_brand=brand_codes,
             item_price=_column(catalogue, "price", pl.Float64).fill_null(np.nan).to_numpy(),
-            item_listed=(listed.dt.epoch("us").cast(pl.Float64) / 1e6).fill_null(np.nan).to_numpy(),
+            item_listed=listing_times(data, item_ids),
             item_bucket=np.array(
                 [zlib.crc32(s.encode()) % (ITEM_BUCKETS - 1) + 1 for s in item_ids.to_list()],
                 dtype=np.int64,
@@ -215,11 +215,8 @@ class Features:
         )
 
 
-#: Features that read the clock: meaningless where event times are only each user's order.
-CLOCK_NUMERIC = (
-    "user_events_week_log",
-    "user_days_since_last",
-    "user_days_since_purchase",
+#: The item's point-in-time activity (counts and shares over windows before the moment).
+ITEM_TREND = (
     "item_hour_log",
     "item_day_log",
     "item_week_log",
@@ -227,6 +224,13 @@ CLOCK_NUMERIC = (
     "item_ever_log",
     "item_day_share_log",
     "item_week_share_log",
+)
+#: Features that read the clock: meaningless where event times are only each user's order.
+CLOCK_NUMERIC = (
+    *ITEM_TREND,
+    "user_events_week_log",
+    "user_days_since_last",
+    "user_days_since_purchase",
     "item_age_days_log",
 )
 CLOCK_CATEGORICAL = ("hour", "weekday")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from marketrec.ranking.features import CATEGORICAL, NUMERIC, Features
+from marketrec.ranking.features import CATEGORICAL, ITEM_TREND, NUMERIC, Features
 from marketrec.ranking.model import Ranker
 
 log = logging.getLogger(__name__)
@@ -79,15 +79,7 @@ def predict(model: Ranker, features: Features, batch: int = 8192) -> np.ndarray:
 #: "context" are the attention input and the context codes).
 EXPLAIN_GROUPS: dict[str, tuple[str, ...]] = {
     "retrieval": ("retrieval_z", "retrieval_rank_log", "retrieved"),
-    "item trend": (
-        "item_hour_log",
-        "item_day_log",
-        "item_week_log",
-        "item_month_log",
-        "item_ever_log",
-        "item_day_share_log",
-        "item_week_share_log",
-    ),
+    "item trend": ITEM_TREND,
     "user activity": (
         "user_events_log",
         "user_events_week_log",
