@@ -59,9 +59,12 @@ def content_world():
     return make_dataset(events_frame(rows), items, users)
 
 
-@pytest.fixture(scope="module")
-def fitted(content_world):
-    return create("two-tower", FAST).fit(content_world)
+@pytest.fixture(scope="module", params=["full softmax", "sampled softmax"])
+def fitted(content_world, request):
+    """The tiny world trained both ways: its 18 items fit the exact softmax; with the
+    threshold at 0 the sampled one (in-batch and random negatives, logQ) trains instead."""
+    sampled = {"full_softmax_max_items": 0} if request.param == "sampled softmax" else {}
+    return create("two-tower", {**FAST, **sampled}).fit(content_world)
 
 
 def rank_of(recs: pl.DataFrame, user: str, item: str) -> int:

@@ -117,3 +117,29 @@ def test_trend_shares_only_look_back_and_order_items_by_recent_share() -> None:
     future = seq_from([*ROWS, (1, 5, 50, "view", 1.0)])
     with_future = TwoTowerData(future, None, None, None, None, None, None)  # type: ignore[arg-type]
     assert np.array_equal(with_future.recent_shares(items, at), shares)
+
+
+def test_full_softmax_batches_see_nothing_after_their_rows() -> None:
+    """Time-local batches: a batch's catalogue moment (its earliest example) is never after
+    any of its rows, every target is visited once per epoch, and what a row may not be
+    pushed towards (items its user touched before) is exactly its strict past."""
+    from marketrec.retrieval.training import (
+        TrainingConfig,
+        _time_local_batches,
+        _touched_before,
+    )
+
+    seq = seq_from(ROWS)
+    targets = training_targets(seq)
+    config = TrainingConfig(batch_size=2, batch_window_days=0.0)
+    batches = _time_local_batches(seq, targets, config, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == sorted(targets.tolist())
+    for batch in batches:
+        assert (seq.ts[batch] - seq.ts[batch].min() >= 0).all()
+        # with no jitter, batches are consecutive in time: no other target lies inside one
+        inside = (seq.ts[targets] > seq.ts[batch].min()) & (seq.ts[targets] < seq.ts[batch].max())
+        assert set(targets[inside].tolist()) <= set(batch.tolist())
+    rows, items = _touched_before(seq, targets)
+    for row, pos in enumerate(targets):
+        past = np.flatnonzero((seq.user == seq.user[pos]) & (seq.ts < seq.ts[pos]))
+        assert sorted(items[rows == row].tolist()) == sorted(seq.item[past].tolist())

@@ -8,7 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is needed for the retrieval stage")
 
-from marketrec.retrieval.losses import mixed_log_q, sampled_softmax_loss  # noqa: E402
+from marketrec.retrieval.losses import (  # noqa: E402
+    full_softmax_loss,
+    mixed_log_q,
+    sampled_softmax_loss,
+)
 
 USERS = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 CANDIDATES = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
@@ -87,4 +91,25 @@ def test_items_not_yet_listed_are_masked_per_row() -> None:
         unavailable=unavailable,
     )
     expected = (ce([1, 0.6], 0) + ce([0, 1], 1)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_full_softmax_against_the_whole_catalogue() -> None:
+    # the catalogue's last column is each item's bias, added after the temperature
+    catalogue = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0], [0.6, 0.8, -1.0]])
+    loss = full_softmax_loss(
+        USERS, catalogue, torch.tensor([2, 1]), temperature=0.5, weights=torch.tensor([1.0, 3.0])
+    )
+    row0 = [2 + 0.5, 0 + 0.0, 1.2 - 1.0]
+    row1 = [0 + 0.5, 2 + 0.0, 1.6 - 1.0]
+    expected = (ce(row0, 2) + 3 * ce(row1, 1)) / 4
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_full_softmax_masks_per_row_but_never_the_positive() -> None:
+    # row 0 already touched item 1 and item 2 is not listed yet for row 1; row 1's mask on
+    # its own positive (item 1) is ignored
+    masked = torch.tensor([[False, True, False], [True, True, True]])
+    loss = full_softmax_loss(USERS, CANDIDATES, torch.tensor([0, 1]), 1.0, masked=masked)
+    expected = (ce([1, 0.6], 0) + ce([1], 0)) / 2
     assert float(loss) == pytest.approx(expected, rel=1e-6)

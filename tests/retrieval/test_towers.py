@@ -23,3 +23,47 @@ def test_summary_attention_equals_a_transformer_layer_at_position_zero() -> None
     padding[0, 1:] = True  # only the summary token
     expected = reference(tokens, src_key_padding_mask=padding)[:, 0]
     torch.testing.assert_close(block(tokens, padding), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_item_tower_masks_in_one_pass_equal_separate_passes() -> None:
+    from marketrec.retrieval.inputs import SHARE_WINDOWS_DAYS
+    from marketrec.retrieval.towers import ItemTower, TowerSizes
+
+    torch.manual_seed(0)
+    sizes = TowerSizes(50, 6, 3, 4, 5, 12, 10, 2, (), 0, 2)
+    tower = ItemTower(sizes, dim=8, dropout=0.0, sparse_ids=False).eval()
+    n = 7
+    f = {
+        "id_bucket": torch.randint(0, 50, (n,)),
+        "category": torch.randint(0, 6, (n,)),
+        "top_category": torch.randint(0, 3, (n,)),
+        "brand": torch.randint(0, 4, (n,)),
+        "tags": torch.randint(0, 5, (n, 2)),
+        "price": torch.randint(0, 5, (n,)),
+        "age": torch.randint(0, 5, (n,)),
+        "text": torch.randn(n, 12),
+        "trend_day": torch.randint(0, 5, (n,)),
+        "trend_week": torch.randint(0, 5, (n,)),
+        "trend_share": torch.randint(0, 5, (n, len(SHARE_WINDOWS_DAYS))),
+    }
+    masks = [torch.ones(n), torch.tensor([1.0, 0, 1, 0, 0, 1, 1])]
+    together = tower.forward_masks(f, masks)
+    for mask, joint in zip(masks, together, strict=True):
+        parts = [
+            tower.id(f["id_bucket"]) * mask[:, None],
+            tower.category(f["category"]),
+            tower.top_category(f["top_category"]),
+            tower.brand(f["brand"]),
+            tower.tags(f["tags"]),
+            tower.price(f["price"]),
+            tower.age(f["age"]),
+            tower.text(f["text"]),
+            tower.trend_day(f["trend_day"]) * mask[:, None],
+            tower.trend_week(f["trend_week"]) * mask[:, None],
+            sum(t(f["trend_share"][:, j]) for j, t in enumerate(tower.trend_share)) * mask[:, None],
+        ]
+        x = torch.cat(parts, dim=-1)
+        expected = torch.cat(
+            [torch.nn.functional.normalize(tower.mlp(x), dim=-1), tower.bias(x)], dim=-1
+        )
+        torch.testing.assert_close(joint, expected, rtol=1e-5, atol=1e-6)

@@ -47,6 +47,18 @@ class TwoTowerParams(Params):
     random_negatives: int = Field(default=256, ge=0)
     hard_negatives: int = Field(default=0, ge=0)
     logq: bool = True
+    full_softmax_max_items: int = Field(default=10_000, ge=0)
+    """Catalogues of at most this many items are scored whole in every training batch
+    (exact softmax over the catalogue as of the batch's moment, with time-local batches; no
+    random negatives or logQ); larger ones use the sampled softmax. Up to about this size the
+    whole-catalogue pass costs what the sampled one does (a batch's positives, random
+    negatives and its histories' distinct items: several thousand rows at 1,024 examples)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """Learning rate over the planned `epochs`: constant, or a half cosine down to zero
+    (the last planned epochs take small, settling steps)."""
+    batch_window_days: float = Field(default=30.0, ge=0)
+    """Full softmax only: examples are batched in time order with a random jitter of up to
+    this many days (fresher catalogue per row vs more mixing of users)."""
     id_dropout: float = Field(default=0.6, ge=0, le=1)
     history_dropout: float = Field(default=0.1, ge=0, le=1)
     time_features: bool = True

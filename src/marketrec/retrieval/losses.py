@@ -72,3 +72,40 @@ def mixed_log_q(
         device=positive_items.device,
     )
     return torch.cat([in_batch, uniform])
+
+
+def full_softmax_loss(
+    users: Tensor,
+    catalogue: Tensor,
+    positive_items: Tensor,
+    temperature: float,
+    weights: Tensor | None = None,
+    masked: Tensor | None = None,
+) -> Tensor:
+    """Weighted mean cross-entropy of each row's positive against the whole catalogue.
+
+    users: (B, D); catalogue: (N, D) or (N, D + 1) with each item's bias last; positive_items:
+    (B,) catalogue index of each row's target; weights: (B,); masked: (B, N) true where an
+    item is left out of a row's softmax (not yet listed at its moment, or already touched
+    by the user: it can never be recommended to them, so it is neither a target nor a fair
+    negative). A row's own positive is never masked.
+
+    The exact softmax needs no sampling correction (every item is a candidate exactly once),
+    and for catalogues of a few thousand items it costs no more than the sampled one: the
+    item tower runs over the catalogue instead of the batch's positives and random negatives.
+    """
+    # (B, N) is the big operand: scale the users, add the bias inside the product and mask
+    # in place, so the logits are written once before the softmax (memory-bound on a CPU)
+    scaled = users / temperature
+    if catalogue.shape[1] == users.shape[1] + 1:
+        logits = torch.addmm(catalogue[:, -1], scaled, catalogue[:, :-1].T)
+    else:
+        logits = scaled @ catalogue.T
+    if masked is not None:
+        masked = masked.clone()
+        masked[torch.arange(len(positive_items), device=users.device), positive_items] = False
+        logits = logits.masked_fill_(masked, float("-inf"))
+    losses = F.cross_entropy(logits, positive_items, reduction="none")
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-12)

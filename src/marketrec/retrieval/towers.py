@@ -13,12 +13,13 @@ long-term taste — a mean of learned embeddings of every earlier item (the "bag
 YouTube's candidate model, capped) — and the mean of the recent search queries' text vectors.
 A new event changes the history and so the user vector, without retraining.
 
-Shapes: B = batch, N = history length, M = queries, D = output dimension.
+Shapes: B = batch, N = history length, D = output dimension.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,23 +88,55 @@ class ItemTower(nn.Module):
     def forward(self, f: dict[str, Tensor], id_mask: Tensor) -> Tensor:
         """f: item feature tensors of shape (B,) or (B, tags)/(B, text_dim) → (B, D + 1):
         the normalised vector, then the item's bias (see `item_scores`)."""
-        parts = [
-            self.id(f["id_bucket"]) * id_mask[:, None],
-            self.category(f["category"]),
-            self.top_category(f["top_category"]),
-            self.brand(f["brand"]),
-            self.tags(f["tags"]),
-            self.price(f["price"]),
-            self.age(f["age"]),
-            self.text(f["text"]),
-            # like the id, the trend is unknown for items never trained on (cold items)
-            self.trend_day(f["trend_day"]) * id_mask[:, None],
-            self.trend_week(f["trend_week"]) * id_mask[:, None],
-            sum(t(f["trend_share"][:, j]) for j, t in enumerate(self.trend_share))
-            * id_mask[:, None],
-        ]
-        x = torch.cat(parts, dim=-1)
-        return torch.cat([F.normalize(self.mlp(x), dim=-1), self.bias(x)], dim=-1)
+        return self.forward_masks(f, [id_mask])[0]
+
+    def forward_masks(self, f: dict[str, Tensor], id_masks: Sequence[Tensor]) -> list[Tensor]:
+        """`forward` for several id masks over the same items, reading the features once.
+
+        The id and the trend parts are the ones a mask switches off (like the id, the trend
+        is unknown for items never trained on: cold items); everything else is shared. Both
+        first layers are linear, so each mask's pre-activation is the shared part's plus the
+        mask times the switchable part's: a training batch gets the catalogue with random id
+        dropout (the softmax candidates) and with its trained ids (the history tokens) for
+        the price of one pass.
+        """
+        dim = self.id.embedding_dim
+        switchable = torch.cat(
+            [
+                self.id(f["id_bucket"]),
+                self.trend_day(f["trend_day"]),
+                self.trend_week(f["trend_week"]),
+                sum(t(f["trend_share"][:, j]) for j, t in enumerate(self.trend_share)),
+            ],
+            dim=-1,
+        )
+        shared = torch.cat(
+            [
+                self.category(f["category"]),
+                self.top_category(f["top_category"]),
+                self.brand(f["brand"]),
+                self.tags(f["tags"]),
+                self.price(f["price"]),
+                self.age(f["age"]),
+                self.text(f["text"]),
+            ],
+            dim=-1,
+        )
+        first = self.mlp[0]
+        weight = torch.cat([first.weight, self.bias.weight])  # (2D + 1, 11 D)
+        bias = torch.cat([first.bias, self.bias.bias])
+        columns = weight.shape[1]
+        # the switchable parts are columns [0, D) and [8 D, 11 D) of the concatenation
+        cut = [weight[:, :dim], weight[:, 8 * dim : columns]]
+        switch = F.linear(switchable, torch.cat(cut, dim=1))
+        base = F.linear(shared, weight[:, dim : 8 * dim], bias)
+        out = []
+        for mask in id_masks:
+            pre = base + switch * mask[:, None]
+            hidden, item_bias = pre[:, :-1], pre[:, -1:]
+            vector = self.mlp[3](self.mlp[2](self.mlp[1](hidden)))
+            out.append(torch.cat([F.normalize(vector, dim=-1), item_bias], dim=-1))
+        return out
 
 
 def item_scores(users: Tensor, items: Tensor, temperature: float) -> Tensor:
@@ -147,12 +180,15 @@ class SummaryAttention(nn.Module):
         first = tokens[:, 0]
         weight, bias = attn.in_proj_weight, attn.in_proj_bias
         query = F.linear(first, weight[:dim], bias[:dim]).view(batch, heads, width)
-        keys_values = F.linear(tokens, weight[dim:], bias[dim:]).view(
-            batch, length, 2, heads, width
-        )
-        logits = torch.einsum("bhd,bthd->bht", query, keys_values[:, :, 0]) / math.sqrt(width)
+        # keys and values by separate products: slicing one joint product made its backward
+        # zero-fill a (B, T, 2, heads, width) gradient per slice, a third of a training step
+        keys = F.linear(tokens, weight[dim : 2 * dim], bias[dim : 2 * dim])
+        values = F.linear(tokens, weight[2 * dim :], bias[2 * dim :])
+        keys = keys.view(batch, length, heads, width)
+        logits = torch.einsum("bhd,bthd->bht", query, keys) / math.sqrt(width)
         weights = torch.softmax(logits.masked_fill(padding[:, None, :], float("-inf")), dim=-1)
-        read = torch.einsum("bht,bthd->bhd", weights, keys_values[:, :, 1]).reshape(batch, dim)
+        values = values.view(batch, length, heads, width)
+        read = torch.einsum("bht,bthd->bhd", weights, values).reshape(batch, dim)
         x = self.norm1(first + attn.out_proj(read))
         return self.norm2(x + self.linear2(F.relu(self.linear1(x))))
 
@@ -181,7 +217,8 @@ class UserTower(nn.Module):
 
     def forward(self, f: dict[str, Tensor], history: Tensor, query_vectors: Tensor) -> Tensor:
         """f: user/context codes (B,...); history: item vectors (B, N, D) with f["hist_mask"]
-        (B, N) true where padded; query_vectors: (B, M, text_dim), zero rows = padding;
+        (B, N) true where padded; query_vectors: (B, text_dim), the mean text vector of the
+        recent search queries (zeros without any);
         f["bag_items"]/f["bag_offsets"]: the id buckets of all earlier items (up to a cap),
         flattened with per-user offsets, for the long-term taste."""
         batch = history.shape[0]
@@ -196,8 +233,6 @@ class UserTower(nn.Module):
             [torch.zeros(batch, 1, dtype=torch.bool, device=history.device), f["hist_mask"]], dim=1
         )
         read = self.history(tokens, pad)
-        present = (query_vectors.abs().sum(-1, keepdim=True) > 0).float()
-        queries = (query_vectors * present).sum(1) / present.sum(1).clamp(min=1.0)
         parts = [
             self.id(f["id_bucket"]) * f["id_mask"][:, None],
             self.region(f["region"]),
@@ -206,7 +241,7 @@ class UserTower(nn.Module):
             self.hour(f["hour"]),
             self.weekday(f["weekday"]),
             read,
-            self.queries(queries),
+            self.queries(query_vectors),
             self.long_term(f["bag_items"], f["bag_offsets"]),
         ]
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
