@@ -58,3 +58,24 @@ def test_small_id_tables_are_dense_without_weight_decay() -> None:
     assert id_group["weight_decay"] == 0.0 and id_group["lr"] == 0.5
     rest = [g for g in groups if g is not id_group]
     assert all(g["weight_decay"] == 0.1 for g in rest)
+
+
+def test_cosine_plan_halves_at_midpoint_and_ends_at_zero_constant_stays() -> None:
+    model = TwoTower(SIZES, dim=8, dropout=0.0, sparse_ids=True)
+    config = TrainingConfig(learning_rate=0.1, id_learning_rate=0.4, lr_schedule="cosine")
+    optimizer = _Optimizer(model, config)
+
+    def rates() -> list[float]:
+        groups = [*optimizer._dense.param_groups, *optimizer._sparse.param_groups]
+        return [g["lr"] for g in groups]
+
+    optimizer.decay(0.0, config)
+    assert rates() == pytest.approx([0.1, 0.4])
+    optimizer.decay(0.5, config)
+    assert rates() == pytest.approx([0.05, 0.2])
+    optimizer.decay(1.0, config)
+    assert rates() == pytest.approx([0.0, 0.0], abs=1e-12)
+    constant = TrainingConfig(learning_rate=0.1)
+    steady = _Optimizer(model, constant)
+    steady.decay(0.7, constant)
+    assert [g["lr"] for g in steady._dense.param_groups] == [0.1]
