@@ -125,9 +125,8 @@ class ItemTower(nn.Module):
         first = self.mlp[0]
         weight = torch.cat([first.weight, self.bias.weight])  # (2D + 1, 11 D)
         bias = torch.cat([first.bias, self.bias.bias])
-        columns = weight.shape[1]
         # the switchable parts are columns [0, D) and [8 D, 11 D) of the concatenation
-        cut = [weight[:, :dim], weight[:, 8 * dim : columns]]
+        cut = [weight[:, :dim], weight[:, 8 * dim :]]
         switch = F.linear(switchable, torch.cat(cut, dim=1))
         base = F.linear(shared, weight[:, dim : 8 * dim], bias)
         out = []

@@ -21,7 +21,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
+from typing import Literal
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class TrainingConfig:
     logq: bool = True
     full_softmax_max_items: int = 10_000
     batch_window_days: float = 30.0
-    lr_schedule: str = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     id_dropout: float = 0.6
     history_dropout: float = 0.1
     context_dropout: float = 0.5
@@ -488,17 +489,19 @@ def _epoch(
 ) -> float:
     """One pass over `positions`; `epoch` (0-based) places it in the learning-rate plan."""
     model.train()
-    full = len(data.items.id_bucket) <= config.full_softmax_max_items
-    step = _full_softmax_step if full else _sampled_softmax_step
-    batches = _time_local_batches if full else _shuffled_batches
-    probability = _target_probability(data, positions)
+    if len(data.items.id_bucket) <= config.full_softmax_max_items:
+        step, batches = _full_softmax_step, _time_local_batches
+    else:
+        # logQ needs how often in-batch sampling draws each item this epoch
+        step = partial(_sampled_softmax_step, probability=_target_probability(data, positions))
+        batches = _shuffled_batches
     total, count = 0.0, 0
     plan = batches(data.seq, positions, config, rng)
     for j, pos in enumerate(plan):
         if len(pos) < 2:
             continue
         optimizer.decay((epoch + j / max(len(plan), 1)) / config.epochs, config)
-        loss = step(model, data, pos, config, rng, probability)
+        loss = step(model, data, pos, config, rng)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -517,11 +520,11 @@ def _target_probability(data: TwoTowerData, positions: np.ndarray) -> torch.Tens
 def _shuffled_batches(
     seq: Sequences, positions: np.ndarray, config: TrainingConfig, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    shuffled = rng.permutation(positions)
-    return [
-        shuffled[start : start + config.batch_size]
-        for start in range(0, len(shuffled), config.batch_size)
-    ]
+    return _chunks(rng.permutation(positions), config.batch_size)
+
+
+def _chunks(ordered: np.ndarray, size: int) -> list[np.ndarray]:
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 
 def _time_local_batches(
@@ -537,22 +540,22 @@ def _time_local_batches(
     """
     jitter = rng.random(len(positions)) * config.batch_window_days * 86_400.0
     ordered = positions[np.argsort(seq.ts[positions] + jitter, kind="stable")]
-    batches = [
-        ordered[start : start + config.batch_size]
-        for start in range(0, len(ordered), config.batch_size)
-    ]
+    batches = _chunks(ordered, config.batch_size)
     return [batches[j] for j in rng.permutation(len(batches))]
 
 
-def _forget_histories(
-    seq: Sequences, pos: np.ndarray, config: TrainingConfig, rng: np.random.Generator
-) -> np.ndarray:
-    """Where each example's history ends. Some examples lose their whole history: the towers
-    learn what a user with no past (a new user) wants from profile and context, on every
-    target, not only first ones."""
+def _batch_users(
+    data: TwoTowerData, pos: np.ndarray, config: TrainingConfig, rng: np.random.Generator
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """User features and history positions of a batch's examples, with training dropout.
+    Some examples lose their whole history: the towers learn what a user with no past (a new
+    user) wants from profile and context, on every target, not only first ones."""
+    seq = data.seq
+    users = seq.user[pos]
     ends = _history_cut(seq, pos, config, rng)
     forget = rng.random(len(pos)) < config.history_dropout
-    return np.where(forget, seq.user_start[seq.user[pos]], ends)
+    ends = np.where(forget, seq.user_start[users], ends)
+    return user_features(data, users, seq.ts[pos], ends, seq.device[pos], config, rng)
 
 
 def _sampled_softmax_step(
@@ -563,12 +566,12 @@ def _sampled_softmax_step(
     rng: np.random.Generator,
     probability: torch.Tensor,
 ) -> torch.Tensor:
-    """Loss of one batch against its in-batch, random and hard negatives (large catalogues)."""
+    """Loss of one batch against its in-batch, random and hard negatives (large catalogues);
+    `probability`: each item's share of the epoch's targets, for logQ."""
     seq = data.seq
     n_items = len(data.items.id_bucket)
-    users, items, now = seq.user[pos], seq.item[pos], seq.ts[pos]
-    ends = _forget_histories(seq, pos, config, rng)
-    f, hist = user_features(data, users, now, ends, seq.device[pos], config, rng)
+    items, now = seq.item[pos], seq.ts[pos]
+    f, hist = _batch_users(data, pos, config, rng)
     u = embed_users(model, data, f, hist, now)
     randoms = rng.integers(0, n_items, config.random_negatives)
     hard = _hard_negatives(data, items, config.hard_negatives, rng)
@@ -605,16 +608,14 @@ def _full_softmax_step(
     pos: np.ndarray,
     config: TrainingConfig,
     rng: np.random.Generator,
-    probability: torch.Tensor,
 ) -> torch.Tensor:
     """Loss of one batch against the whole catalogue as of the batch's earliest moment
     (small catalogues: exact softmax, no sampling bias to correct). Items the user touched
     before the target and items not yet listed at its moment are left out of its row."""
     seq = data.seq
     n_items = len(data.items.id_bucket)
-    users, items, now = seq.user[pos], seq.item[pos], seq.ts[pos]
-    ends = _forget_histories(seq, pos, config, rng)
-    f, hist = user_features(data, users, now, ends, seq.device[pos], config, rng)
+    items, now = seq.item[pos], seq.ts[pos]
+    f, hist = _batch_users(data, pos, config, rng)
     moment = float(now.min())
     everything = np.arange(n_items)
     trained = data.item_trained.astype(np.float32)
