@@ -535,8 +535,11 @@ def item_text(items: pl.DataFrame) -> list[str]:
     return joined.get_column("text").to_list()
 
 
+_KEY_BYTES = 16
+
+
 def _text_key(fingerprint: str, text: str | None) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.blake2b(digest_size=_KEY_BYTES)
     h.update(fingerprint.encode())
     h.update(b"\x00")
     h.update((text or "").encode("utf-8", "surrogatepass"))
@@ -568,17 +571,21 @@ def encode_cached(
     fingerprint = str(getattr(encoder, "fingerprint", encoder.name))
     path = _cache_file(folder, fingerprint)
 
-    keys_old = np.zeros(0, dtype="S16")
+    # keys are kept as raw (n, 16) bytes: a NumPy "S16" string drops trailing zero bytes,
+    # so the one digest in 256 ending in one was never found again and every training
+    # re-loaded the sentence model (seconds) to re-encode those texts
+    keys_old = np.zeros((0, _KEY_BYTES), dtype=np.uint8)
     vecs_old = np.zeros((0, encoder.dim), dtype=np.float32)
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
                 k, v = z["keys"], z["vectors"]
-            if v.ndim == 2 and v.shape[1] == encoder.dim and len(k) == len(v):
-                keys_old, vecs_old = k.astype("S16"), v.astype(np.float32, copy=False)
+            fits = k.dtype == np.uint8 and k.ndim == 2 and k.shape[1] == _KEY_BYTES
+            if fits and v.ndim == 2 and v.shape[1] == encoder.dim and len(k) == len(v):
+                keys_old, vecs_old = k, v.astype(np.float32, copy=False)
         except (OSError, ValueError, KeyError, EOFError):
-            pass  # an unreadable cache is rebuilt
-    known = {bytes(k): i for i, k in enumerate(keys_old)}
+            pass  # an unreadable (or older-format) cache is rebuilt
+    known = {k.tobytes(): i for i, k in enumerate(keys_old)}
 
     keys = [_text_key(fingerprint, t) for t in texts]
     missing: dict[bytes, int] = {}
@@ -591,7 +598,8 @@ def encode_cached(
         base = len(keys_old)
         for j, k in enumerate(missing):
             known[k] = base + j
-        keys_all = np.concatenate([keys_old, np.array(list(missing), dtype="S16")])
+        added = np.frombuffer(b"".join(missing), dtype=np.uint8).reshape(-1, _KEY_BYTES)
+        keys_all = np.concatenate([keys_old, added])
         vecs_all = np.concatenate([vecs_old, new_vecs])
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
         np.savez(tmp, keys=keys_all, vectors=vecs_all)
