@@ -119,6 +119,18 @@ def test_trend_shares_only_look_back_and_order_items_by_recent_share() -> None:
     assert np.array_equal(with_future.recent_shares(items, at), shares)
 
 
+def test_share_level_keeps_the_order_that_share_buckets_blur() -> None:
+    from marketrec.retrieval.inputs import share_bucket, share_level
+
+    totals = np.full(4, 10_000)
+    counts = np.array([0, 300, 310, 9_999])
+    buckets, levels = share_bucket(counts, totals), share_level(counts, totals)
+    assert buckets[1] == buckets[2]  # 3.0 % and 3.1 % share one bucket...
+    assert levels[2] > levels[1]  # ...the number still orders them
+    assert np.all(np.diff(levels) > 0)
+    assert levels.dtype == np.float32 and np.all(np.abs(levels) <= 1.5)
+
+
 def test_full_softmax_batches_see_nothing_after_their_rows() -> None:
     """Time-local batches: a batch's catalogue moment (its earliest example) is never after
     any of its rows, every target is visited once per epoch, and what a row may not be

@@ -79,3 +79,20 @@ def test_cosine_plan_halves_at_midpoint_and_ends_at_zero_constant_stays() -> Non
     steady = _Optimizer(model, constant)
     steady.decay(0.7, constant)
     assert [g["lr"] for g in steady._dense.param_groups] == [0.1]
+
+
+def test_weight_average_follows_the_weights_by_its_decay_and_is_off_at_zero() -> None:
+    from marketrec.retrieval.training import _WeightAverage
+
+    model = TwoTower(SIZES, dim=8, dropout=0.0, sparse_ids=False)
+    assert _WeightAverage(model, False).model is model
+    averaged = _WeightAverage(model, True)
+    start = model.items.text.weight.detach().clone()
+    with torch.no_grad():
+        model.items.text.weight.add_(1.0)
+    averaged.update(0.75)
+    # 0.75 · old + 0.25 · new, the live weights untouched
+    torch.testing.assert_close(averaged.model.items.text.weight, start + 0.25)
+    torch.testing.assert_close(model.items.text.weight, start + 1.0)
+    averaged.update(0.75)
+    torch.testing.assert_close(averaged.model.items.text.weight, start + 0.75 * 0.25 + 0.25)

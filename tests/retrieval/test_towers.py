@@ -23,6 +23,28 @@ def test_summary_attention_equals_a_transformer_layer_at_position_zero() -> None
     padding[0, 1:] = True  # only the summary token
     expected = reference(tokens, src_key_padding_mask=padding)[:, 0]
     torch.testing.assert_close(block(tokens, padding), expected, atol=1e-5, rtol=1e-5)
+    given = block(tokens, padding, first=tokens[:, 0].clone())
+    torch.testing.assert_close(given, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_summary_attention_has_the_transformer_layers_gradients() -> None:
+    """The projections moved off the tokens must train the same weights the same way."""
+    torch.manual_seed(1)
+    block = SummaryAttention(16, 2)
+    reference = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    reference.load_state_dict(block.state_dict(), strict=True)
+    tokens = torch.randn(5, 7, 16)
+    padding = torch.zeros(5, 7, dtype=torch.bool)
+    padding[1, 3:] = True
+    padding[2, 1:] = True
+    upstream = torch.randn(5, 16)
+    ours, theirs = tokens.clone().requires_grad_(), tokens.clone().requires_grad_()
+    (block(ours, padding) * upstream).sum().backward()
+    (reference(theirs, src_key_padding_mask=padding)[:, 0] * upstream).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5, rtol=1e-4)
+    mine = dict(block.named_parameters())
+    for name, parameter in reference.named_parameters():
+        torch.testing.assert_close(mine[name].grad, parameter.grad, atol=1e-5, rtol=1e-4)
 
 
 def test_item_tower_masks_in_one_pass_equal_separate_passes() -> None:
@@ -45,6 +67,7 @@ def test_item_tower_masks_in_one_pass_equal_separate_passes() -> None:
         "trend_day": torch.randint(0, 5, (n,)),
         "trend_week": torch.randint(0, 5, (n,)),
         "trend_share": torch.randint(0, 5, (n, len(SHARE_WINDOWS_DAYS))),
+        "trend_level": torch.randn(n, len(SHARE_WINDOWS_DAYS)),
     }
     masks = [torch.ones(n), torch.tensor([1.0, 0, 1, 0, 0, 1, 1])]
     together = tower.forward_masks(f, masks)
@@ -61,9 +84,42 @@ def test_item_tower_masks_in_one_pass_equal_separate_passes() -> None:
             tower.trend_day(f["trend_day"]) * mask[:, None],
             tower.trend_week(f["trend_week"]) * mask[:, None],
             sum(t(f["trend_share"][:, j]) for j, t in enumerate(tower.trend_share)) * mask[:, None],
+            tower.trend_level(f["trend_level"]) * mask[:, None],
         ]
         x = torch.cat(parts, dim=-1)
         expected = torch.cat(
             [torch.nn.functional.normalize(tower.mlp(x), dim=-1), tower.bias(x)], dim=-1
         )
         torch.testing.assert_close(joint, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_user_vectors_are_a_direction_times_a_learned_length() -> None:
+    """Lengths start at 1 for everyone and move with the `confidence` head, in (0, 2)."""
+    from marketrec.retrieval.towers import TowerSizes, UserTower
+
+    torch.manual_seed(0)
+    sizes = TowerSizes(50, 6, 3, 4, 5, 12, 10, 3, (4,), 1, 2)
+    tower = UserTower(sizes, dim=8, dropout=0.0, sparse_ids=False).eval()
+    n, length = 6, 3
+    f = {
+        "id_bucket": torch.randint(0, 10, (n,)),
+        "id_mask": torch.ones(n),
+        "region": torch.randint(0, 3, (n,)),
+        "attributes": torch.randint(0, 4, (n, 1)),
+        "numeric": torch.randn(n, 1),
+        "device": torch.randint(0, 2, (n,)),
+        "hour": torch.randint(0, 25, (n,)),
+        "weekday": torch.randint(0, 8, (n,)),
+        "hist_event": torch.randint(0, 3, (n, length)),
+        "hist_age": torch.randint(0, 5, (n, length)),
+        "hist_mask": torch.zeros(n, length, dtype=torch.bool),
+        "bag_items": torch.randint(1, 50, (10,)),
+        "bag_offsets": torch.tensor([0, 2, 4, 6, 8, 9]),
+    }
+    history, queries = torch.randn(n, length, 8), torch.randn(n, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(f, history, queries).norm(dim=-1), torch.ones(n))
+        tower.confidence.weight.normal_(std=1.0)
+        lengths = tower(f, history, queries).norm(dim=-1)
+    assert ((lengths > 0) & (lengths < 2)).all()
+    assert lengths.std() > 0.05  # users differ in how much their reading counts

@@ -36,8 +36,8 @@ class TwoTowerParams(Params):
     target_horizon: int = Field(default=0, ge=0)
     queries: int = Field(default=5, ge=0)
     epochs: int = Field(default=20, gt=0)
-    batch_size: int = Field(default=1024, ge=2)
-    learning_rate: float = Field(default=3e-3, gt=0)
+    batch_size: int = Field(default=2048, ge=2)
+    learning_rate: float = Field(default=6e-3, gt=0)
     id_learning_rate: float | None = Field(default=None, gt=0)
     """Learning rate of the sparse id tables (None = `learning_rate`): each id row is updated
     only in the batches that use it, so it can take larger steps."""
@@ -67,6 +67,10 @@ class TwoTowerParams(Params):
     context_dropout: float = Field(default=0.5, ge=0, le=1)
     recency_half_life_days: float | None = Field(default=None, gt=0)
     patience: int = Field(default=3, ge=1)
+    weight_averaging: float = Field(default=1.0, ge=0)
+    """Epochs an exponential moving average of the weights spans (its decay per step is
+    1 − 1/(this × steps per epoch)); the average is validated and kept instead of the last
+    step's weights. 0 = off."""
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     refit: bool = False
     max_minutes: float | None = Field(default=None, gt=0)

@@ -69,6 +69,18 @@ def share_bucket(counts: np.ndarray, totals: np.ndarray) -> np.ndarray:
     return np.clip(codes, 0, SHARE_BUCKETS - 1)
 
 
+def share_level(counts: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """An item's share of recent events as a number, log(share) / 8 + 1 (about -0.5 for no
+    event among 10^5, 1 for every event), float32.
+
+    The buckets of `share_bucket` let the towers learn any shape of response, but they blur
+    the order among the top items, which often share a bucket; this linear input keeps the
+    exact order, so a new user's list, where popularity decides, ranks items the way a
+    time-decayed popularity ranking does."""
+    share = (np.asarray(counts, dtype=np.float64) + 0.5) / (np.asarray(totals) + 1.0)
+    return (np.log(share) / 8.0 + 1.0).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Vocab:
     """Sorted distinct values; code = position + 1 (0 = missing/unseen)."""

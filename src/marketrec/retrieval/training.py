@@ -16,6 +16,7 @@ model is then retrained on every example for the best number of epochs.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -40,6 +41,7 @@ from marketrec.retrieval.inputs import (
     UserInputs,
     age_bucket,
     share_bucket,
+    share_level,
     trend_bucket,
 )
 from marketrec.retrieval.losses import full_softmax_loss, mixed_log_q, sampled_softmax_loss
@@ -56,8 +58,8 @@ class TrainingConfig:
     target_horizon: int = 0
     queries: int = 5
     epochs: int = 20
-    batch_size: int = 1024
-    learning_rate: float = 3e-3
+    batch_size: int = 2048
+    learning_rate: float = 6e-3
     id_learning_rate: float | None = None
     weight_decay: float = 1e-5
     dropout: float = 0.1
@@ -73,6 +75,7 @@ class TrainingConfig:
     context_dropout: float = 0.5
     recency_half_life_days: float | None = None
     patience: int = 3
+    weight_averaging: float = 1.0
     validation_fraction: float = 0.1
     validation_examples: int = 5000
     refit: bool = False
@@ -143,14 +146,16 @@ def item_features(data: TwoTowerData, items: np.ndarray, at: np.ndarray) -> dict
         counts, totals = data.recent_activity(items, at)
         day = trend_bucket(counts[:, SHARE_WINDOWS_DAYS.index(1.0)])
         week = trend_bucket(counts[:, SHARE_WINDOWS_DAYS.index(7.0)])
-        shares = share_bucket(counts, totals)
+        shares, levels = share_bucket(counts, totals), share_level(counts, totals)
     else:
         age = day = week = np.zeros(len(items), dtype=np.int64)
         shares = np.zeros((len(items), len(SHARE_WINDOWS_DAYS)), dtype=np.int64)
+        levels = np.zeros(shares.shape, dtype=np.float32)
     return {
         "trend_day": torch.from_numpy(day),
         "trend_week": torch.from_numpy(week),
         "trend_share": torch.from_numpy(shares),
+        "trend_level": torch.from_numpy(levels),
         "id_bucket": torch.from_numpy(it.id_bucket[items]),
         "category": torch.from_numpy(it.category[items]),
         "top_category": torch.from_numpy(it.top_category[items]),
@@ -348,13 +353,15 @@ def train_two_tower(
     report = TrainingReport()
     model, best_state = _fresh_model(data, config), None
     optimizer = _Optimizer(model, config)
+    averaged = _WeightAverage(model, config.weight_averaging > 0)
     rng = np.random.default_rng(config.seed)
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
     stale = 0
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
-        loss = _epoch(model, optimizer, data, fit_pos, config, rng, epoch - 1)
-        recall = _validation_recall(model, data, val_pos, config) if n_val else math.nan
+        loss = _epoch(model, optimizer, data, fit_pos, config, rng, epoch - 1, averaged)
+        served = averaged.model
+        recall = _validation_recall(served, data, val_pos, config) if n_val else math.nan
         row = {"epoch": float(epoch), "loss": loss, "val_recall@100": recall}
         report.history.append(row)
         report.epochs_run = epoch
@@ -363,7 +370,7 @@ def train_two_tower(
             on_epoch(row)
         if not n_val or recall > report.best_recall:
             report.best_recall, report.best_epoch, stale = (0.0 if not n_val else recall), epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in served.state_dict().items()}
         else:
             stale += 1
             if stale >= config.patience:
@@ -376,11 +383,13 @@ def train_two_tower(
     if config.refit and n_val:
         model = _fresh_model(data, config)
         optimizer = _Optimizer(model, config)
+        averaged = _WeightAverage(model, config.weight_averaging > 0)
         rng = np.random.default_rng(config.seed)
         all_pos = targets
         for epoch in range(1, report.best_epoch + 1):
-            loss = _epoch(model, optimizer, data, all_pos, config, rng, epoch - 1)
+            loss = _epoch(model, optimizer, data, all_pos, config, rng, epoch - 1, averaged)
             log.info("two-tower refit epoch %d/%d: loss %.4f", epoch, report.best_epoch, loss)
+        model = averaged.model
     elif best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -469,6 +478,34 @@ class _Optimizer:
             self._sparse.step()
 
 
+class _WeightAverage:
+    """An exponential moving average of the weights, validated and kept instead of the last
+    step's weights (off: `model` is the live model itself).
+
+    Small slices such as ml-100k's 192 new users moved by ±0.015 NDCG@10 between runs that
+    differed only in float rounding: single steps' noise. An average over the last epoch's
+    steps is a smoother point of the same run (two seeds: 0.3449 and 0.3388 with it, 0.3499
+    and 0.3198 without).
+    """
+
+    def __init__(self, model: TwoTower, enabled: bool) -> None:
+        self.enabled = enabled
+        self.model = copy.deepcopy(model) if enabled else model  # never in a backward graph
+        self._targets = list(self.model.state_dict().values())
+        self._sources = list(model.state_dict().values())
+
+    def update(self, decay: float) -> None:
+        """One step: average ← decay · average + (1 − decay) · weights."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            floats = [
+                (t, s) for t, s in zip(self._targets, self._sources, strict=True)
+                if t.is_floating_point()
+            ]
+            torch._foreach_lerp_([t for t, _ in floats], [s for _, s in floats], 1.0 - decay)
+
+
 def _example_weights(data: TwoTowerData, pos: np.ndarray, config: TrainingConfig) -> np.ndarray:
     seq = data.seq
     weight = seq.pair_weight[pos].astype(np.float64)
@@ -486,8 +523,10 @@ def _epoch(
     config: TrainingConfig,
     rng: np.random.Generator,
     epoch: int = 0,
+    averaged: _WeightAverage | None = None,
 ) -> float:
-    """One pass over `positions`; `epoch` (0-based) places it in the learning-rate plan."""
+    """One pass over `positions`; `epoch` (0-based) places it in the learning-rate plan;
+    `averaged` follows the weights after every step."""
     model.train()
     if len(data.items.id_bucket) <= config.full_softmax_max_items:
         step, batches = _full_softmax_step, _time_local_batches
@@ -497,6 +536,8 @@ def _epoch(
         batches = _shuffled_batches
     total, count = 0.0, 0
     plan = batches(data.seq, positions, config, rng)
+    # an average over about `weight_averaging` epochs, whatever an epoch's number of steps
+    decay = 1.0 - 1.0 / max(config.weight_averaging * len(plan), 1.0)
     for j, pos in enumerate(plan):
         if len(pos) < 2:
             continue
@@ -505,6 +546,8 @@ def _epoch(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if averaged is not None:
+            averaged.update(decay)
         total += float(loss.detach())
         count += 1
     return total / max(count, 1)
