@@ -91,35 +91,3 @@ def test_item_tower_masks_in_one_pass_equal_separate_passes() -> None:
             [torch.nn.functional.normalize(tower.mlp(x), dim=-1), tower.bias(x)], dim=-1
         )
         torch.testing.assert_close(joint, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_user_vectors_are_a_direction_times_a_learned_length() -> None:
-    """Lengths start at 1 for everyone and move with the `confidence` head, in (0, 2)."""
-    from marketrec.retrieval.towers import TowerSizes, UserTower
-
-    torch.manual_seed(0)
-    sizes = TowerSizes(50, 6, 3, 4, 5, 12, 10, 3, (4,), 1, 2)
-    tower = UserTower(sizes, dim=8, dropout=0.0, sparse_ids=False).eval()
-    n, length = 6, 3
-    f = {
-        "id_bucket": torch.randint(0, 10, (n,)),
-        "id_mask": torch.ones(n),
-        "region": torch.randint(0, 3, (n,)),
-        "attributes": torch.randint(0, 4, (n, 1)),
-        "numeric": torch.randn(n, 1),
-        "device": torch.randint(0, 2, (n,)),
-        "hour": torch.randint(0, 25, (n,)),
-        "weekday": torch.randint(0, 8, (n,)),
-        "hist_event": torch.randint(0, 3, (n, length)),
-        "hist_age": torch.randint(0, 5, (n, length)),
-        "hist_mask": torch.zeros(n, length, dtype=torch.bool),
-        "bag_items": torch.randint(1, 50, (10,)),
-        "bag_offsets": torch.tensor([0, 2, 4, 6, 8, 9]),
-    }
-    history, queries = torch.randn(n, length, 8), torch.randn(n, 12)
-    with torch.no_grad():
-        torch.testing.assert_close(tower(f, history, queries).norm(dim=-1), torch.ones(n))
-        tower.confidence.weight.normal_(std=1.0)
-        lengths = tower(f, history, queries).norm(dim=-1)
-    assert ((lengths > 0) & (lengths < 2)).all()
-    assert lengths.std() > 0.05  # users differ in how much their reading counts

@@ -12,9 +12,7 @@ profile attributes, context (device, hour, weekday), the recent history — item
 event type and age, read by a small transformer block through a learned summary token —, the
 long-term taste — a mean of learned embeddings of every earlier item (the "bag of history" of
 YouTube's candidate model, capped) — and the mean of the recent search queries' text vectors.
-A new event changes the history and so the user vector, without retraining. The user
-vector is a direction times a learned length: how far the tower's reading of the user should
-outweigh the items' biases (short for a new user, long for a well-known one).
+A new event changes the history and so the user vector, without retraining.
 
 Shapes: B = batch, N = history length, D = output dimension.
 """
@@ -226,9 +224,6 @@ class UserTower(nn.Module):
             sizes.item_ids, dim, mode="mean", padding_idx=0, sparse=sparse_ids
         )
         self.mlp = _mlp(9 * dim, 2 * dim, dim, dropout)
-        self.confidence = nn.Linear(9 * dim, 1)
-        nn.init.zeros_(self.confidence.weight)
-        nn.init.zeros_(self.confidence.bias)  # every user starts at length 1
 
     def forward(self, f: dict[str, Tensor], history: Tensor, query_vectors: Tensor) -> Tensor:
         """f: user/context codes (B,...); history: item vectors (B, N, D) with f["hist_mask"]
@@ -260,13 +255,7 @@ class UserTower(nn.Module):
             self.queries(query_vectors),
             self.long_term(f["bag_items"], f["bag_offsets"]),
         ]
-        x = torch.cat(parts, dim=-1)
-        # a direction times a learned length in (0, 2): against the items' biases (trend,
-        # popularity), the length says how much the tower's reading of this user should
-        # count. A unit vector could not say "little known": a new user's demographics moved
-        # the list as much as a long history does (ml-100k P1g, new users' NDCG@10 0.29 on
-        # the biases alone, 0.342 with unit vectors, 0.348 with them halved after training)
-        return F.normalize(self.mlp(x), dim=-1) * (2.0 * torch.sigmoid(self.confidence(x)))
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 
 #: Id tables with at least this many rows in all get sparse gradients (see

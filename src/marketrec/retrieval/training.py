@@ -500,7 +500,8 @@ class _WeightAverage:
             return
         with torch.no_grad():
             floats = [
-                (t, s) for t, s in zip(self._targets, self._sources, strict=True)
+                (t, s)
+                for t, s in zip(self._targets, self._sources, strict=True)
                 if t.is_floating_point()
             ]
             torch._foreach_lerp_([t for t, _ in floats], [s for _, s in floats], 1.0 - decay)
