@@ -29,6 +29,9 @@ TUNED_FOR_TINY = {
         "validation_fraction": 0.0,
         "random_negatives": 8,
         "dim": 16,
+        # 14 items whose text says little: ids carry the tastes, so fewer are dropped
+        # (at the default 0.6, 5 of 10 seeds missed the answer; at 0.3, 10 of 10 found it)
+        "id_dropout": 0.3,
     },
 }
 
