@@ -64,8 +64,7 @@ def trend_bucket(counts: np.ndarray) -> np.ndarray:
 def share_bucket(counts: np.ndarray, totals: np.ndarray) -> np.ndarray:
     """Bucket an item's share of recent events, counts / totals, in steps of a third of a
     natural log (about ×1.4), smoothed so that no event is the lowest bucket, code 0."""
-    share = (np.asarray(counts, dtype=np.float64) + 0.5) / (np.asarray(totals) + 1.0)
-    codes = np.floor((np.log(share) + SHARE_BUCKETS / 3.0) * 3.0).astype(np.int64)
+    codes = np.floor((_log_share(counts, totals) + SHARE_BUCKETS / 3.0) * 3.0).astype(np.int64)
     return np.clip(codes, 0, SHARE_BUCKETS - 1)
 
 
@@ -77,8 +76,12 @@ def share_level(counts: np.ndarray, totals: np.ndarray) -> np.ndarray:
     the order among the top items, which often share a bucket; this linear input keeps the
     exact order, so a new user's list, where popularity decides, ranks items the way a
     time-decayed popularity ranking does."""
-    share = (np.asarray(counts, dtype=np.float64) + 0.5) / (np.asarray(totals) + 1.0)
-    return (np.log(share) / 8.0 + 1.0).astype(np.float32)
+    return (_log_share(counts, totals) / 8.0 + 1.0).astype(np.float32)
+
+
+def _log_share(counts: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """log of counts / totals, smoothed so that no event stays finite."""
+    return np.log((np.asarray(counts, dtype=np.float64) + 0.5) / (np.asarray(totals) + 1.0))
 
 
 @dataclass(frozen=True)

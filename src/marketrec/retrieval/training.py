@@ -489,22 +489,18 @@ class _WeightAverage:
     """
 
     def __init__(self, model: TwoTower, enabled: bool) -> None:
-        self.enabled = enabled
         self.model = copy.deepcopy(model) if enabled else model  # never in a backward graph
-        self._targets = list(self.model.state_dict().values())
-        self._sources = list(model.state_dict().values())
+        pairs = zip(self.model.state_dict().values(), model.state_dict().values(), strict=True)
+        # the floating-point tensors, paired once (empty when off: `update` does nothing)
+        floats = [(a, w) for a, w in pairs if enabled and a.is_floating_point()]
+        self._averages = [a for a, _ in floats]
+        self._weights = [w for _, w in floats]
 
     def update(self, decay: float) -> None:
         """One step: average ← decay · average + (1 − decay) · weights."""
-        if not self.enabled:
-            return
-        with torch.no_grad():
-            floats = [
-                (t, s)
-                for t, s in zip(self._targets, self._sources, strict=True)
-                if t.is_floating_point()
-            ]
-            torch._foreach_lerp_([t for t, _ in floats], [s for _, s in floats], 1.0 - decay)
+        if self._averages:
+            with torch.no_grad():
+                torch._foreach_lerp_(self._averages, self._weights, 1.0 - decay)
 
 
 def _example_weights(data: TwoTowerData, pos: np.ndarray, config: TrainingConfig) -> np.ndarray:
