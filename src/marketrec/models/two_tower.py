@@ -36,8 +36,8 @@ class TwoTowerParams(Params):
     target_horizon: int = Field(default=0, ge=0)
     queries: int = Field(default=5, ge=0)
     epochs: int = Field(default=20, gt=0)
-    batch_size: int = Field(default=2048, ge=2)
-    learning_rate: float = Field(default=6e-3, gt=0)
+    batch_size: int = Field(default=1024, ge=2)
+    learning_rate: float = Field(default=3e-3, gt=0)
     id_learning_rate: float | None = Field(default=None, gt=0)
     """Learning rate of the sparse id tables (None = `learning_rate`): each id row is updated
     only in the batches that use it, so it can take larger steps."""
@@ -234,6 +234,78 @@ class TwoTowerScorer:
     def _scaled(self, items: np.ndarray) -> np.ndarray:
         scaled = np.hstack([items[:, :-1] / self.params.temperature, items[:, -1:]])
         return np.ascontiguousarray(scaled, dtype=np.float32)
+
+    # ----------------------------------------------------------------- live updates
+    def absorb(
+        self,
+        user_rows: np.ndarray,
+        item_columns: np.ndarray,
+        events: pl.DataFrame,
+        weights: np.ndarray,
+        n_users: int,
+    ) -> None:
+        """Live item events (canonical columns; their user rows and item columns, all known,
+        and interaction weights) into the stored sequences, so the user tower reads them on
+        the next request: a fresh user vector without retraining. `n_users`: user rows the
+        model now has (rows first seen live get profile codes here)."""
+        from marketrec.retrieval.examples import grow_users, insert_events
+        from marketrec.retrieval.inputs import EVENT_CODES, UserVocabs
+
+        self.grow_users(n_users)
+        device = (
+            events.get_column("device")
+            if "device" in events.columns
+            else pl.repeat(None, events.height, dtype=pl.String, eager=True)
+        )
+        vocabs = UserVocabs.from_dict(self._meta["user_vocabs"])
+        codes = events.get_column("event").replace_strict(
+            EVENT_CODES, default=0, return_dtype=pl.Int64
+        )
+        seq = grow_users(self._data.seq, n_users)
+        seq = insert_events(
+            seq,
+            np.asarray(user_rows, dtype=np.int64),
+            np.asarray(item_columns, dtype=np.int64),
+            events.get_column("ts").dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6,
+            codes.to_numpy(),
+            vocabs.device.encode(device),
+            np.asarray(weights, dtype=np.float32),
+        )
+        self._data = dataclasses.replace(self._data, seq=seq)
+
+    def grow_users(self, n_users: int) -> None:
+        """Profile rows for users first seen live (no id embedding of their own: an unseen
+        id bucket, no region until one is set, no attributes)."""
+        from marketrec.retrieval.examples import grow_users
+
+        users = self._data.users
+        extra = n_users - len(users.id_bucket)
+        if extra <= 0:
+            return
+        grown = dataclasses.replace(
+            users,
+            # hashed like training ids: stable, but never trained for a new id (ids dropped
+            # at training time taught the towers to do without)
+            id_bucket=np.r_[users.id_bucket, np.zeros(extra, dtype=np.int64)],
+            region=np.r_[users.region, np.zeros(extra, dtype=np.int64)],
+            attributes=np.vstack(
+                [users.attributes, np.zeros((extra, users.attributes.shape[1]), np.int64)]
+            ),
+            numeric=np.vstack(
+                [users.numeric, np.zeros((extra, users.numeric.shape[1]), np.float32)]
+            ),
+        )
+        self._data = dataclasses.replace(
+            self._data, users=grown, seq=grow_users(self._data.seq, n_users)
+        )
+
+    def set_user_regions(self, user_rows: np.ndarray, region_idx: np.ndarray) -> None:
+        """Home regions (model region indices, -1 = unknown) of existing user rows."""
+        region = self._data.users.region.copy()
+        region[user_rows] = np.where(region_idx >= 0, region_idx + 1, 0)
+        self._data = dataclasses.replace(
+            self._data, users=dataclasses.replace(self._data.users, region=region)
+        )
 
     # ----------------------------------------------------------------- persistence
     def arrays(self) -> dict[str, np.ndarray]:

@@ -58,8 +58,8 @@ class TrainingConfig:
     target_horizon: int = 0
     queries: int = 5
     epochs: int = 20
-    batch_size: int = 2048
-    learning_rate: float = 6e-3
+    batch_size: int = 1024
+    learning_rate: float = 3e-3
     id_learning_rate: float | None = None
     weight_decay: float = 1e-5
     dropout: float = 0.1
@@ -189,7 +189,9 @@ def user_features(
     queries = np.zeros((len(rows), config.queries), dtype=np.int64)
     if known.any() and config.queries:
         queries[known] = query_window(seq, safe[known], now[known], config.queries)
-    id_mask = known.astype(np.float32)
+    id_bucket = np.where(known, users.id_bucket[safe], 0)
+    # bucket 0: a user first seen live, whose id was never trained (no id embedding)
+    id_mask = (id_bucket > 0).astype(np.float32)
     hour = (np.floor(now / 3600.0) % 24).astype(np.int64) + 1
     weekday = ((np.floor(now / 86400.0) + 3) % 7).astype(np.int64) + 1  # 1970-01-01: Thursday
     if not data.timed:
@@ -201,7 +203,7 @@ def user_features(
         hour, weekday = np.where(drop, 0, hour), np.where(drop, 0, weekday)
     hist_safe = np.maximum(hist, 0)
     f = {
-        "id_bucket": torch.from_numpy(np.where(known, users.id_bucket[safe], 0)),
+        "id_bucket": torch.from_numpy(id_bucket),
         "id_mask": torch.from_numpy(id_mask.astype(np.float32)),
         "region": torch.from_numpy(
             region if region is not None else np.where(known, users.region[safe], 0)
