@@ -160,3 +160,27 @@ def test_without_clock_blanks_only_the_clock_features() -> None:
         expected = 0 if name in CLOCK_CATEGORICAL else features.categorical[:, j]
         np.testing.assert_array_equal(blank.categorical[:, j], expected)
     assert features.numeric.min() >= 1.0  # the input is left as it was
+
+
+def test_absorbed_live_events_equal_a_rebuild_with_them() -> None:
+    """`RankingState.absorb` (live events) gives the state `build` gives with the events in
+    the data, so the ranker's counters, affinities and trends read live events exactly."""
+    extra = [("u1", "c", 40, "purchase"), ("u2", "a", 1, "view"), ("u1", "a", 50, "rating")]
+    users, items = pl.Series(["u1", "u2"]), pl.Series(["a", "b", "c"])
+    rebuilt = RankingState.build(world(extra), users, items, ())
+    live = world(extra).events.tail(len(extra))
+    absorbed = RankingState.build(world(), users, items, ()).absorb(
+        np.array([0 if u == "u1" else 1 for u in live.get_column("user_id")]),
+        np.array(["abc".index(i) for i in live.get_column("item_id")]),
+        live.get_column("ts").dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6,
+        live.get_column("event").to_numpy(),
+        live.get_column("value").fill_null(0.0).to_numpy(),
+        n_users=3,
+    )
+    for name in ("user_codes", "ev_item", "ev_ts", "ev_last_purchase", "purchases_cum"):
+        np.testing.assert_array_equal(getattr(absorbed, name), getattr(rebuilt, name), name)
+    for name in ("spend_cum", "rating_sum_cum", "ratings_cum"):
+        np.testing.assert_allclose(getattr(absorbed, name), getattr(rebuilt, name))
+    np.testing.assert_array_equal(absorbed.item_counter.codes, rebuilt.item_counter.codes)
+    np.testing.assert_array_equal(absorbed.item_counter.times, rebuilt.item_counter.times)
+    assert absorbed.user_region.tolist() == [0, 0, 0]  # a third row, first seen live

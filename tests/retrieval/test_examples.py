@@ -155,3 +155,49 @@ def test_full_softmax_batches_see_nothing_after_their_rows() -> None:
     for row, pos in enumerate(targets):
         past = np.flatnonzero((seq.user == seq.user[pos]) & (seq.ts < seq.ts[pos]))
         assert sorted(items[rows == row].tolist()) == sorted(seq.item[past].tolist())
+
+
+def test_inserted_live_events_equal_a_rebuild_with_them() -> None:
+    """Live events inserted into built sequences (`insert_events`) give exactly the arrays
+    `build_sequences` gives when they are part of the data: same order, run starts, first
+    touches and pair weights, and history windows that read them."""
+    from marketrec.retrieval.examples import grow_users, insert_events
+
+    live = [
+        (0, 9, 35, "view", 1.0),  # between stored events of user 0
+        (0, 5, 40, "click", 2.0),  # same second as a stored event; an item seen before
+        (2, 3, 50, "purchase", 8.0),  # user 2 had nothing
+        (1, 2, 60, "add_to_cart", 4.0),  # upgrades the pair weight of a stored pair
+        (3, 4, 70, "view", 1.0),  # a user row first seen live
+    ]
+    codes = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4}
+    base = grow_users(seq_from(ROWS), 4)
+    inserted = insert_events(
+        base,
+        np.array([r[0] for r in live]),
+        np.array([r[1] for r in live]),
+        np.array([T0.timestamp() + r[2] for r in live]),
+        np.array([codes[r[3]] for r in live]),
+        np.zeros(len(live), dtype=np.int64),
+        np.array([r[4] for r in live], dtype=np.float32),
+    )
+    events = pl.DataFrame(
+        {
+            "user_idx": [r[0] for r in ROWS + live],
+            "item_idx": [r[1] for r in ROWS + live],
+            "ts": [T0 + timedelta(seconds=r[2]) for r in ROWS + live],
+            "event": [r[3] for r in ROWS + live],
+            "weight": [r[4] for r in ROWS + live],
+            "device_code": [0] * (len(ROWS) + len(live)),
+        }
+    )
+    empty = pl.DataFrame(
+        schema={"user_idx": pl.Int64, "ts": pl.Datetime("us", "UTC"), "query_code": pl.Int64}
+    )
+    rebuilt = build_sequences(events, empty, n_users=4)
+    for name in ("user", "item", "ts", "event", "first_touch", "pair_weight", "run_start"):
+        np.testing.assert_array_equal(getattr(inserted, name), getattr(rebuilt, name), name)
+    np.testing.assert_array_equal(inserted.user_start, rebuilt.user_start)
+    np.testing.assert_array_equal(inserted.user_end, rebuilt.user_end)
+    window = history_window(inserted, np.array([3]), inserted.user_end[[3]], 2)
+    assert inserted.item[window[0][window[0] >= 0]].tolist() == [4]

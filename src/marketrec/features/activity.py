@@ -21,6 +21,11 @@ def time_key(keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return (np.asarray(keys).astype(np.int64) << _TS_BITS) | seconds
 
 
+def key_of(codes: np.ndarray) -> np.ndarray:
+    """The keys packed in `time_key` codes."""
+    return np.asarray(codes, dtype=np.int64) >> _TS_BITS
+
+
 @dataclass(frozen=True)
 class ActivityCounter:
     """Sorted (key, second) codes of events, plus every event's time for totals."""

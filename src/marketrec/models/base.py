@@ -86,6 +86,9 @@ class CollaborativeRecommender:
         self._listed_at = np.zeros(0)  # per item: listing time, epoch seconds (NaN = unknown)
         self._now = np.nan  # the default ranking moment: one second past the last training event
         self._train_summary: dict[str, Any] = {}
+        #: users first seen live (absorbed events, profile updates), after the trained rows
+        self._live_users: dict[str, int] = {}
+        self._live = False  # state changed since training: the folder no longer describes it
 
     # ----------------------------------------------------------------- training
     def fit(self, data: Dataset) -> Self:
@@ -140,7 +143,7 @@ class CollaborativeRecommender:
             list(user_ids) if not isinstance(user_ids, pl.Series) else user_ids,
             dtype=pl.String,
         )
-        rows = self._users.lookup(ids)
+        rows = self.user_rows(ids)
         region_idx = self._region_rows(rows, regions, len(ids))
         columns, scores = self.top_items(
             rows, region_idx, k, _epoch_seconds(at, len(ids)), exclude, include_seen
@@ -229,6 +232,7 @@ class CollaborativeRecommender:
         warm = np.diff(history.indptr) > 0
         if embeds_cold:
             warm = np.ones(len(rows), dtype=bool)  # the scorer embeds cold users itself
+        warm &= self._scorable(rows)
         scores = np.empty((len(rows), self._history.shape[1]), dtype=np.float32)
         if warm.any():
             warm_rows = np.flatnonzero(warm)
@@ -281,10 +285,12 @@ class CollaborativeRecommender:
 
     @property
     def user_ids(self) -> pl.Series:
-        """Every user the model knows, in row order."""
+        """Every user the model knows, in row order (users first seen live last)."""
         if self._users is None:
             raise ModelError(f"model '{self.name}' is not fitted")
-        return self._users.ids
+        if not self._live_users:
+            return self._users.ids
+        return pl.concat([self._users.ids, pl.Series("id", list(self._live_users))])
 
     @property
     def region_names(self) -> tuple[str, ...]:
@@ -295,7 +301,12 @@ class CollaborativeRecommender:
         """Each user's row in the model (-1: unknown to it)."""
         if self._users is None:
             raise ModelError(f"model '{self.name}' is not fitted")
-        return self._users.lookup(user_ids)
+        rows = self._users.lookup(user_ids)
+        if self._live_users and (rows < 0).any():
+            missing = np.flatnonzero(rows < 0)
+            names = user_ids.gather(missing).to_list()
+            rows[missing] = [self._live_users.get(u, -1) for u in names]
+        return rows
 
     def sellable(self, regions: np.ndarray) -> np.ndarray:
         """(len(regions), n_items) bool: which items may be shown in each region index
@@ -326,10 +337,123 @@ class CollaborativeRecommender:
         """`region_index` for user rows already looked up."""
         return self._region_rows(rows, regions, len(rows))
 
+    # ----------------------------------------------------------------- live updates
+    def absorb(self, events: pl.DataFrame) -> np.ndarray:
+        """Take events that arrived after training (canonical columns) into the serving
+        state, without retraining: each user's next list leaves out what they just touched,
+        scorers that read histories (EASE, item-kNN through the matrix; the two-tower
+        through its sequences) score from the new history, and users first seen here get a
+        row. Events on items the model does not know stay in the event log only.
+
+        Returns each event's user row (the pipeline's own state follows the same rows)."""
+        if self._users is None or self._items is None or self._history is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        rows = self.ensure_users(events.get_column("user_id"))
+        self._live = True
+        cfg = self.interaction_config
+        items = events.get_column("item_id")
+        cols = np.where(items.is_null().to_numpy(), -1, self._items.lookup(items.fill_null("")))
+        kind = events.get_column("event")
+        take = (cols >= 0) & ~kind.is_in(list(cfg.ignore)).to_numpy()
+        if not take.any():
+            return rows
+        weights = (
+            kind.replace_strict(
+                cfg.event_weights, default=cfg.default_weight, return_dtype=pl.Float32
+            )
+            .to_numpy()
+            .astype(np.float32)
+        )
+        delta = sp.csr_matrix((weights[take], (rows[take], cols[take])), shape=self._history.shape)
+        # a pair keeps its strongest event (as in training: `build_interactions`)
+        self._history = self._history.maximum(delta).tocsr()
+        self._history.sort_indices()
+        absorb = getattr(self.scorer, "absorb", None)
+        if absorb is not None:
+            picked = np.flatnonzero(take)
+            absorb(rows[take], cols[take], events[picked], weights[take], len(self._user_region))
+        return rows
+
+    def ensure_users(self, user_ids: pl.Series) -> np.ndarray:
+        """Rows of `user_ids`, adding a row for each user the model has not seen (their home
+        region unknown until `upsert_users` sets one)."""
+        assert self._user_region is not None and self._history is not None
+        rows = self.user_rows(user_ids)
+        if (rows < 0).any():
+            new = [u for u in dict.fromkeys(user_ids.filter(pl.Series(rows < 0)).to_list())]
+            first = len(self._user_region)
+            self._live_users.update({u: first + j for j, u in enumerate(new)})
+            self._user_region = np.r_[self._user_region, np.full(len(new), -1, np.int64)]
+            self._history.resize((len(self._user_region), self._history.shape[1]))
+            grow = getattr(self.scorer, "grow_users", None)
+            if grow is not None:
+                grow(len(self._user_region))
+            self._live = True
+            rows = self.user_rows(user_ids)
+        return rows
+
+    def _scorable(self, rows: np.ndarray) -> np.ndarray:
+        """Which user rows the scorer can score: all, except rows first seen live for
+        scorers that look users up in trained tables (factor models): those get the
+        fallback until the next training."""
+        assert self._users is not None
+        if getattr(self.scorer, "trained_rows_only", False):
+            return rows < len(self._users)
+        return np.ones(len(rows), dtype=bool)
+
+    def delist(self, item_ids: Sequence[str]) -> None:
+        """Never recommend these items again (anywhere); ids the model does not know are
+        ignored (they can never be recommended)."""
+        assert self._items is not None and self._sellable is not None
+        cols = self._items.lookup(pl.Series(list(item_ids), dtype=pl.String))
+        self._sellable[:, cols[cols >= 0]] = False
+        self._live = True
+
+    def upsert_items(self, items: pl.DataFrame) -> list[str]:
+        """Replace known items' availability and regions (canonical items columns; a PUT
+        replaces the product: `regions` null = sold everywhere, `available` false = delisted).
+        Returns the ids the model does not know: new products, which the model itself
+        cannot score until it is trained with them."""
+        assert self._items is not None and self._sellable is not None
+        cols = self._items.lookup(items.get_column("item_id"))
+        lookup = {name: j for j, name in enumerate(self._regions)}
+        for col, row in zip(cols, items.iter_rows(named=True), strict=True):
+            if col < 0:
+                continue
+            allowed = np.ones(len(self._regions) + 1, dtype=bool)
+            if row.get("regions") is not None:
+                allowed[: len(self._regions)] = False
+                allowed[[lookup[r] for r in row["regions"] if r in lookup]] = True
+            if row.get("available") is False:
+                allowed[:] = False
+            self._sellable[:, col] = allowed
+        self._live = True
+        return items.filter(pl.Series(cols < 0)).get_column("item_id").to_list()
+
+    def upsert_users(self, users: pl.DataFrame) -> np.ndarray:
+        """Profile updates (canonical users columns): users get a row if new; a `region`
+        becomes their home region (unknown names: no region). Returns their rows."""
+        rows = self.ensure_users(users.get_column("user_id"))
+        if "region" in users.columns:
+            assert self._user_region is not None
+            lookup = {name: j for j, name in enumerate(self._regions)}
+            given = users.get_column("region").to_list()
+            region = np.array([lookup.get(r, -1) if r is not None else -1 for r in given])
+            self._user_region[rows] = region
+            set_regions = getattr(self.scorer, "set_user_regions", None)
+            if set_regions is not None:
+                set_regions(rows, region)
+        return rows
+
     # ----------------------------------------------------------------- persistence
     def save(self, folder: str | Path) -> Path:
         if self._users is None or self._items is None or self._history is None:
             raise ModelError(f"model '{self.name}' is not fitted")
+        if self._live:
+            raise ModelError(
+                f"model '{self.name}' took in live updates: its folder would not describe it "
+                "(live state is rebuilt from the event log; save before serving)"
+            )
         assert self._user_region is not None and self._sellable is not None
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)

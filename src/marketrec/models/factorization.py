@@ -42,6 +42,8 @@ class _FactorScorer:
     """Scores are user factors · item factors."""
 
     params: Params
+    #: users first seen live have no factors: the shared path gives them the fallback
+    trained_rows_only = True
 
     def __init__(self) -> None:
         self._user_factors = np.zeros((0, 0), dtype=np.float32)

@@ -44,6 +44,8 @@ from marketrec.ranking.features import value_codes
 
 MANIFEST = "pipeline.json"
 _CHUNK = 256
+#: events that count as a click on an item for exploration's posteriors
+_ENGAGEMENT = ("click", "add_to_cart", "purchase")
 FORMAT = "marketrec-pipeline"
 _DETAIL_SCHEMA = {
     "user_id": pl.String,
@@ -120,6 +122,7 @@ class Recommender:
         self._seen: SeenItems | None = None
         self._items: ItemInfo | None = None
         self._reference_ts = float("nan")
+        self._clock_moved = False  # live events later than the training data arrived
         self.stats: ExplorationStats | None = None
 
     # ----------------------------------------------------------------- training
@@ -223,7 +226,11 @@ class Recommender:
         k = min(int(k), n_items)
         region_idx = self.retrieval.regions_of(rows, regions)
         columns, retrieval_scores = self.retrieval.top_items(
-            rows, region_idx, max(cfg.candidates, k), moments if timed else None, exclude
+            rows,
+            region_idx,
+            max(cfg.candidates, k),
+            moments if timed or self._clock_moved else None,
+            exclude,
         )
         scored = (
             None
@@ -388,6 +395,84 @@ class Recommender:
         return (recent | (info.train_events == 0)) & ~not_yet
 
     # ----------------------------------------------------------------- persistence
+    # ----------------------------------------------------------------- live updates
+    def absorb(self, events: pl.DataFrame) -> None:
+        """Events that arrived after training (canonical columns), taken in without
+        retraining: retrieval reads the new histories (`CollaborativeRecommender.absorb`), the
+        rules leave out what each user just touched, the ranker's user counters, affinities
+        and item trends count the events, and clicks on items feed exploration. Lists are
+        ranked from then on at the latest event's moment (the service's clock)."""
+        if self._seen is None or self.stats is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        if events.height == 0:
+            return
+        rows = self.retrieval.absorb(events)
+        cols = self._columns(events.get_column("item_id"))
+        kind = events.get_column("event")
+        on_item = (cols >= 0) & (kind != "search").to_numpy()
+        n_users = len(self.retrieval.user_ids)
+        self._seen = self._seen.with_events(
+            rows[on_item], cols[on_item], kind.filter(pl.Series(on_item)).to_list(), n_users
+        )
+        ts = events.get_column("ts").dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6
+        if self.ranking is not None:
+            value = (
+                events.get_column("value").cast(pl.Float64).fill_null(0.0).to_numpy()
+                if "value" in events.columns
+                else np.zeros(events.height)
+            )
+            self.ranking.state = self.ranking.state.absorb(
+                rows[on_item],
+                cols[on_item],
+                ts[on_item],
+                kind.to_numpy()[on_item],
+                value[on_item],
+                n_users,
+            )
+        engaged = on_item & kind.is_in(list(_ENGAGEMENT)).to_numpy()
+        self.stats.record(np.zeros(0, dtype=np.int64), cols[engaged])
+        self._reference_ts = max(self._reference_ts, float(ts.max()) + 1.0)
+        self._clock_moved = True
+
+    def delist(self, item_ids: Sequence[str]) -> None:
+        """Never recommend these items again (retrieval leaves them out, so no later step
+        can bring them back; exploration draws only from sellable items)."""
+        self.retrieval.delist(item_ids)
+
+    def upsert_items(self, items: pl.DataFrame) -> list[str]:
+        """Availability and regions of known products (see
+        `CollaborativeRecommender.upsert_items`); returns the ids the model does not know."""
+        return self.retrieval.upsert_items(items)
+
+    def upsert_users(self, users: pl.DataFrame) -> None:
+        """Profile updates: new users get a row everywhere, a region becomes the home region
+        of retrieval and of the ranker's features."""
+        rows = self.retrieval.upsert_users(users)
+        assert self._seen is not None
+        self._seen = self._seen.with_events(
+            np.zeros(0, np.int64), np.zeros(0, np.int64), [], len(self.retrieval.user_ids)
+        )
+        if self.ranking is not None:
+            self.ranking.state = self.ranking.state.absorb(
+                *(np.zeros(0, np.int64),) * 2,
+                np.zeros(0),
+                np.zeros(0, dtype=object),
+                np.zeros(0),
+                len(self.retrieval.user_ids),
+            )
+            if "region" in users.columns:
+                region = self.retrieval.regions_of(rows)
+                known = region < len(self.retrieval.region_names)
+                self.ranking.state = self.ranking.state.with_user_regions(
+                    rows, np.where(known, region, -1)
+                )
+
+    def _columns(self, item_ids: pl.Series) -> np.ndarray:
+        """Item columns (-1: unknown or null)."""
+        missing = item_ids.is_null().to_numpy()
+        cols = self.retrieval.item_columns(item_ids.fill_null(""))
+        return np.where(missing, -1, cols)
+
     def save(self, folder: str | Path) -> Path:
         if self._seen is None or self._items is None or self.stats is None:
             raise ModelError(f"model '{self.name}' is not fitted")

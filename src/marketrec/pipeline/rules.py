@@ -64,6 +64,32 @@ class SeenItems:
             return rows
         return (sp.diags(known.astype(np.float32)) @ rows).tocsr()
 
+    def with_events(
+        self, rows: np.ndarray, cols: np.ndarray, events: list[str], n_users: int
+    ) -> SeenItems:
+        """These seen items plus live events (user rows, item columns, event names) for
+        `n_users` user rows: a user's next list leaves out what they just did. The union
+        matrices already built are updated, not rebuilt (a rebuild reads every pair)."""
+        shape = (max(n_users, self.shape[0]), self.shape[1])
+        kinds = np.array(events, dtype=object)
+
+        def added(mask: np.ndarray) -> sp.csr_matrix:
+            return sp.csr_matrix(
+                (np.ones(int(mask.sum()), dtype=bool), (rows[mask], cols[mask])), shape=shape
+            )
+
+        by_event = {e: _grown(m, shape) for e, m in self.by_event.items()}
+        for event in dict.fromkeys(events):
+            more = added(kinds == event)
+            by_event[event] = (by_event[event] + more if event in by_event else more).tocsr()
+        unions = {}
+        for key, union in self._unions.items():
+            mask = np.ones(len(kinds), bool) if key is None else np.isin(kinds, list(key))
+            grown = (_grown(union, shape) + added(mask).astype(np.float32)).tocsr()
+            grown.data[:] = 1.0
+            unions[key] = grown
+        return SeenItems(by_event, shape, unions)
+
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {"shape": np.array(self.shape)}
         for event, m in self.by_event.items():
@@ -88,3 +114,12 @@ class SeenItems:
             for e in events
         }
         return cls(by_event, shape)
+
+
+def _grown(matrix: sp.csr_matrix, shape: tuple[int, int]) -> sp.csr_matrix:
+    """`matrix` with more (empty) rows, when `shape` has more."""
+    if matrix.shape == shape:
+        return matrix
+    out = matrix.copy()
+    out.resize(shape)
+    return out

@@ -17,6 +17,7 @@ a past window see what serving would have seen then (the test in tests/ranking c
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from itertools import pairwise
@@ -25,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from marketrec.data.schema import Dataset
-from marketrec.features.activity import ActivityCounter, time_key
+from marketrec.features.activity import ActivityCounter, key_of, time_key
 from marketrec.features.listing import listing_times
 
 AFFINITY_EVENTS = 50
@@ -130,13 +131,7 @@ class RankingState:
         value = ev.get_column("v").cast(pl.Float64).fill_null(0.0).to_numpy()
         purchase = event == "purchase"
         rating = event == "rating"
-        idx = np.arange(len(u))
-        marks = np.where(purchase, idx, -1)
-        # latest purchase so far within each user's run: running max, reset at run starts
-        starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1] if len(u) else np.zeros(0, int)
-        run_start = np.repeat(starts, np.diff(np.r_[starts, len(u)])) if len(u) else idx
-        last = np.maximum.accumulate(np.where(marks >= run_start, marks, -1)) if len(u) else marks
-        last = np.where(last >= run_start, last, -1)
+        last = _last_purchase(u, purchase)
         catalogue = pl.DataFrame({"item_id": item_ids}).join(
             data.items, on="item_id", how="left", maintain_order="left"
         )
@@ -182,6 +177,79 @@ class RankingState:
                 "weekday": 8,
             },
         )
+
+    def absorb(
+        self,
+        user_rows: np.ndarray,
+        item_columns: np.ndarray,
+        ts: np.ndarray,
+        event: np.ndarray,
+        value: np.ndarray,
+        n_users: int,
+    ) -> RankingState:
+        """This state with live item events added (user rows, item columns, epoch seconds,
+        event names, values; searches already left out) and `n_users` user rows: the user
+        counters, affinities and item trends the next request reads include them.
+
+        One copy of the event arrays per call (events are inserted in (user, time) order and
+        the running sums rebuilt), so a live service applies events in batches."""
+        region = np.r_[self.user_region, np.zeros(max(n_users - len(self.user_region), 0), int)]
+        if len(user_rows) == 0:
+            return dataclasses.replace(self, user_region=region.astype(np.int64))
+        codes = time_key(user_rows, ts)
+        order = np.argsort(codes, kind="stable")
+        codes, item, ts = codes[order], item_columns[order], ts[order]
+        event, value = event[order], value[order].astype(np.float64)
+        where = np.searchsorted(self.user_codes, codes, "right")
+        purchase = np.insert(np.diff(self.purchases_cum), where, event == "purchase")
+        rating = np.insert(np.diff(self.ratings_cum), where, event == "rating")
+        spend = np.insert(np.diff(self.spend_cum), where, np.where(event == "purchase", value, 0))
+        stars = np.insert(
+            np.diff(self.rating_sum_cum), where, np.where(event == "rating", value, 0)
+        )
+        user_codes = np.insert(self.user_codes, where, codes)
+        users = key_of(user_codes)
+        counter = self.item_counter
+        item_codes = time_key(item, ts)
+        return dataclasses.replace(
+            self,
+            user_codes=user_codes,
+            ev_item=np.insert(self.ev_item, where, item.astype(np.int64)),
+            ev_ts=np.insert(self.ev_ts, where, ts),
+            ev_last_purchase=_last_purchase(users, purchase.astype(bool)).astype(np.int64),
+            spend_cum=np.r_[0.0, np.cumsum(spend)],
+            purchases_cum=np.r_[0, np.cumsum(purchase.astype(np.int64))],
+            rating_sum_cum=np.r_[0.0, np.cumsum(stars)],
+            ratings_cum=np.r_[0, np.cumsum(rating.astype(np.int64))],
+            item_counter=ActivityCounter(
+                np.insert(
+                    counter.codes,
+                    np.searchsorted(counter.codes, np.sort(item_codes)),
+                    np.sort(item_codes),
+                ),
+                np.insert(counter.times, np.searchsorted(counter.times, np.sort(ts)), np.sort(ts)),
+            ),
+            user_region=region.astype(np.int64),
+        )
+
+    def with_user_regions(self, user_rows: np.ndarray, region_idx: np.ndarray) -> RankingState:
+        """Home regions (model region indices, -1 = unknown) of existing user rows."""
+        region = self.user_region.copy()
+        region[user_rows] = np.where(region_idx >= 0, region_idx + 1, 0)
+        return dataclasses.replace(self, user_region=region)
+
+
+def _last_purchase(users: np.ndarray, purchase: np.ndarray) -> np.ndarray:
+    """Per event (sorted by user): position of the user's latest purchase so far, -1 none."""
+    idx = np.arange(len(users))
+    if not len(users):
+        return idx
+    marks = np.where(purchase, idx, -1)
+    # latest purchase so far within each user's run: running max, reset at run starts
+    starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1]
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(users)]))
+    last = np.maximum.accumulate(np.where(marks >= run_start, marks, -1))
+    return np.where(last >= run_start, last, -1)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ arrays, with no Python loop over events.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import polars as pl
@@ -154,3 +156,78 @@ def training_targets(seq: Sequences) -> np.ndarray:
     empty: a new user's first action teaches the towers to use profile and context.
     """
     return np.flatnonzero(seq.first_touch)
+
+
+def grow_users(seq: Sequences, n_users: int) -> Sequences:
+    """The same sequences for `n_users` user rows (the new rows: no events, no searches)."""
+    extra = n_users - len(seq.user_start)
+    if extra <= 0:
+        return seq
+    n, m = len(seq.user), len(seq.search_user)
+    return dataclasses.replace(
+        seq,
+        user_start=np.r_[seq.user_start, np.full(extra, n, dtype=np.int64)],
+        user_end=np.r_[seq.user_end, np.full(extra, n, dtype=np.int64)],
+        search_user_start=np.r_[seq.search_user_start, np.full(extra, m, dtype=np.int64)],
+        search_user_end=np.r_[seq.search_user_end, np.full(extra, m, dtype=np.int64)],
+    )
+
+
+def insert_events(
+    seq: Sequences,
+    user: np.ndarray,
+    item: np.ndarray,
+    ts: np.ndarray,
+    event: np.ndarray,
+    device: np.ndarray,
+    weight: np.ndarray,
+) -> Sequences:
+    """`seq` with item events that arrived after it was built (live events), each placed in
+    its user's run by time (after stored events of the same second), so every invariant of
+    `build_sequences` holds again: (user, time) order, run starts, first touches and pair
+    weights. Rows must exist already (`grow_users`).
+
+    Cost: one pass over the arrays per call (a copy), so a live service applies events in
+    batches; a user's history window then reads the new events like any other."""
+    if len(user) == 0:
+        return seq
+    order = np.lexsort((ts, user))
+    user, item, ts = user[order], item[order], ts[order]
+    event, device, weight = event[order], device[order], weight[order]
+    # insertion points in the old arrays: within each user's run, after every event at or
+    # before the new event's time
+    where = np.empty(len(user), dtype=np.int64)
+    bounds = np.flatnonzero(np.r_[True, user[1:] != user[:-1], True])
+    for lo, hi in pairwise(bounds):
+        start, end = seq.user_start[user[lo]], seq.user_end[user[lo]]
+        where[lo:hi] = start + np.searchsorted(seq.ts[start:end], ts[lo:hi], "right")
+    new_user = np.insert(seq.user, where, user)
+    new_ts = np.insert(seq.ts, where, ts)
+    new_item = np.insert(seq.item, where, item)
+    new_weight = np.insert(seq.weight, where, weight.astype(np.float32))
+    n = len(new_user)
+    idx = np.arange(n)
+    change = np.ones(n, dtype=bool)
+    change[1:] = (new_user[1:] != new_user[:-1]) | (new_ts[1:] != new_ts[:-1])
+    pair = new_user * (int(new_item.max()) + 1) + new_item
+    _, first = np.unique(pair, return_index=True)
+    first_touch = np.zeros(n, dtype=bool)
+    first_touch[first] = True
+    _, inverse = np.unique(pair, return_inverse=True)
+    best = np.full(int(inverse.max()) + 1, -np.inf, dtype=np.float32)
+    np.maximum.at(best, inverse, new_weight)
+    rows = np.arange(len(seq.user_start))
+    return dataclasses.replace(
+        seq,
+        user=new_user,
+        item=new_item,
+        ts=new_ts,
+        event=np.insert(seq.event, where, event.astype(np.int64)),
+        device=np.insert(seq.device, where, device.astype(np.int64)),
+        weight=new_weight,
+        first_touch=first_touch,
+        pair_weight=best[inverse],
+        run_start=np.maximum.accumulate(np.where(change, idx, 0)).astype(np.int64),
+        user_start=seq.user_start + np.searchsorted(user, rows, "left"),
+        user_end=seq.user_end + np.searchsorted(user, rows, "right"),
+    )

@@ -1,0 +1,138 @@
+"""Live updates of a fitted pipeline: events, delistings and profile changes take effect on
+the next request without retraining (the service applies them from its event log)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import T0, events_frame
+from marketrec.core.errors import ModelError
+from marketrec.data.schema import Dataset, make_dataset, validate_events, validate_items
+from marketrec.models.registry import create
+from marketrec.pipeline.ranking_stage import RankingParams
+from marketrec.pipeline.recommender import Recommender
+
+TINY_TOWER = {
+    "text_encoder": "hashed",
+    "epochs": 3,
+    "batch_size": 64,
+    "validation_fraction": 0.0,
+    "random_negatives": 8,
+    "dim": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def market() -> Dataset:
+    """30 users over 12 items in two categories and two regions; `south-only` sells in the
+    south only."""
+    rows = []
+    for u in range(30):
+        for j in range(5):
+            rows.append((f"u{u:02d}", f"i{(u + 2 * j) % 12:02d}", u + j, "view"))
+    items = pl.DataFrame(
+        {
+            "item_id": [f"i{j:02d}" for j in range(12)] + ["south-only"],
+            "category": ["Toys"] * 6 + ["Garden"] * 6 + ["Garden"],
+            "created_at": [T0 - timedelta(days=5)] * 13,
+            "regions": [None] * 12 + [["south"]],
+        }
+    )
+    users = pl.DataFrame(
+        {"user_id": [f"u{u:02d}" for u in range(30)], "region": ["north", "south"] * 15}
+    )
+    rows += [("u01", "south-only", 40, "view"), ("u03", "south-only", 41, "view")]
+    return make_dataset(events_frame(rows), items, users)
+
+
+@pytest.fixture
+def model(market: Dataset) -> Recommender:
+    return Recommender(
+        create("two-tower", TINY_TOWER),
+        ranking=RankingParams(epochs=2, random_negatives=3, candidates=10),
+    ).fit(market)
+
+
+def live_events(rows: list[tuple[str, str | None, int, str]]) -> pl.DataFrame:
+    frame = events_frame([(u, i, 100 + h, e) for u, i, h, e in rows])
+    return validate_events(frame, [])
+
+
+def listed(model: Recommender, user: str, k: int = 12) -> list[str]:
+    return model.recommend([user], k).get_column("item_id").to_list()
+
+
+def test_an_event_changes_the_users_next_list_and_vector(model: Recommender) -> None:
+    before = listed(model, "u00")
+    target = before[0]
+    row = model.retrieval.user_rows(pl.Series(["u00"]))
+    region = model.retrieval.regions_of(row)
+    vector = model.retrieval.scorer.user_vectors(row, region)
+    stored = len(model.ranking.state.ev_item)
+    model.absorb(live_events([("u00", target, 0, "purchase")]))
+    assert target not in listed(model, "u00")  # seen items are left out at once
+    assert not np.allclose(model.retrieval.scorer.user_vectors(row, region), vector)
+    # the ranker's user counters count it too
+    assert len(model.ranking.state.ev_item) == stored + 1
+
+
+def test_a_user_first_seen_live_gets_a_row_and_a_history(model: Recommender) -> None:
+    assert model.retrieval.user_rows(pl.Series(["stranger"]))[0] == -1
+    model.absorb(live_events([("stranger", "i03", 0, "view"), ("stranger", "i04", 1, "click")]))
+    row = model.retrieval.user_rows(pl.Series(["stranger"]))[0]
+    assert row == 30
+    recs = listed(model, "stranger")
+    assert recs and not {"i03", "i04"} & set(recs)
+    assert model.ranking.state.user_region.shape[0] == 31
+    # a second batch for the same user and one more new user
+    model.absorb(live_events([("stranger", "i05", 2, "view"), ("another", "i01", 3, "view")]))
+    assert model.retrieval.user_rows(pl.Series(["stranger", "another"])).tolist() == [30, 31]
+    assert "i05" not in listed(model, "stranger")
+
+
+def test_delisted_items_are_never_recommended_again(model: Recommender) -> None:
+    everyone = [f"u{u:02d}" for u in range(30)] + ["nobody"]
+    shown = set(model.recommend(everyone, 5).get_column("item_id").to_list())
+    gone = sorted(shown)[:2]
+    model.delist(gone)
+    assert not set(gone) & set(model.recommend(everyone, 12).get_column("item_id").to_list())
+
+
+def test_item_and_user_updates_move_regions(model: Recommender) -> None:
+    # u00 lives in the north: never offered the south-only item; moved south: may be
+    assert "south-only" not in listed(model, "u00", 13)
+    model.upsert_users(pl.DataFrame({"user_id": ["u00"], "region": ["south"]}))
+    assert model.retrieval.regions_of(model.retrieval.user_rows(pl.Series(["u00"])))[0] == (
+        model.retrieval.region_names.index("south")
+    )
+    # an item's regions replaced: i00 now sells in the north only
+    unknown = model.upsert_items(
+        validate_items(
+            pl.DataFrame({"item_id": ["i00", "brand-new"], "regions": [["north"], None]}), []
+        )
+    )
+    assert unknown == ["brand-new"]
+    south = [f"u{u:02d}" for u in range(1, 30, 2)]
+    assert "i00" not in model.recommend(south, 12).get_column("item_id").to_list()
+
+
+def test_a_model_that_took_live_updates_refuses_to_be_saved(model: Recommender, tmp_path) -> None:
+    model.absorb(live_events([("u00", "i01", 0, "view")]))
+    with pytest.raises(ModelError, match="live"):
+        model.save(tmp_path / "m")
+
+
+@pytest.mark.parametrize("name", ["ease", "als", "itemknn", "popularity"])
+def test_baselines_take_live_events_too(market: Dataset, name: str) -> None:
+    """Every model behind the pipeline absorbs events: seen items leave the list at once;
+    a user first seen live is scored from their new history by history readers (EASE,
+    item-kNN) and gets the fallback from factor models, which have no factors for them."""
+    model = Recommender(create(name)).fit(market)
+    model.absorb(live_events([("u00", "i11", 0, "view"), ("walk-in", "i02", 1, "view")]))
+    assert "i11" not in listed(model, "u00")
+    assert "i02" not in listed(model, "walk-in")
+    assert len(listed(model, "walk-in")) == 12  # 13 items but the seen one (no region: all sell)
