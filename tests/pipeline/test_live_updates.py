@@ -136,3 +136,33 @@ def test_baselines_take_live_events_too(market: Dataset, name: str) -> None:
     assert "i11" not in listed(model, "u00")
     assert "i02" not in listed(model, "walk-in")
     assert len(listed(model, "walk-in")) == 12  # 13 items but the seen one (no region: all sell)
+
+
+def test_a_product_listed_live_is_recommendable_at_once(model: Recommender) -> None:
+    """A new product placed by its content: retrieved for users of its category right
+    away, with a column in every later step (rules, ranker, exploration)."""
+    items = validate_items(
+        pl.DataFrame(
+            {
+                "item_id": ["fresh-toy"],
+                "title": ["wooden toy train"],
+                "category": ["Toys"],
+                "price": [12.0],
+                "created_at": [T0 + timedelta(hours=99)],
+            }
+        ),
+        [],
+    )
+    assert model.upsert_items(items) == ["fresh-toy"]
+    assert model.upsert_items(items) == []  # a second PUT replaces, creates nothing
+    n_items = model.retrieval.item_ids.len()
+    assert n_items == 14 and model.ranking.state.item_price.shape == (14,)
+    everyone = [f"u{u:02d}" for u in range(30)] + ["nobody"]
+    recs = model.recommend(everyone, 13)
+    assert "fresh-toy" in recs.get_column("item_id").to_list()
+    # events on it are taken in like any other; delisting it removes it everywhere
+    model.absorb(live_events([("u05", "fresh-toy", 0, "click")]))
+    assert "fresh-toy" not in listed(model, "u05", 14)
+    assert model.stats.clicks[-1] == 1
+    model.delist(["fresh-toy"])
+    assert "fresh-toy" not in model.recommend(everyone, 14).get_column("item_id").to_list()

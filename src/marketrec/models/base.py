@@ -88,6 +88,8 @@ class CollaborativeRecommender:
         self._train_summary: dict[str, Any] = {}
         #: users first seen live (absorbed events, profile updates), after the trained rows
         self._live_users: dict[str, int] = {}
+        #: products listed live (new item ids), after the trained columns
+        self._live_items: dict[str, int] = {}
         self._live = False  # state changed since training: the folder no longer describes it
 
     # ----------------------------------------------------------------- training
@@ -154,7 +156,7 @@ class CollaborativeRecommender:
         return pl.DataFrame(
             {
                 "user_id": ids.gather(user_pos[keep]),
-                "item_id": self._items.ids.gather(columns[keep]),
+                "item_id": self.item_ids.gather(columns[keep]),
                 "rank": ranks[keep],
                 "score": scores[keep].astype(np.float64),
             },
@@ -174,11 +176,13 @@ class CollaborativeRecommender:
         (len(rows), k) item columns and scores, best first; -inf scores where fewer than k
         items may be shown. The pipeline calls it directly, without id lookups or frames."""
         assert self._items is not None
-        if exclude is not None and exclude.shape != (len(rows), len(self._items)):
+        n_items = len(self._listed_at) if len(self._listed_at) else len(self._items)
+        n_items = self._history.shape[1] if self._history is not None else n_items
+        if exclude is not None and exclude.shape != (len(rows), n_items):
             raise ConfigError(
-                f"exclude must be {len(rows)} users × {len(self._items)} items, got {exclude.shape}"
+                f"exclude must be {len(rows)} users × {n_items} items, got {exclude.shape}"
             )
-        k = min(int(k), len(self._items))
+        k = min(int(k), n_items)
         out_cols = np.zeros((len(rows), k), dtype=np.int64)
         out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
         reserve = getattr(self.scorer, "reserved_items", None)
@@ -236,16 +240,22 @@ class CollaborativeRecommender:
         scores = np.empty((len(rows), self._history.shape[1]), dtype=np.float32)
         if warm.any():
             warm_rows = np.flatnonzero(warm)
-            scores[warm_rows] = self.scorer.score(
-                rows[warm_rows],
-                history[warm_rows],
-                region_idx[warm_rows],
-                None if moments is None else moments[warm_rows],
+            _fill(
+                scores,
+                warm_rows,
+                self.scorer.score(
+                    rows[warm_rows],
+                    history[warm_rows],
+                    region_idx[warm_rows],
+                    None if moments is None else moments[warm_rows],
+                ),
             )
         if (~warm).any():
             cold_rows = np.flatnonzero(~warm)
-            scores[cold_rows] = self.fallback.score(
-                rows[cold_rows], history[cold_rows], region_idx[cold_rows]
+            _fill(
+                scores,
+                cold_rows,
+                self.fallback.score(rows[cold_rows], history[cold_rows], region_idx[cold_rows]),
             )
         scores[~self._sellable[region_idx]] = -np.inf
         self._hide_unlisted(scores, moments)
@@ -275,13 +285,20 @@ class CollaborativeRecommender:
         """The catalogue in the model's column order (score and `exclude` columns)."""
         if self._items is None:
             raise ModelError(f"model '{self.name}' is not fitted")
-        return self._items.ids
+        if not self._live_items:
+            return self._items.ids
+        return pl.concat([self._items.ids, pl.Series("id", list(self._live_items))])
 
     def item_columns(self, item_ids: pl.Series) -> np.ndarray:
         """Each item's column in the model (-1: unknown to it)."""
         if self._items is None:
             raise ModelError(f"model '{self.name}' is not fitted")
-        return self._items.lookup(item_ids)
+        cols = self._items.lookup(item_ids)
+        if self._live_items and (cols < 0).any():
+            missing = np.flatnonzero(cols < 0)
+            names = item_ids.gather(missing).to_list()
+            cols[missing] = [self._live_items.get(i, -1) for i in names]
+        return cols
 
     @property
     def user_ids(self) -> pl.Series:
@@ -352,7 +369,7 @@ class CollaborativeRecommender:
         self._live = True
         cfg = self.interaction_config
         items = events.get_column("item_id")
-        cols = np.where(items.is_null().to_numpy(), -1, self._items.lookup(items.fill_null("")))
+        cols = np.where(items.is_null().to_numpy(), -1, self.item_columns(items.fill_null("")))
         kind = events.get_column("event")
         take = (cols >= 0) & ~kind.is_in(list(cfg.ignore)).to_numpy()
         if not take.any():
@@ -368,6 +385,8 @@ class CollaborativeRecommender:
         # a pair keeps its strongest event (as in training: `build_interactions`)
         self._history = self._history.maximum(delta).tocsr()
         self._history.sort_indices()
+        seconds = events.get_column("ts").dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6
+        self._advance_clock(float(seconds.max()) + 1.0)
         absorb = getattr(self.scorer, "absorb", None)
         if absorb is not None:
             picked = np.flatnonzero(take)
@@ -392,6 +411,16 @@ class CollaborativeRecommender:
             rows = self.user_rows(user_ids)
         return rows
 
+    @property
+    def clock(self) -> float:
+        """The default ranking moment (epoch seconds): one second past the last training
+        event, moved forward by live events and listings (NaN: no timed data)."""
+        return self._now
+
+    def _advance_clock(self, moment: float) -> None:
+        if np.isnan(self._now) or moment > self._now:
+            self._now = moment
+
     def _scorable(self, rows: np.ndarray) -> np.ndarray:
         """Which user rows the scorer can score: all, except rows first seen live for
         scorers that look users up in trained tables (factor models): those get the
@@ -405,21 +434,42 @@ class CollaborativeRecommender:
         """Never recommend these items again (anywhere); ids the model does not know are
         ignored (they can never be recommended)."""
         assert self._items is not None and self._sellable is not None
-        cols = self._items.lookup(pl.Series(list(item_ids), dtype=pl.String))
+        cols = self.item_columns(pl.Series(list(item_ids), dtype=pl.String))
         self._sellable[:, cols[cols >= 0]] = False
         self._live = True
 
     def upsert_items(self, items: pl.DataFrame) -> list[str]:
-        """Replace known items' availability and regions (canonical items columns; a PUT
-        replaces the product: `regions` null = sold everywhere, `available` false = delisted).
-        Returns the ids the model does not know: new products, which the model itself
-        cannot score until it is trained with them."""
+        """Create or replace products (canonical items columns; a PUT replaces the product:
+        `regions` null = sold everywhere, `available` false = delisted). A new product gets a
+        column at once; scorers that place items by content (the two-tower) can recommend it
+        from the next request, the others only once trained with it. Returns the ids of the
+        products this call created."""
         assert self._items is not None and self._sellable is not None
-        cols = self._items.lookup(items.get_column("item_id"))
+        assert self._history is not None
+        items = items.unique("item_id", keep="last", maintain_order=True)
+        fresh = items.filter(pl.Series(self.item_columns(items.get_column("item_id")) < 0))
+        if fresh.height:
+            first = self._history.shape[1]
+            names = fresh.get_column("item_id").to_list()
+            self._live_items.update({i: first + j for j, i in enumerate(names)})
+            n_items = first + len(names)
+            self._history.resize((self._history.shape[0], n_items))
+            self._sellable = np.hstack(
+                [self._sellable, np.ones((self._sellable.shape[0], len(names)), dtype=bool)]
+            )
+            listed = np.full(len(names), np.nan)  # unknown listing time: always listed
+            if "created_at" in fresh.columns:
+                seconds = fresh.get_column("created_at").dt.epoch("us").cast(pl.Float64) / 1e6
+                listed = seconds.fill_null(np.nan).to_numpy()
+            self._listed_at = np.r_[self._listed_at, listed]
+            if np.isfinite(listed).any():  # a product exists from its listing on
+                self._advance_clock(float(np.nanmax(listed)))
+            grow = getattr(self.scorer, "grow_items", None)
+            if grow is not None:
+                grow(fresh)
+        cols = self.item_columns(items.get_column("item_id"))
         lookup = {name: j for j, name in enumerate(self._regions)}
         for col, row in zip(cols, items.iter_rows(named=True), strict=True):
-            if col < 0:
-                continue
             allowed = np.ones(len(self._regions) + 1, dtype=bool)
             if row.get("regions") is not None:
                 allowed[: len(self._regions)] = False
@@ -428,7 +478,7 @@ class CollaborativeRecommender:
                 allowed[:] = False
             self._sellable[:, col] = allowed
         self._live = True
-        return items.filter(pl.Series(cols < 0)).get_column("item_id").to_list()
+        return fresh.get_column("item_id").to_list()
 
     def upsert_users(self, users: pl.DataFrame) -> np.ndarray:
         """Profile updates (canonical users columns): users get a row if new; a `region`
@@ -540,6 +590,14 @@ def read_manifest(folder: str | Path) -> tuple[Path, dict[str, Any]]:
             f"{manifest_path}: written by a newer marketrec (format {manifest['format_version']})"
         )
     return path, manifest
+
+
+def _fill(scores: np.ndarray, rows: np.ndarray, scored: np.ndarray) -> None:
+    """Write a scorer's (len(rows), n) scores into `scores` rows; columns past n (products
+    listed live that this scorer cannot place yet) get -inf."""
+    n = scored.shape[1]
+    scores[rows, :n] = scored
+    scores[rows, n:] = -np.inf
 
 
 def _epoch_seconds(at: Sequence[datetime | None] | None, n: int) -> np.ndarray | None:

@@ -299,6 +299,51 @@ class TwoTowerScorer:
             self._data, users=grown, seq=grow_users(self._data.seq, n_users)
         )
 
+    def grow_items(self, items: pl.DataFrame) -> None:
+        """New products (canonical items rows, in the order of their new columns) join the
+        catalogue, placed by their content (text, category, brand, tags, price, age) as the
+        item tower places any item never trained on: recommendable from this call on."""
+        from marketrec.features.text import item_text
+        from marketrec.retrieval.inputs import ItemVocabs, encode_items
+        from marketrec.retrieval.training import item_vectors
+
+        if items.height == 0:
+            return
+        old = self._data.items
+        new = encode_items(
+            items.get_column("item_id"),
+            items,
+            ItemVocabs.from_dict(self._meta["item_vocabs"]),
+            self._text_encoder.encode(item_text(items)),
+        )
+        grown = type(old)(
+            **{
+                name: np.concatenate([getattr(old, name), getattr(new, name)])
+                for name in old.__dataclass_fields__
+            }
+        )
+        self._data = dataclasses.replace(
+            self._data,
+            items=grown,
+            item_trained=np.r_[self._data.item_trained, np.zeros(items.height, dtype=bool)],
+            item_category=np.r_[self._data.item_category, new.category],
+        )
+        rows = np.arange(len(old.id_bucket), len(grown.id_bucket))
+        added = item_vectors(self._model, self._data, self._meta["reference_ts"], rows=rows)
+        self._item_vectors = np.vstack([self._item_vectors, added]).astype(np.float32)
+        self.__dict__.pop("_new_items", None)
+
+    @cached_property
+    def _text_encoder(self) -> Any:
+        """The encoder the item texts were encoded with (the same vectors for the same
+        texts), rebuilt from the model folder once, when a first new item arrives."""
+        from marketrec.features.text import encoder_from_spec
+
+        spec = dict(self._meta["text_encoder"])
+        if self._meta.get("text_state"):
+            spec["state"] = self._meta["text_state"]
+        return encoder_from_spec(spec)
+
     def set_user_regions(self, user_rows: np.ndarray, region_idx: np.ndarray) -> None:
         """Home regions (model region indices, -1 = unknown) of existing user rows."""
         region = self._data.users.region.copy()

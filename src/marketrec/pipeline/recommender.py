@@ -431,8 +431,15 @@ class Recommender:
             )
         engaged = on_item & kind.is_in(list(_ENGAGEMENT)).to_numpy()
         self.stats.record(np.zeros(0, dtype=np.int64), cols[engaged])
-        self._reference_ts = max(self._reference_ts, float(ts.max()) + 1.0)
-        self._clock_moved = True
+        self._follow_clock()
+
+    def _follow_clock(self) -> None:
+        """Rank at the retrieval model's clock once live events or listings moved it past
+        the training data (a product listed "now" exists only from now on)."""
+        clock = self.retrieval.clock
+        if np.isfinite(clock) and not clock <= self._reference_ts:
+            self._reference_ts = clock
+            self._clock_moved = True
 
     def delist(self, item_ids: Sequence[str]) -> None:
         """Never recommend these items again (retrieval leaves them out, so no later step
@@ -440,9 +447,42 @@ class Recommender:
         self.retrieval.delist(item_ids)
 
     def upsert_items(self, items: pl.DataFrame) -> list[str]:
-        """Availability and regions of known products (see
-        `CollaborativeRecommender.upsert_items`); returns the ids the model does not know."""
-        return self.retrieval.upsert_items(items)
+        """Create or replace products (see `CollaborativeRecommender.upsert_items`): a new
+        product gets a column in every step after retrieval too, and counts as new for
+        exploration. Returns the ids this call created."""
+        assert self._seen is not None and self._items is not None and self.stats is not None
+        created = self.retrieval.upsert_items(items)
+        self._follow_clock()
+        if not created:
+            return created
+        n_items = self.retrieval.item_ids.len()
+        added = n_items - len(self.stats.impressions)
+        self._seen = self._seen.with_events(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            [],
+            len(self.retrieval.user_ids),
+            n_items,
+        )
+        listed = self.retrieval.listed_at[-added:]
+        info = self._items
+        # category codes are those of training; a product listed live has code 0 (none)
+        self._items = ItemInfo(
+            np.r_[info.category, np.zeros(added, np.int64)],
+            np.r_[info.top_category, np.zeros(added, np.int64)],
+            np.r_[info.listed_at, listed],
+            np.r_[info.train_events, np.zeros(added, np.int64)],
+        )
+        self.stats = ExplorationStats(
+            np.r_[self.stats.impressions, np.zeros(added, np.int64)],
+            np.r_[self.stats.clicks, np.zeros(added, np.int64)],
+        )
+        if self.ranking is not None:
+            fresh = items.filter(pl.col("item_id").is_in(created)).unique(
+                "item_id", keep="last", maintain_order=True
+            )
+            self.ranking.state = self.ranking.state.with_items(fresh, listed)
+        return created
 
     def upsert_users(self, users: pl.DataFrame) -> None:
         """Profile updates: new users get a row everywhere, a region becomes the home region

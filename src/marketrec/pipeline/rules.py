@@ -65,12 +65,18 @@ class SeenItems:
         return (sp.diags(known.astype(np.float32)) @ rows).tocsr()
 
     def with_events(
-        self, rows: np.ndarray, cols: np.ndarray, events: list[str], n_users: int
+        self,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        events: list[str],
+        n_users: int,
+        n_items: int | None = None,
     ) -> SeenItems:
         """These seen items plus live events (user rows, item columns, event names) for
-        `n_users` user rows: a user's next list leaves out what they just did. The union
-        matrices already built are updated, not rebuilt (a rebuild reads every pair)."""
-        shape = (max(n_users, self.shape[0]), self.shape[1])
+        `n_users` user rows and `n_items` item columns (products listed live): a user's
+        next list leaves out what they just did. The union matrices already built are
+        updated, not rebuilt (a rebuild reads every pair)."""
+        shape = (max(n_users, self.shape[0]), max(n_items or 0, self.shape[1]))
         kinds = np.array(events, dtype=object)
 
         def added(mask: np.ndarray) -> sp.csr_matrix:
@@ -117,7 +123,7 @@ class SeenItems:
 
 
 def _grown(matrix: sp.csr_matrix, shape: tuple[int, int]) -> sp.csr_matrix:
-    """`matrix` with more (empty) rows, when `shape` has more."""
+    """`matrix` with more (empty) rows and columns, when `shape` has more."""
     if matrix.shape == shape:
         return matrix
     out = matrix.copy()

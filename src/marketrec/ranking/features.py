@@ -232,6 +232,28 @@ class RankingState:
             user_region=region.astype(np.int64),
         )
 
+    def with_items(self, items: pl.DataFrame, listed_at: np.ndarray) -> RankingState:
+        """This state with products listed live (canonical items rows, in the order of their
+        new columns; `listed_at` epoch seconds). Their price and age are read; category and
+        brand codes are those of training, 0 for a value training never saw."""
+        if items.height == 0:
+            return self
+        ids = items.get_column("item_id").to_list()
+        return dataclasses.replace(
+            self,
+            item_category=np.r_[self.item_category, np.zeros(len(ids), np.int64)],
+            item_top_category=np.r_[self.item_top_category, np.zeros(len(ids), np.int64)],
+            item_brand=np.r_[self.item_brand, np.zeros(len(ids), np.int64)],
+            item_price=np.r_[
+                self.item_price, _column(items, "price", pl.Float64).fill_null(np.nan).to_numpy()
+            ],
+            item_listed=np.r_[self.item_listed, listed_at],
+            item_bucket=np.r_[
+                self.item_bucket,
+                [zlib.crc32(s.encode()) % (ITEM_BUCKETS - 1) + 1 for s in ids],
+            ].astype(np.int64),
+        )
+
     def with_user_regions(self, user_rows: np.ndarray, region_idx: np.ndarray) -> RankingState:
         """Home regions (model region indices, -1 = unknown) of existing user rows."""
         region = self.user_region.copy()

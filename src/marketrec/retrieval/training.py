@@ -283,15 +283,22 @@ def embed_users(
     return model.users(f, history, f["queries"])
 
 
-def item_vectors(model: TwoTower, data: TwoTowerData, at: float, batch: int = 8192) -> np.ndarray:
-    """(n_items, D + 1) vectors and biases of the whole catalogue as of time `at`; items never
-    trained on are placed by content alone."""
+def item_vectors(
+    model: TwoTower,
+    data: TwoTowerData,
+    at: float,
+    batch: int = 8192,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """(n_items, D + 1) vectors and biases of the whole catalogue (or of the item `rows`) as
+    of time `at`; items never trained on are placed by content alone."""
     model.eval()
-    n = len(data.items.id_bucket)
+    wanted = np.arange(len(data.items.id_bucket)) if rows is None else np.asarray(rows)
+    n = len(wanted)
     out = []
     with torch.no_grad():
         for start in range(0, n, batch):
-            idx = np.arange(start, min(start + batch, n))
+            idx = wanted[start : min(start + batch, n)]
             mask = torch.from_numpy(data.item_trained[idx].astype(np.float32))
             out.append(model.items(item_features(data, idx, np.full(len(idx), at)), mask))
     return (
