@@ -37,3 +37,27 @@ class ConfigError(MarketrecError):
 
 class ModelError(MarketrecError):
     """A model folder is missing, unreadable or of an unknown kind."""
+
+
+class RecordError(MarketrecError):
+    """A record that arrived over the wire (an event, an item or user update) is invalid.
+
+    `record` says which one ("event 3", "item", "user"); `field` names the offending field when
+    the problem is about one. The HTTP layer answers it with a 4xx and this message, so the
+    message must be enough for a client to fix the request.
+    """
+
+    def __init__(
+        self,
+        record: str,
+        problem: str,
+        *,
+        field: str | None = None,
+        index: int | None = None,
+    ) -> None:
+        self.record = record
+        self.problem = problem
+        self.field = field
+        self.index = index
+        where = record if field is None else f"{record}: field '{field}'"
+        super().__init__(f"{where}: {problem}")
