@@ -234,6 +234,8 @@ class CollaborativeRecommender:
             history = self._history[np.maximum(rows, 0)]
             history = sp.diags(known.astype(np.float32)) @ history  # unknown users: empty rows
         warm = np.diff(history.indptr) > 0
+        # scorers know the trained columns only (products listed live come after them)
+        trained = history[:, : len(self._items)] if self._live_items else history
         if embeds_cold:
             warm = np.ones(len(rows), dtype=bool)  # the scorer embeds cold users itself
         warm &= self._scorable(rows)
@@ -245,7 +247,7 @@ class CollaborativeRecommender:
                 warm_rows,
                 self.scorer.score(
                     rows[warm_rows],
-                    history[warm_rows],
+                    trained[warm_rows],
                     region_idx[warm_rows],
                     None if moments is None else moments[warm_rows],
                 ),
@@ -255,7 +257,7 @@ class CollaborativeRecommender:
             _fill(
                 scores,
                 cold_rows,
-                self.fallback.score(rows[cold_rows], history[cold_rows], region_idx[cold_rows]),
+                self.fallback.score(rows[cold_rows], trained[cold_rows], region_idx[cold_rows]),
             )
         scores[~self._sellable[region_idx]] = -np.inf
         self._hide_unlisted(scores, moments)
