@@ -252,6 +252,19 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     console.print(f"wrote {recs.height:,} recommendations for {len(users):,} users → {out}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from marketrec.serving.server import check_model_folder, serve
+
+    check_model_folder(args.model)  # a bad path fails before anything starts
+    store = args.store or "SQLite in MODEL/state/events.sqlite"
+    plural = "s" if args.workers != 1 else ""
+    console.print(
+        f"serving {args.model} on http://{args.host}:{args.port} "
+        f"({args.workers} worker{plural}, event log: {store}); Ctrl-C stops"
+    )
+    serve(args.model, host=args.host, port=args.port, store=args.store, workers=args.workers)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from marketrec.data.split import load_split
     from marketrec.evaluation.offline import (
@@ -532,6 +545,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-seen", action="store_true", help="keep items the user already interacted with"
     )
     p.set_defaults(run=cmd_recommend)
+
+    p = sub.add_parser("serve", help="serve the HTTP API (CONTRACT §6) for a model folder")
+    p.add_argument("model")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="event log: redis://HOST:PORT/DB or sqlite:///PATH "
+        "(default: SQLite in MODEL/state/events.sqlite)",
+    )
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("evaluate", help="offline top-K metrics on a split folder")
     p.add_argument("split", help="folder written by `marketrec split` (train/ and test/)")

@@ -1,0 +1,415 @@
+"""The online state of one serving worker: a loaded model that follows the event log.
+
+The event log (`marketrec.online.log`) is the source of truth; a `LiveRecommender` is a
+deterministic function of it. Every write (`ingest`, `put_item`, `delete_item`, `put_user`)
+appends to the log first, durably, and only then applies what it wrote, and every read
+(`recommend`, `history`) first applies whatever other writers appended since the last read
+(`sync`). So with several worker processes tailing one log, a request answered by any worker
+already reflects every write acknowledged by any worker before it, and a worker that starts
+(or restarts) rebuilds the same state by replaying the log from the beginning (`recover`).
+
+Model state is mutated by `sync` and read by recommendations, from the threads of the HTTP
+server's pool: one lock serialises both. With the GIL the model's Python work runs one thread
+at a time anyway; throughput comes from worker processes, not threads.
+
+The clock: requests pass no ranking moment (`at=None`), so they rank at the model's own
+"now": one second past its training data, moved forward by the events and listings it absorbs
+(`CollaborativeRecommender.clock`). A replayed historic stream thus ranks at its own time and
+a live one at the present, and every worker, applying the same log, keeps the same clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+from marketrec.core.errors import MarketrecError
+from marketrec.models.base import CollaborativeRecommender
+from marketrec.online.log import Entry, EventLog, Record, open_log
+from marketrec.online.records import (
+    events_from_payloads,
+    parse_event_payloads,
+    parse_item_update,
+    parse_user_update,
+)
+from marketrec.pipeline.recommender import Recommender, load_recommender
+
+log = logging.getLogger(__name__)
+
+Model = Recommender | CollaborativeRecommender
+
+#: Records read from the log per page while syncing (bounds the memory of a long replay).
+PAGE = 2_000
+#: Online events kept per user for `history`.
+HISTORY_SIZE = 200
+#: The state folder inside a model folder: the default SQLite event log lives there.
+STATE_FOLDER = "state"
+
+
+class UnknownItemError(MarketrecError):
+    """An item id neither the model nor the event log knows (the HTTP layer answers 404)."""
+
+    def __init__(self, item_id: str) -> None:
+        self.item_id = item_id
+        super().__init__(f"item '{item_id}' is unknown (neither in the model nor ever PUT)")
+
+
+class NotReadyError(RuntimeError):
+    """The state is still being recovered from the log (the HTTP layer answers 503).
+
+    Not a `MarketrecError`: the client did nothing wrong and should retry."""
+
+
+class Observer(Protocol):
+    """Where a `LiveRecommender` reports timings and counts (the service's metrics)."""
+
+    def stage(self, name: str, seconds: float) -> None: ...
+
+    def ingested(self, count: int) -> None: ...
+
+    def effect(self, seconds: float) -> None: ...
+
+
+class _NoObserver:
+    def stage(self, name: str, seconds: float) -> None:
+        pass
+
+    def ingested(self, count: int) -> None:
+        pass
+
+    def effect(self, seconds: float) -> None:
+        pass
+
+
+@dataclass
+class SyncReport:
+    """What one `sync` applied (for logs and tests)."""
+
+    records: int = 0
+    events: int = 0
+    failed: int = 0
+    offset: int = 0
+
+
+@dataclass
+class _State:
+    """Everything the log has taught this worker beyond the model itself."""
+
+    offset: int = 0  # the last log offset applied
+    created: set[str] = field(default_factory=set)  # items first PUT through the log
+    history: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    appended_at: dict[int, float] = field(default_factory=dict)  # own appends: offset → clock
+
+
+class LiveRecommender:
+    """One worker's online state: `model` + the `log` it follows up to `offset`."""
+
+    def __init__(
+        self,
+        model: Model,
+        log: EventLog,
+        *,
+        version: str,
+        history_size: int = HISTORY_SIZE,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.model = model
+        self.log = log
+        self.version = version
+        self.observer: Observer = observer or _NoObserver()
+        self.history_size = history_size
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._ready = False
+        self._recovering = False
+        self.recovery_error: str | None = None
+
+    # ----------------------------------------------------------------- set-up
+    @classmethod
+    def open(
+        cls, model_folder: str | Path, store: str | None = None, *, recover: bool = True
+    ) -> LiveRecommender:
+        """Load a model folder and its event log (`store` URL; default: SQLite in
+        MODEL/state/), then, with `recover`, replay the log."""
+        folder = Path(model_folder)
+        model = load_recommender(folder)
+        live = cls(model, open_log(store, folder / STATE_FOLDER), version=model_version(folder))
+        if recover:
+            live.recover()
+        return live
+
+    def recover(self) -> SyncReport:
+        """Replay the whole log (what a fresh worker does before it is ready)."""
+        started = time.perf_counter()
+        self._recovering = True
+        try:
+            report = self.sync()
+        except Exception as exc:
+            self.recovery_error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self._recovering = False
+        self._ready = True
+        log.info(
+            "recovered %d records (%d events) up to offset %d in %.2fs",
+            report.records,
+            report.events,
+            report.offset,
+            time.perf_counter() - started,
+        )
+        return report
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and the log replayed."""
+        return self._ready
+
+    @property
+    def offset(self) -> int:
+        """The last log offset applied to this worker's state."""
+        return self._state.offset
+
+    def close(self) -> None:
+        self.log.close()
+
+    # ----------------------------------------------------------------- reads
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        region: str | None = None,
+        device: str | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The CONTRACT §6 body of `GET /v1/recommendations` for one user.
+
+        `device` is accepted as request context for logs; no model reads it yet."""
+        self._check_ready()
+        started = time.perf_counter()
+        with self._lock:
+            self._sync_locked()
+            synced = time.perf_counter()
+            items = self._top(user_id, k, region)
+        done = time.perf_counter()
+        self.observer.stage("sync", synced - started)
+        self.observer.stage("model", done - synced)
+        return {
+            "user_id": user_id,
+            "items": items,
+            "model_version": self.version,
+            "request_id": request_id or uuid.uuid4().hex,
+        }
+
+    def history(self, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The user's most recent online events as logged, newest first (each with its log
+        `offset`). Only what arrived through the log: training events live in the model."""
+        self._check_ready()
+        with self._lock:
+            self._sync_locked()
+            kept = self._state.history.get(user_id)
+            return [] if kept is None else list(reversed(kept))[:limit]
+
+    def knows_item(self, item_id: str) -> bool:
+        """Whether the model's catalogue or the log has this item."""
+        return item_id in self._state.created or _in_catalogue(self.model, item_id)
+
+    # ----------------------------------------------------------------- writes
+    def ingest(self, payload: object) -> int:
+        """Validate a `POST /v1/events` body (one event or a list), append it to the log
+        durably (all or nothing) and apply it; returns the number of events accepted.
+        An invalid event raises `RecordError` before anything is logged."""
+        self._check_ready()
+        payloads = parse_event_payloads(payload, now=self._clock())
+        self._append([("event", p["user_id"], p) for p in payloads])
+        self.observer.ingested(len(payloads))
+        return len(payloads)
+
+    def put_item(self, item_id: str, payload: object) -> int:
+        """Create or replace a catalogue entry (`PUT /v1/items/{id}`); returns its offset."""
+        self._check_ready()
+        update = parse_item_update(payload, now=self._clock())
+        update.to_row(item_id)  # an id the catalogue schema refuses fails here, not in replay
+        return self._append([("item", item_id, update.to_payload())])
+
+    def delete_item(self, item_id: str) -> int:
+        """Delist an item: never recommended again. Unknown ids raise `UnknownItemError`."""
+        self._check_ready()
+        with self._lock:
+            self._sync_locked()  # an item PUT through another worker is known here too
+            known = self.knows_item(item_id)
+        if not known:
+            raise UnknownItemError(item_id)
+        return self._append([("item_delete", item_id, {})])
+
+    def put_user(self, user_id: str, payload: object) -> int:
+        """Set a user's region, sign-up time and attributes (`PUT /v1/users/{id}`)."""
+        self._check_ready()
+        update = parse_user_update(payload, now=self._clock())
+        update.to_row(user_id)
+        return self._append([("user", user_id, update.to_payload())])
+
+    def _append(self, entries: Sequence[Entry]) -> int:
+        """Log durably, then apply (with everything else logged since the last sync)."""
+        last = self.log.append(entries)
+        appended = time.perf_counter()
+        with self._lock:
+            self._state.appended_at[last] = appended
+            self._sync_locked()
+        return last
+
+    # ----------------------------------------------------------------- applying the log
+    def sync(self) -> SyncReport:
+        """Apply every log record after `offset`, in order (what each request does first)."""
+        with self._lock:
+            return self._sync_locked()
+
+    def _sync_locked(self) -> SyncReport:
+        report = SyncReport(offset=self._state.offset)
+        while True:
+            records = self.log.read(self._state.offset, limit=PAGE)
+            if not records:
+                break
+            for batch in _runs(records):
+                self._apply(batch, report)
+                self._state.offset = batch[-1].offset
+            report.records += len(records)
+            if len(records) < PAGE:
+                break
+        report.offset = self._state.offset
+        self._observe_effects()
+        return report
+
+    def _apply(self, batch: list[Record], report: SyncReport) -> None:
+        """One run of records of one kind. A record that fails to apply is logged and
+        skipped: it was validated before it was logged, so a failure is a bug in the model's
+        update, and stopping would freeze this worker at that offset forever."""
+        kind = batch[0].kind
+        try:
+            if kind == "event":
+                self._apply_events(batch)
+                report.events += len(batch)
+            elif kind == "item":
+                # items rows share one schema: one update for the run, the last PUT per id wins
+                rows = [parse_item_update(r.payload, now=0.0).to_row(r.key) for r in batch]
+                items = pl.concat(rows).unique("item_id", keep="last", maintain_order=True)
+                self.model.upsert_items(items)
+                self._state.created.update(r.key for r in batch)
+            elif kind == "item_delete":
+                self.model.delist([r.key for r in batch])
+            elif kind == "user":
+                # one at a time: each PUT carries its own attribute columns and types
+                for r in batch:
+                    self.model.upsert_users(parse_user_update(r.payload, now=0.0).to_row(r.key))
+            else:
+                raise ValueError(f"unknown record kind {kind!r}")
+        except Exception:
+            report.failed += len(batch)
+            log.exception(
+                "could not apply %d '%s' record(s) at offsets %d-%d; skipped",
+                len(batch),
+                kind,
+                batch[0].offset,
+                batch[-1].offset,
+            )
+
+    def _apply_events(self, batch: list[Record]) -> None:
+        payloads = [r.payload for r in batch]
+        self.model.absorb(events_from_payloads(payloads))
+        state = self._state
+        for record in batch:
+            kept = state.history.get(record.key)
+            if kept is None:
+                kept = state.history[record.key] = deque(maxlen=self.history_size)
+            kept.append({**record.payload, "offset": record.offset})
+
+    def _observe_effects(self) -> None:
+        """Event-to-effect lag of this worker's own appends that are now applied."""
+        pending = self._state.appended_at
+        if not pending:
+            return
+        now = time.perf_counter()
+        for offset in [o for o in pending if o <= self._state.offset]:
+            appended = pending.pop(offset)
+            if not self._recovering:
+                self.observer.effect(now - appended)
+
+    # ----------------------------------------------------------------- ranking
+    def _top(self, user_id: str, k: int, region: str | None) -> list[dict[str, Any]]:
+        model = self.model
+        if isinstance(model, Recommender):
+            frame = model.recommend_detailed([user_id], k, regions=[region], explain=False)
+            sources = frame.get_column("source").to_list()
+        else:
+            frame = model.recommend([user_id], k, regions=[region])
+            known = model.user_rows(pl.Series([user_id], dtype=pl.String))[0] >= 0
+            sources = ["retrieval" if known else "fallback"] * frame.height
+        return [
+            {"item_id": item, "score": _finite(score), "source": source}
+            for item, score, source in zip(
+                frame.get_column("item_id").to_list(),
+                frame.get_column("score").to_list(),
+                sources,
+                strict=True,
+            )
+        ]
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise NotReadyError("not ready: the event log is being replayed")
+
+
+# --------------------------------------------------------------------------- helpers
+def model_version(folder: str | Path) -> str:
+    """`<folder name>@<created_at>` from the model's manifest (a pipeline's or a single
+    model's), else the folder name with a hash of the manifest: the same folder always
+    names the same version, and a retrained one a new version."""
+    path = Path(folder)
+    for name in ("pipeline.json", "manifest.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        text = file.read_text()
+        try:
+            created = json.loads(text).get("created_at")
+        except (json.JSONDecodeError, AttributeError):
+            created = None
+        if created:
+            return f"{path.resolve().name}@{created}"
+        return f"{path.resolve().name}@{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+    return path.resolve().name
+
+
+def _runs(records: Iterable[Record]) -> list[list[Record]]:
+    """Consecutive records of the same kind, in order (events batch into one frame)."""
+    runs: list[list[Record]] = []
+    for record in records:
+        if runs and runs[-1][0].kind == record.kind:
+            runs[-1].append(record)
+        else:
+            runs.append([record])
+    return runs
+
+
+def _in_catalogue(model: Model, item_id: str) -> bool:
+    inner = model.retrieval if isinstance(model, Recommender) else model
+    return bool(inner.item_columns(pl.Series([item_id], dtype=pl.String))[0] >= 0)
+
+
+def _finite(value: float) -> float:
+    """JSON has no NaN or infinity."""
+    return float(value) if math.isfinite(value) else 0.0

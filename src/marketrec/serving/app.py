@@ -1,0 +1,380 @@
+"""The HTTP API of CONTRACT §6 over one worker's `LiveRecommender`.
+
+Endpoints that touch the model are plain `def`: FastAPI runs them in its thread pool, so a
+recommendation's CPU work never blocks the event loop that accepts the other connections
+(an `async def` doing the same work would serialise every request behind it). Only the
+trivial probes are `async`.
+
+Every error is JSON `{"error": "..."}`: bad input is 400 (404 for an unknown item or path),
+a state still being recovered or an event log that failed is 503 (retry), and only a bug is
+500. Each request gets a request id (uuid4 hex), returned in the `x-request-id` header and in
+the recommendation body, and logged with the request in one line (`record.fields`; the
+server's `serving.logs.JsonFormatter` writes them as one JSON object).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from marketrec import __version__
+from marketrec.core.errors import MarketrecError, RecordError
+from marketrec.online.live import LiveRecommender, NotReadyError, UnknownItemError
+from marketrec.online.log import EventLogError
+from marketrec.online.records import EventIn, ItemUpdate, UserUpdate
+from marketrec.serving.metrics import CONTENT_TYPE, ServiceMetrics
+
+log = logging.getLogger("marketrec.requests")
+
+MAX_K = 1000
+MAX_HISTORY = 1000
+_ID = {"min_length": 1, "max_length": 512}
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+# --------------------------------------------------------------------------- response bodies
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    source: str = Field(description="what put the item there: retrieval, fallback, exploration")
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    items: list[RecommendedItem]
+    model_version: str
+    request_id: str
+
+
+class Accepted(BaseModel):
+    accepted: int = Field(description="events durably in the event log")
+
+
+class History(BaseModel):
+    user_id: str
+    events: list[dict[str, Any]] = Field(
+        description="the user's online events as logged (ts in epoch seconds), newest first"
+    )
+
+
+class Written(BaseModel):
+    id: str
+    offset: int = Field(description="the event-log offset of the write")
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "invalid input"},
+    503: {"model": ErrorBody, "description": "not ready yet, or the event log failed: retry"},
+}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI request body for endpoints that validate the raw JSON themselves (so the
+    error names the event index and field the way `marketrec.online.records` words it)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_EVENT_SCHEMA = EventIn.model_json_schema()
+_EVENTS_BODY = _json_body({"anyOf": [_EVENT_SCHEMA, {"type": "array", "items": _EVENT_SCHEMA}]})
+
+
+# --------------------------------------------------------------------------- the app
+def create_app(live: LiveRecommender, *, owns_live: bool = False) -> FastAPI:
+    """The FastAPI app serving `live`. If `live` is not recovered yet, startup replays the
+    log in a background thread (`/readyz` answers 503 until it is done, `/healthz` 200 all
+    along). `owns_live`: close its event log at shutdown."""
+    metrics = ServiceMetrics(live.version)
+    live.observer = metrics
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not live.ready:
+            threading.Thread(target=_recover, args=(live,), name="recover", daemon=True).start()
+        yield
+        if owns_live:
+            live.close()
+
+    app = FastAPI(
+        title="marketrec",
+        version=__version__,
+        summary="Real-time two-stage recommendations (CONTRACT §6)",
+        lifespan=lifespan,
+    )
+    app.state.live = live
+    app.state.metrics = metrics
+    _add_error_handlers(app)
+    app.add_middleware(_RequestLog, metrics=metrics)  # type: ignore[arg-type]
+
+    @app.get("/v1/recommendations", response_model=Recommendations, responses=_ERRORS)
+    def recommendations(
+        request: Request,
+        user_id: Annotated[str, Query(**_ID)],
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+        region: Annotated[str | None, Query(max_length=512)] = None,
+        device: Annotated[str | None, Query(max_length=512)] = None,
+    ) -> dict[str, Any]:
+        """Top k for a user; unknown users are valid (cold start)."""
+        started = time.perf_counter()
+        body = live.recommend(user_id, k, region, device, request_id=_request_id(request))
+        metrics.stage("total", time.perf_counter() - started)
+        return body
+
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        response_model=Accepted,
+        responses=_ERRORS,
+        openapi_extra=_EVENTS_BODY,
+    )
+    def post_events(payload: Annotated[Any, Body()]) -> dict[str, int]:
+        """One event (CONTRACT §5) or a list; 202 once durably logged. A batch with an invalid
+        event is rejected whole, naming the event's index and field."""
+        return {"accepted": live.ingest(_decoded(payload))}
+
+    @app.get("/v1/users/{user_id}/history", response_model=History, responses=_ERRORS)
+    def history(
+        user_id: Annotated[str, Path(**_ID)],
+        limit: Annotated[int, Query(ge=1, le=MAX_HISTORY)] = 50,
+    ) -> dict[str, Any]:
+        """The user's most recent online events, newest first."""
+        return {"user_id": user_id, "events": live.history(user_id, limit)}
+
+    @app.put(
+        "/v1/items/{item_id}",
+        response_model=Written,
+        responses=_ERRORS,
+        openapi_extra=_json_body(ItemUpdate.model_json_schema()),
+    )
+    def put_item(
+        item_id: Annotated[str, Path(**_ID)], payload: Annotated[Any, Body()]
+    ) -> dict[str, Any]:
+        """Create or replace a catalogue entry (CONTRACT §1 item fields)."""
+        return {"id": item_id, "offset": live.put_item(item_id, _decoded(payload))}
+
+    @app.delete(
+        "/v1/items/{item_id}",
+        response_model=Written,
+        responses={**_ERRORS, 404: {"model": ErrorBody, "description": "unknown item"}},
+    )
+    def delete_item(item_id: Annotated[str, Path(**_ID)]) -> dict[str, Any]:
+        """Delist an item: never recommended again."""
+        return {"id": item_id, "offset": live.delete_item(item_id)}
+
+    @app.put(
+        "/v1/users/{user_id}",
+        response_model=Written,
+        responses=_ERRORS,
+        openapi_extra=_json_body(UserUpdate.model_json_schema()),
+    )
+    def put_user(
+        user_id: Annotated[str, Path(**_ID)], payload: Annotated[Any, Body()]
+    ) -> dict[str, Any]:
+        """Set a user's region, sign-up time and attributes."""
+        return {"id": user_id, "offset": live.put_user(user_id, _decoded(payload))}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """200 while the process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorBody, "description": "not ready"}})
+    async def readyz() -> Any:
+        """200 once the model is loaded and the event log replayed."""
+        if not live.ready:
+            problem = live.recovery_error or "replaying the event log"
+            return JSONResponse({"error": f"not ready: {problem}"}, status_code=503)
+        return {"status": "ready", "model_version": live.version, "offset": live.offset}
+
+    @app.get("/metrics", response_class=Response)
+    def prometheus() -> Response:
+        """Prometheus text format."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def _recover(live: LiveRecommender) -> None:
+    try:
+        live.recover()
+    except Exception:  # recovery_error says what; readyz reports it
+        logging.getLogger(__name__).exception("recovering the online state failed")
+
+
+def _decoded(payload: Any) -> Any:
+    """FastAPI decodes JSON bodies sent as `application/json`; one sent without that
+    content type arrives as bytes: decode it the same way (JSON is JSON)."""
+    if not isinstance(payload, bytes | bytearray):
+        return payload
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError("body", f"invalid JSON ({exc})") from None
+
+
+def _request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", None) or uuid.uuid4().hex)
+
+
+# --------------------------------------------------------------------------- errors
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, validation_message(exc.errors()))
+
+    @app.exception_handler(UnknownItemError)
+    async def unknown_item(request: Request, exc: UnknownItemError) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(MarketrecError)
+    async def bad_input(request: Request, exc: MarketrecError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(NotReadyError)
+    async def not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
+        return _error(503, str(exc))
+
+    @app.exception_handler(EventLogError)
+    async def log_failed(request: Request, exc: EventLogError) -> JSONResponse:
+        return _error(503, f"event log unavailable, nothing was recorded: {exc}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+
+_PLACES = {"query": "query parameter", "path": "path parameter", "body": "body"}
+
+
+def validation_message(errors: Any) -> str:
+    """FastAPI's validation errors as one line naming each parameter and its problem,
+    e.g. "query parameter 'k': must be ≥ 1"."""
+    parts = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ())]
+        place = _PLACES.get(loc[0], loc[0]) if loc else "request"
+        name = ".".join(loc[1:])
+        kind = error.get("type", "")
+        if kind == "json_invalid":
+            detail = (error.get("ctx") or {}).get("error", "")
+            parts.append(f"body: invalid JSON{f' ({detail})' if detail else ''}")
+            continue
+        if kind == "missing":
+            problem = "required"
+        elif kind == "greater_than_equal":
+            problem = f"must be ≥ {error['ctx']['ge']}"
+        elif kind == "less_than_equal":
+            problem = f"must be ≤ {error['ctx']['le']}"
+        elif kind == "int_parsing":
+            problem = "must be an integer"
+        else:
+            msg = str(error.get("msg", "invalid"))
+            problem = msg[:1].lower() + msg[1:]
+        where = f"{place} '{name}'" if name and place != "body" else place
+        if place == "body" and name:
+            where = f"body field '{name}'"
+        parts.append(f"{where}: {problem}")
+    return "; ".join(parts) or "invalid request"
+
+
+# --------------------------------------------------------------------------- request log
+class _RequestLog:
+    """Pure ASGI middleware (no per-request task, unlike `BaseHTTPMiddleware`): a request id
+    per request, the latency histogram per route template, errors by status, one JSON log
+    line per request."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        started_response = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started_response
+            started_response = started_response or message["type"] == "http.response.start"
+            await send_with_id(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception:
+            # a bug, not bad input: log it once with the request id and answer JSON here,
+            # so neither Starlette's plain-text 500 nor the server's own traceback follows
+            status = 500
+            log.exception("internal error", extra={"fields": {"request_id": request_id}})
+            if not started_response:
+                body = json.dumps({"error": f"internal error (request id {request_id})"})
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send_with_id({"type": "http.response.body", "body": body.encode()})
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(endpoint=endpoint).observe(seconds)
+            if status >= 400:
+                self.metrics.errors.labels(status=str(status)).inc()
+            if log.isEnabledFor(logging.INFO):
+                fields = {
+                    "request_id": request_id,
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "endpoint": endpoint,
+                    "status": status,
+                    "ms": round(seconds * 1000.0, 3),
+                }
+                log.info("request", extra={"fields": fields})

@@ -1,0 +1,99 @@
+"""The service's Prometheus metrics, one registry per app.
+
+A registry per app (not prometheus-client's global one) so several apps in one process (tests,
+two "workers" side by side) do not collide. With several worker processes each serves its own
+numbers: a scrape sees the worker that answered it (label the target per worker, or run one
+worker per scrape target).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+#: Seconds; dense below 50 ms, where the latency targets are.
+_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServiceMetrics:
+    """What `/metrics` shows; also the `Observer` a `LiveRecommender` reports to."""
+
+    def __init__(self, version: str) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram(
+            "marketrec_request_seconds",
+            "Time to answer a request, per endpoint (route template), end to end in the app.",
+            ["endpoint"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.stages = Histogram(
+            "marketrec_stage_seconds",
+            "Time per stage of a recommendation: sync (apply the log), model (the "
+            "recommender), total (the whole endpoint).",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "marketrec_events_ingested",
+            "Events accepted into the event log through this worker.",
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "marketrec_errors",
+            "Responses with an error status, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.effect_seconds = Histogram(
+            "marketrec_event_to_effect_seconds",
+            "Time from appending a record to the log to its effect on this worker's state.",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "marketrec_model_info",
+            "The model version this worker serves (value 1).",
+            ["version"],
+            registry=self.registry,
+        )
+        self.model_info.labels(version=version).set(1)
+
+    # the Observer protocol of marketrec.online.live
+    def stage(self, name: str, seconds: float) -> None:
+        self.stages.labels(stage=name).observe(seconds)
+
+    def ingested(self, count: int) -> None:
+        self.events.inc(count)
+
+    def effect(self, seconds: float) -> None:
+        self.effect_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

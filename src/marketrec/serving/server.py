@@ -1,0 +1,122 @@
+"""`marketrec serve`: the app under granian, with one or more worker processes.
+
+Each worker process builds its own `LiveRecommender` from the same model folder and event log
+(`worker_app`, the factory granian calls in every worker; the model folder and store URL
+reach it through environment variables, which worker processes inherit). Workers share no
+memory: they agree because each tails the one log, so any worker answers with every accepted
+event already applied (see `marketrec.online.live`).
+
+This module imports nothing heavy at import time: the parent process only checks the model
+folder and the store, then forks the workers, which load the model themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from marketrec.core.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+ENV_MODEL = "MARKETREC_SERVE_MODEL"
+ENV_STORE = "MARKETREC_SERVE_STORE"
+TARGET = "marketrec.serving.server:worker_app"
+#: Model folder manifests: a pipeline's, then a single model's.
+_MANIFESTS = ("pipeline.json", "manifest.json")
+#: One compute thread per worker: parallelism comes from worker processes, and BLAS or
+#: torch pools in every worker would fight over the same cores.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")
+
+_limits: Any = None  # threadpoolctl's limiter, kept alive for the life of the worker
+
+
+def check_model_folder(model: str | Path) -> Path:
+    """The model folder, resolved; a clear `ModelError` when it is not one."""
+    path = Path(model)
+    if not path.is_dir():
+        raise ModelError(f"{path}: model folder not found")
+    if not any((path / name).is_file() for name in _MANIFESTS):
+        raise ModelError(
+            f"{path}: not a model folder (no {' or '.join(_MANIFESTS)}; "
+            "create one with `marketrec train`)"
+        )
+    return path.resolve()
+
+
+def serve(
+    model: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    store: str | None = None,
+    workers: int = 1,
+) -> None:
+    """Serve CONTRACT §6 until interrupted. `store`: event-log URL (default SQLite in
+    MODEL/state/events.sqlite; `redis://HOST:PORT/DB`)."""
+    from marketrec.online.live import STATE_FOLDER
+    from marketrec.online.log import open_log
+
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if not 0 < port < 65_536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {port}")
+    folder = check_model_folder(model)
+    # fail here, once, on a bad URL or an unreachable Redis (and create the SQLite file
+    # before several workers race to)
+    open_log(store, folder / STATE_FOLDER).close()
+    os.environ[ENV_MODEL] = str(folder)
+    if store is None:
+        os.environ.pop(ENV_STORE, None)
+    else:
+        os.environ[ENV_STORE] = store
+    for name in _THREAD_VARS:
+        os.environ.setdefault(name, "1")
+
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        TARGET,
+        address=host,
+        port=port,
+        workers=workers,
+        interface=Interfaces.ASGI,
+        factory=True,
+        log_access=False,  # the app logs each request itself, with its request id
+    ).serve()
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (granian's factory): load the model, open the log; the
+    app's startup replays the log in the background while `/readyz` answers 503."""
+    from marketrec.online.live import LiveRecommender
+    from marketrec.serving.app import create_app
+    from marketrec.serving.logs import configure_service_logging
+
+    single_threaded()
+    configure_service_logging()
+    model = os.environ.get(ENV_MODEL)
+    if not model:
+        raise ConfigError(f"{ENV_MODEL} is not set (start the service with `marketrec serve`)")
+    live = LiveRecommender.open(model, os.environ.get(ENV_STORE) or None, recover=False)
+    log.info("worker %d: model %s loaded", os.getpid(), live.version)
+    return create_app(live, owns_live=True)
+
+
+def single_threaded() -> None:
+    """One torch and one BLAS thread in this process."""
+    global _limits
+    from threadpoolctl import threadpool_limits
+
+    _limits = threadpool_limits(limits=1)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency; a model may not need it
+        return
+    torch.set_num_threads(1)
