@@ -320,3 +320,15 @@ def test_user_field_problems_are_named(body: dict[str, object], field: str) -> N
 def test_times_are_kept_to_the_microsecond() -> None:
     ts = NOW_DT + timedelta(microseconds=7)
     assert ts_of(view(ts=ts.isoformat())) == ts
+
+
+def test_an_event_stamped_in_the_future_is_refused() -> None:
+    from marketrec.core.errors import RecordError
+    from marketrec.online.records import MAX_FUTURE_SECONDS, parse_events
+
+    now = 1.8e9
+    ok = {"user_id": "u", "item_id": "i", "event": "view", "ts": now + MAX_FUTURE_SECONDS - 1}
+    assert parse_events([ok], now=now).height == 1
+    late = {**ok, "ts": now + 3600}
+    with pytest.raises(RecordError, match=r"event 1: field 'ts': 3600 s in the future"):
+        parse_events([ok, late], now=now)

@@ -56,6 +56,8 @@ EVENT_FIELDS = (
     "query",
 )
 
+#: An event may be stamped at most this far after the server's clock (clock skew).
+MAX_FUTURE_SECONDS = 300.0
 #: Epoch seconds at or beyond this are refused: they are almost surely milliseconds.
 _MAX_EPOCH_SECONDS = 1e11
 _INT64 = (-(2**63), 2**63 - 1)
@@ -198,6 +200,16 @@ def _event_payload(index: int, raw: object, now: float) -> dict[str, Any]:
         raise _record_error(record, exc, EventIn, index) from None
     out = event.model_dump(exclude_none=True)
     out["ts"] = now if event.ts is None else event.ts
+    if out["ts"] > now + MAX_FUTURE_SECONDS:
+        # a live model ranks at its latest event's moment: one event stamped in the future
+        # would move every later list there
+        raise RecordError(
+            record,
+            f"{out['ts'] - now:.0f} s in the future (clocks may differ by at most "
+            f"{MAX_FUTURE_SECONDS:.0f} s)",
+            field="ts",
+            index=index,
+        )
     return out
 
 

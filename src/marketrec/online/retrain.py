@@ -1,0 +1,162 @@
+"""Full retraining from the event log: the training data plus everything the service took in.
+
+The event log holds every event, product and profile change accepted since the model was
+trained; `dataset_with_log` folds them into the training dataset (events appended; items and
+users replaced by their last PUT; delisted items marked unavailable), and `retrain` fits a
+model of the same kind and settings on the result. The new folder records the log offset it
+was trained up to, so a worker that swaps it in replays only the records after it
+(`LiveRecommender`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from marketrec.core.errors import ModelError
+from marketrec.data.schema import (
+    Dataset,
+    make_dataset,
+    validate_items,
+    validate_users,
+)
+from marketrec.models.base import CollaborativeRecommender
+from marketrec.models.registry import create
+from marketrec.online.log import EventLog
+from marketrec.online.records import events_from_payloads, parse_item_update, parse_user_update
+from marketrec.pipeline.recommender import Recommender, load_recommender
+
+log = logging.getLogger(__name__)
+
+#: the file in a retrained model folder that names the log offset it was trained up to
+TRAINED_LOG = "trained_log.json"
+_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class LogFold:
+    """A dataset with the log folded in, and how much of the log that was."""
+
+    data: Dataset
+    offset: int
+    events: int
+    items: int
+    users: int
+
+
+def dataset_with_log(data: Dataset, event_log: EventLog, upto: int | None = None) -> LogFold:
+    """`data` plus the log's records up to offset `upto` (None: all of them)."""
+    events: list[dict] = []
+    items: dict[str, pl.DataFrame] = {}
+    delisted: set[str] = set()
+    users: dict[str, pl.DataFrame] = {}
+    offset = 0
+    while True:
+        records = event_log.read(offset, limit=_PAGE)
+        records = [r for r in records if upto is None or r.offset <= upto]
+        if not records:
+            break
+        for record in records:
+            if record.kind == "event":
+                events.append(record.payload)
+            elif record.kind == "item":
+                items[record.key] = parse_item_update(record.payload, now=0.0).to_row(record.key)
+                delisted.discard(record.key)
+            elif record.kind == "item_delete":
+                delisted.add(record.key)
+            elif record.kind == "user":
+                users[record.key] = parse_user_update(record.payload, now=0.0).to_row(record.key)
+        offset = records[-1].offset
+        if len(records) < _PAGE:
+            break
+    merged_events = data.events
+    if events:
+        merged_events = pl.concat(
+            [data.events, events_from_payloads(events)], how="diagonal_relaxed"
+        )
+    catalogue = _replaced(data.items, list(items.values()), "item_id")
+    if delisted:
+        if "available" not in catalogue.columns:
+            catalogue = catalogue.with_columns(available=pl.lit(True))
+        catalogue = catalogue.with_columns(
+            available=pl.when(pl.col("item_id").is_in(sorted(delisted)))
+            .then(False)
+            .otherwise(pl.col("available"))
+        )
+    profiles = _replaced(data.users, list(users.values()), "user_id")
+    folded = make_dataset(
+        merged_events,
+        validate_items(catalogue, []),
+        validate_users(profiles, []),
+    )
+    return LogFold(folded, offset, len(events), len(items) + len(delisted), len(users))
+
+
+def _replaced(table: pl.DataFrame, rows: list[pl.DataFrame], key: str) -> pl.DataFrame:
+    """`table` with `rows` replacing the rows of the same `key` (new keys appended)."""
+    if not rows:
+        return table
+    updates = pl.concat(rows, how="diagonal_relaxed")
+    kept = table.filter(~pl.col(key).is_in(updates.get_column(key).implode()))
+    return pl.concat([kept, updates], how="diagonal_relaxed")
+
+
+def same_kind(folder: Path) -> Recommender | CollaborativeRecommender:
+    """An unfitted model of the kind and settings of the model folder `folder`."""
+    loaded = load_recommender(folder)
+    if isinstance(loaded, Recommender):
+        retrieval = _fresh(loaded.retrieval)
+        return Recommender(retrieval, loaded.config, loaded.ranking_params)
+    return _fresh(loaded)
+
+
+def _fresh(model: CollaborativeRecommender) -> CollaborativeRecommender:
+    return create(
+        model.name,
+        model.scorer.params.model_dump(),
+        fallback=model.fallback.params.model_dump(),
+        interactions=model.interaction_config,
+    )
+
+
+def retrain(
+    model_folder: Path, data: Dataset, event_log: EventLog, out: Path
+) -> tuple[Path, LogFold]:
+    """Fit a model like `model_folder`'s on `data` plus the whole log; save it to `out` with
+    the log offset it saw (`trained_log.json`)."""
+    if out.resolve() == model_folder.resolve():
+        raise ModelError(f"{out}: the retrained model needs a folder of its own")
+    fold = dataset_with_log(data, event_log)
+    model = same_kind(model_folder)
+    log.info(
+        "retraining on %s events (%s from the log, up to offset %s)",
+        f"{fold.data.events.height:,}",
+        f"{fold.events:,}",
+        fold.offset,
+    )
+    model.fit(fold.data)
+    model.save(out)
+    (out / TRAINED_LOG).write_text(json.dumps({"offset": fold.offset}))
+    return out, fold
+
+
+def trained_offset(folder: Path) -> int:
+    """The log offset a model folder was trained up to (0: trained before any log)."""
+    file = Path(folder) / TRAINED_LOG
+    if not file.exists():
+        return 0
+    return int(json.loads(file.read_text()).get("offset", 0))
+
+
+__all__ = [
+    "TRAINED_LOG",
+    "LogFold",
+    "dataset_with_log",
+    "retrain",
+    "same_kind",
+    "trained_offset",
+]
