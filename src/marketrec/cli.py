@@ -262,7 +262,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         f"serving {args.model} on http://{args.host}:{args.port} "
         f"({args.workers} worker{plural}, event log: {store}); Ctrl-C stops"
     )
-    serve(args.model, host=args.host, port=args.port, store=args.store, workers=args.workers)
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        store=args.store,
+        workers=args.workers,
+        store_prefix=args.store_prefix,
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -338,6 +345,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         seed=args.seed,
         models=tuple(args.models),
         tune=not args.no_tune,
+        serving_model=not args.no_serve,
     )
     started = time.perf_counter()
     with console.status("demo…") as status:
@@ -348,6 +356,49 @@ def cmd_demo(args: argparse.Namespace) -> None:
         f"demo finished in {time.perf_counter() - started:.0f}s; "
         f"data, models and metrics are in {config.out}/"
     )
+    if result.model is None:
+        return
+    url = f"http://{args.host}:{args.port}"
+    console.print(_DEMO_REQUESTS.format(url=url, model=result.model, **_demo_values(result.model)))
+    # a fresh process: granian forks its workers, and a fork of this one, whose torch thread
+    # pools trained the model, hung in the worker (measured)
+    serve_args = ["serve", str(result.model), "--host", args.host, "--port", str(args.port)]
+    code = "import sys; from marketrec.cli import main; sys.exit(main())"
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-c", code, *serve_args])
+
+
+_DEMO_REQUESTS = """
+serving the two-stage model {model} on {url} (Ctrl-C stops; `marketrec serve {model}` again later)
+try, from another terminal:
+  curl '{url}/v1/recommendations?user_id={user}&k=5'
+  curl -X POST {url}/v1/events -H 'content-type: application/json' \\
+       -d '{{"user_id": "{user}", "item_id": "{item}", "event": "purchase"}}'
+  curl '{url}/v1/recommendations?user_id={user}&k=5'        # {item} is left out now
+  curl '{url}/v1/users/{user}/history?limit=5'
+  curl '{url}/v1/recommendations?user_id=someone-new&region={region}&k=5'   # cold start
+  curl -X PUT {url}/v1/items/new-product -H 'content-type: application/json' \\
+       -d '{{"title": "a brand new product", "category": "{category}", "price": 19.9}}'
+  curl '{url}/metrics'   # Prometheus;  {url}/docs: the OpenAPI page
+"""
+
+
+def _demo_values(model_folder: Path) -> dict[str, str]:
+    """A real user, the item on top of their list, a region and a category of the demo
+    world, so the printed requests work as they are."""
+    import polars as pl
+
+    from marketrec.pipeline.recommender import Recommender
+
+    data = model_folder.parent / "data"
+    events = pl.read_parquet(data / "events.parquet", columns=["user_id"])
+    user = str(events.get_column("user_id").mode().sort()[0])
+    item = Recommender.load(model_folder).recommend([user], 1).get_column("item_id")[0]
+    users = pl.read_parquet(data / "users.parquet")
+    items = pl.read_parquet(data / "items.parquet")
+    region = users.get_column("region").drop_nulls().mode().sort()[0]
+    category = items.get_column("category").drop_nulls().mode().sort()[0]
+    return {"user": user, "item": str(item), "region": str(region), "category": str(category)}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -556,6 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="event log: redis://HOST:PORT/DB or sqlite:///PATH "
         "(default: SQLite in MODEL/state/events.sqlite)",
     )
+    p.add_argument(
+        "--store-prefix",
+        metavar="PREFIX",
+        help="key prefix of a Redis store (default marketrec:), so several deployments or "
+        "test runs share one database; SQLite ignores it",
+    )
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
     p.set_defaults(run=cmd_serve)
 
@@ -588,7 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the available models and their parameters")
     p.set_defaults(run=cmd_models)
 
-    p = sub.add_parser("demo", help="generate a marketplace, train the baselines, evaluate")
+    p = sub.add_parser(
+        "demo",
+        help="generate a marketplace, evaluate the baselines, train the two-stage model, serve it",
+    )
     p.add_argument("--out", default="demo-output")
     p.add_argument("--users", type=_positive_int, default=20_000)
     p.add_argument("--items", type=_positive_int, default=3_000)
@@ -600,6 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=["popularity", "region-popularity", "itemknn", "ease", "als", "bpr"],
     )
     p.add_argument("--no-tune", action="store_true", help="use default hyper-parameters")
+    p.add_argument(
+        "--no-serve",
+        action="store_true",
+        help="stop after the evaluation (no two-stage model, no service)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
     p.set_defaults(run=cmd_demo)
     return parser
 

@@ -13,7 +13,7 @@ from marketrec.online.retrain import dataset_with_log, retrain, same_kind, train
 from marketrec.pipeline.recommender import Recommender, load_recommender
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-from market_model import market, train_model  # noqa: E402
+from market_model import market, train_model
 
 
 def filled_log(path: Path) -> SQLiteEventLog:
@@ -43,7 +43,7 @@ def test_retrain_fits_the_same_kind_on_data_plus_log(tmp_path: Path) -> None:
     folder = train_model(tmp_path / "model")
     fresh = same_kind(folder)
     assert isinstance(fresh, Recommender) and fresh.retrieval.name == "itemknn"
-    out, fold = retrain(folder, market(), filled_log(tmp_path / "log.sqlite"), tmp_path / "v2")
+    out, _ = retrain(folder, market(), filled_log(tmp_path / "log.sqlite"), tmp_path / "v2")
     assert trained_offset(out) == 5 and trained_offset(folder) == 0
     model = load_recommender(out)
     assert "fresh" in model.retrieval.item_ids.to_list()

@@ -166,3 +166,47 @@ def test_a_product_listed_live_is_recommendable_at_once(model: Recommender) -> N
     assert model.stats.clicks[-1] == 1
     model.delist(["fresh-toy"])
     assert "fresh-toy" not in model.recommend(everyone, 14).get_column("item_id").to_list()
+
+
+def _rules_hold(model: Recommender, market: Dataset, recs: pl.DataFrame) -> None:
+    for user, mine in recs.group_by("user_id"):
+        seen = set(market.events.filter(pl.col("user_id") == user[0])["item_id"].to_list())
+        assert not seen & set(mine["item_id"].to_list())
+    assert "south-only" not in recs.filter(pl.col("user_id") == "u00")["item_id"].to_list()
+
+
+def test_a_failing_ranker_degrades_to_retrieval_order(
+    model: Recommender, market: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ranker raising (or the budget spent before ranking) still answers k items by
+    the rules, in retrieval order, saying why."""
+    model.ranking.active = True
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ranker down")
+
+    monkeypatch.setattr(model.ranking, "score", broken)
+    recs = model.recommend_detailed(["u00", "u02"], 5)
+    assert recs.height == 10 and set(recs["source"].to_list()) <= {"retrieval", "exploration"}
+    assert all("ranker down" in s for s in recs["signals"].to_list() if s)
+    _rules_hold(model, market, recs)
+
+
+def test_a_failing_retrieval_degrades_to_regional_popularity(
+    model: Recommender, market: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("index down")
+
+    monkeypatch.setattr(model.retrieval, "top_items", broken)
+    recs = model.recommend_detailed(["u00", "u02", "nobody"], 5)
+    assert recs.height == 15 and set(recs["source"].to_list()) <= {"fallback", "exploration"}
+    _rules_hold(model, market, recs)
+
+
+def test_a_spent_budget_skips_the_ranker(model: Recommender, market: Dataset) -> None:
+    model.ranking.active = True
+    model.config = model.config.model_copy(update={"rank_budget_ms": 1e-6})
+    recs = model.recommend_detailed(["u00"], 5)
+    assert recs.height == 5 and all("budget" in s for s in recs["signals"].to_list())
+    _rules_hold(model, market, recs)

@@ -57,3 +57,11 @@ def train_model(folder: Path) -> Path:
     """Fit the pipeline around item-kNN on `market()` and save it to `folder`."""
     Recommender(create("itemknn"), PipelineConfig()).fit(market()).save(folder)
     return folder
+
+
+def train_tower_model(folder: Path) -> Path:
+    """The pipeline around a small two-tower (hashed text, 2 epochs: about 2 s), which places
+    products listed live by their content, so a PUT item is recommendable at once."""
+    params = {"text_encoder": "hashed", "epochs": 2, "validation_fraction": 0.0}
+    Recommender(create("two-tower", params), PipelineConfig()).fit(market()).save(folder)
+    return folder

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from market_model import ITEMS, train_model
+from market_model import ITEMS, train_model, train_tower_model
 
 from marketrec.online.live import LiveRecommender, model_version
 from marketrec.online.log import SQLiteEventLog
@@ -281,6 +281,75 @@ def test_put_user_sets_the_home_region(client: TestClient) -> None:
     assert response.status_code == 400 and "tastes" in error_of(response)
 
 
+# --------------------------------------------------------------------------- GET /v1/items
+ITEM_FIELDS = {"item_id", "known", "recommendable", "sellable_regions", "listed_live"}
+
+
+def item_state(client: TestClient, item_id: str) -> dict:
+    response = client.get(f"/v1/items/{item_id}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == ITEM_FIELDS and body["item_id"] == item_id and body["known"] is True
+    return body
+
+
+def test_get_item_describes_trained_items(client: TestClient) -> None:
+    assert item_state(client, "c0-0") == {
+        "item_id": "c0-0",
+        "known": True,
+        "recommendable": True,
+        "sellable_regions": None,
+        "listed_live": False,
+    }
+    north = item_state(client, "north-only")
+    assert north["recommendable"] and north["sellable_regions"] == ["north"]
+    delisted = item_state(client, "del")  # trained as unavailable
+    assert not delisted["recommendable"] and delisted["sellable_regions"] == []
+
+
+def test_get_unknown_item_is_404(client: TestClient) -> None:
+    response = client.get("/v1/items/no-such-item")
+    assert response.status_code == 404
+    assert "no-such-item" in error_of(response)
+
+
+def test_get_item_follows_puts_and_deletes(client: TestClient) -> None:
+    assert client.put("/v1/items/del", json={"title": "back"}).status_code == 200
+    relisted = item_state(client, "del")
+    assert relisted["recommendable"] and relisted["sellable_regions"] is None
+    assert not relisted["listed_live"]
+    assert client.put("/v1/items/c1-1", json={"regions": ["south"]}).status_code == 200
+    assert item_state(client, "c1-1")["sellable_regions"] == ["south"]
+    assert client.delete("/v1/items/c1-1").status_code == 200
+    gone = item_state(client, "c1-1")
+    assert not gone["recommendable"] and gone["sellable_regions"] == []
+    # item-kNN cannot place a product it was not trained with: known, listed, not recommendable
+    assert (
+        client.put("/v1/items/fresh", json={"title": "new", "regions": ["north"]}).status_code
+        == 200
+    )
+    fresh = item_state(client, "fresh")
+    assert fresh["listed_live"] and not fresh["recommendable"]
+    assert fresh["sellable_regions"] == ["north"]
+
+
+def test_a_product_put_into_a_two_tower_model_is_recommendable(tmp_path: Path) -> None:
+    model = train_tower_model(tmp_path / "tower")
+    live = open_live(model, tmp_path / "state" / "events.sqlite")
+    with TestClient(create_app(live)) as client:
+        assert item_state(client, "c2-2")["recommendable"]
+        body = {"title": "A wooden puzzle", "category": "Toys > Puzzles", "price": 9.0}
+        assert client.put("/v1/items/tower-new", json=body).status_code == 200
+        state = item_state(client, "tower-new")
+        assert state["recommendable"] and state["listed_live"]
+        assert state["sellable_regions"] is None
+        everything = len(ITEMS) + 3
+        assert "tower-new" in recommended(client, "never-seen", k=everything)
+        assert client.delete("/v1/items/tower-new").status_code == 200
+        assert not item_state(client, "tower-new")["recommendable"]
+    live.close()
+
+
 # --------------------------------------------------------------------------- workers, restart
 def test_two_workers_on_one_log_see_each_others_writes(
     model_folder: Path, log_file: Path, live: LiveRecommender, client: TestClient
@@ -298,6 +367,7 @@ def test_two_workers_on_one_log_see_each_others_writes(
         assert second.delete(f"/v1/items/{shown}").status_code == 200  # and the other way
         assert shown not in all_lists(client, ["never-seen", "u00", "u30"])
         assert client.put("/v1/items/from-two", json={"title": "t"}).status_code == 200
+        assert item_state(second, "from-two")["listed_live"]  # known to the other worker
         assert second.delete("/v1/items/from-two").status_code == 200  # known through the log
     other.close()
 
@@ -399,7 +469,7 @@ def test_openapi_lists_the_paths(client: TestClient) -> None:
         "/readyz",
         "/metrics",
     } <= set(spec["paths"])
-    assert set(spec["paths"]["/v1/items/{item_id}"]) == {"put", "delete"}
+    assert set(spec["paths"]["/v1/items/{item_id}"]) == {"get", "put", "delete"}
     body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]
     assert "anyOf" in body["schema"]
 

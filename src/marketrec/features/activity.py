@@ -8,6 +8,7 @@ over events and without materialising per-hour snapshots.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,17 @@ class ActivityCounter:
         start = np.zeros_like(at) if window_s is None else at - window_s
         lower = np.searchsorted(self.codes, time_key(keys, start), "left")
         return upper - lower
+
+    def counts(
+        self, keys: np.ndarray, at: np.ndarray, windows_s: Sequence[float | None]
+    ) -> list[np.ndarray]:
+        """`count` for each window, with one search for the common upper end."""
+        upper = np.searchsorted(self.codes, time_key(keys, at), "left")
+        out = []
+        for window_s in windows_s:
+            start = np.zeros_like(at) if window_s is None else at - window_s
+            out.append(upper - np.searchsorted(self.codes, time_key(keys, start), "left"))
+        return out
 
     def total(self, at: np.ndarray, window_s: float | None = None) -> np.ndarray:
         """Events of all keys in the same windows (for shares)."""

@@ -187,20 +187,141 @@ class CollaborativeRecommender:
         out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
         reserve = getattr(self.scorer, "reserved_items", None)
         reserved, slots = reserve(k) if reserve is not None else (None, 0)
+        index = self._serving_index()
         for start in range(0, len(rows), _BATCH):
             stop = min(start + _BATCH, len(rows))
+            batch_moments = None if moments is None else moments[start:stop]
+            batch_exclude = None if exclude is None else exclude[start:stop]
+            found = (
+                None
+                if index is None
+                else self._index_top(
+                    index,
+                    rows[start:stop],
+                    region_idx[start:stop],
+                    k,
+                    batch_moments,
+                    batch_exclude,
+                    include_seen,
+                    slots if reserved is not None else 0,
+                )
+            )
+            if found is not None:
+                out_cols[start:stop], out_scores[start:stop] = found
+                continue
             scores = self._scores_batch(
-                rows[start:stop],
-                region_idx[start:stop],
-                include_seen,
-                None if moments is None else moments[start:stop],
-                None if exclude is None else exclude[start:stop],
+                rows[start:stop], region_idx[start:stop], include_seen, batch_moments, batch_exclude
             )
             cols, best = _top_k(scores, k)
             if reserved is not None and slots > 0:
                 cols, best = _with_reserved(scores, cols, best, reserved, slots)
             out_cols[start:stop], out_scores[start:stop] = cols, best
         return out_cols, out_scores
+
+    def _serving_index(self) -> Any:
+        """The scorer's ANN index over every column (`TwoTowerScorer.serving_index`: large
+        catalogues only), or None: score every item exactly."""
+        get = getattr(self.scorer, "serving_index", None)
+        if get is None or self._history is None:
+            return None
+        index = get()
+        if index is None or len(index) != self._history.shape[1]:
+            return None  # columns the index does not hold: exact scoring gives them -inf
+        return index
+
+    def _index_top(
+        self,
+        index: Any,
+        rows: np.ndarray,
+        region_idx: np.ndarray,
+        k: int,
+        moments: np.ndarray | None,
+        exclude: sp.csr_matrix | None,
+        include_seen: bool,
+        slots: int,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """`top_items` of one batch through the scorer's ANN index: the same filters
+        (sellable in the region, listed by the moment, not excluded or seen) and reserved
+        places as the exact path, over the items the index finds nearest instead of all.
+        None where the index does not apply (users the scorer does not embed itself, moments
+        whose catalogue vectors differ from the stored ones, most of the catalogue filtered)."""
+        assert self._history is not None and self._sellable is not None
+        if not getattr(self.scorer, "handles_cold_users", False) or not self._scorable(rows).all():
+            return None
+        n_items = self._history.shape[1]
+        skip = self._unlisted_columns(rows, moments)
+        if exclude is not None:
+            hidden = exclude
+        elif not include_seen:
+            hidden = self._history[np.maximum(rows, 0)]
+            hidden = sp.diags((rows >= 0).astype(np.float32)) @ hidden
+        else:
+            hidden = None
+        if hidden is not None:
+            hidden = sp.csr_matrix(hidden)
+            for u in range(len(rows)):
+                cols = hidden.indices[hidden.indptr[u] : hidden.indptr[u + 1]]
+                if len(cols):
+                    skip[u] = np.concatenate([skip[u], cols]) if len(skip[u]) else cols
+        # over-fetch what the filters may drop (an item counted twice only asks for more)
+        fetch = [k + len(s) for s in skip]
+        if max(fetch) > n_items // 4:
+            return None
+        queries = self.scorer.query_vectors(rows, region_idx, moments)
+        if queries is None:
+            return None
+        blocked = np.zeros(n_items, dtype=bool)
+        cols = np.zeros((len(rows), k), dtype=np.int64)
+        best = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        allowed = {
+            int(r): np.packbits(self._sellable[r], bitorder="little") for r in np.unique(region_idx)
+        }
+        for u in range(len(rows)):
+            # one query per user: the lists scanned depend on k only, never on the batch
+            labels, scores = index.search(
+                queries[u : u + 1], fetch[u], allowed[int(region_idx[u])], probe_k=k
+            )
+            keep = labels[0] >= 0
+            if len(skip[u]):
+                blocked[skip[u]] = True
+                keep &= ~blocked[labels[0]]
+                blocked[skip[u]] = False
+            picked = np.flatnonzero(keep)[:k]
+            cols[u, : len(picked)] = labels[0, picked]
+            best[u, : len(picked)] = scores[0, picked]
+        if slots > 0:
+            reserved, reserved_scores = self.scorer.reserved_scores(queries)
+            reserved_scores[~self._sellable[region_idx[:, None], reserved[None, :]]] = -np.inf
+            for u in range(len(rows)):
+                if len(skip[u]):
+                    blocked[skip[u]] = True
+                    reserved_scores[u, blocked[reserved]] = -np.inf
+                    blocked[skip[u]] = False
+            take = min(slots, k, len(reserved))
+            if take > 0:
+                extra, extra_scores = _top_k(reserved_scores, take)
+                cols, best = _merge_reserved(cols, best, reserved[extra], extra_scores)
+        return cols, best
+
+    def _unlisted_columns(self, rows: np.ndarray, moments: np.ndarray | None) -> list[np.ndarray]:
+        """Per user, the columns listed after their moment (`_hide_unlisted`), sorted."""
+        empty = np.zeros(0, dtype=np.int64)
+        if not len(self._listed_at) or np.isnan(self._now):
+            return [empty for _ in rows]
+        moment = np.full(len(rows), self._now) if moments is None else moments
+        moment = np.where(np.isnan(moment), self._now, moment)
+        cached = self.__dict__.get("_latest_listing")
+        if cached is None or cached[0] is not self._listed_at:
+            finite = self._listed_at[np.isfinite(self._listed_at)]
+            cached = (self._listed_at, float(finite.max()) if len(finite) else -np.inf)
+            self.__dict__["_latest_listing"] = cached
+        if not cached[1] > moment.min():  # nothing is listed after every moment
+            return [empty for _ in rows]
+        with np.errstate(invalid="ignore"):
+            late = np.flatnonzero(self._listed_at > moment.min())
+        if not len(late):
+            return [empty for _ in rows]
+        return [late[self._listed_at[late] > m] for m in moment]
 
     def _region_rows(
         self, rows: np.ndarray, regions: Sequence[str | None] | None, n: int
@@ -259,7 +380,22 @@ class CollaborativeRecommender:
                 cold_rows,
                 self.fallback.score(rows[cold_rows], trained[cold_rows], region_idx[cold_rows]),
             )
-        scores[~self._sellable[region_idx]] = -np.inf
+        self._filter(scores, region_idx, moments, history, exclude, include_seen)
+        return scores
+
+    def _filter(
+        self,
+        scores: np.ndarray,
+        region_idx: np.ndarray,
+        moments: np.ndarray | None,
+        history: sp.csr_matrix,
+        exclude: sp.csr_matrix | None,
+        include_seen: bool,
+    ) -> None:
+        """-inf for what may not be shown: items not sellable in the region, not listed yet
+        at the moment, and excluded (or seen, unless `include_seen`) ones."""
+        assert self._sellable is not None
+        np.copyto(scores, -np.inf, where=~self._sellable[region_idx])
         self._hide_unlisted(scores, moments)
         if exclude is not None:
             r, c = exclude.nonzero()
@@ -267,7 +403,46 @@ class CollaborativeRecommender:
         elif not include_seen:
             r, c = history.nonzero()
             scores[r, c] = -np.inf
-        return scores
+
+    def fallback_items(
+        self,
+        rows: np.ndarray,
+        region_idx: np.ndarray,
+        k: int,
+        moments: np.ndarray | None = None,
+        exclude: sp.csr_matrix | None = None,
+        include_seen: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`top_items` from the popularity fallback alone (every user as if cold: the
+        popularity of their region), under the same filters: the degraded path when the
+        scorer fails."""
+        assert self._history is not None and self._items is not None
+        n_items = self._history.shape[1]
+        k = min(int(k), n_items)
+        out_cols = np.zeros((len(rows), k), dtype=np.int64)
+        out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        for start in range(0, len(rows), _BATCH):
+            stop = min(start + _BATCH, len(rows))
+            part = rows[start:stop]
+            history = sp.diags((part >= 0).astype(np.float32)) @ self._history[np.maximum(part, 0)]
+            history = sp.csr_matrix(history)
+            trained = history[:, : len(self._items)] if self._live_items else history
+            scores = np.empty((len(part), n_items), dtype=np.float32)
+            _fill(
+                scores,
+                np.arange(len(part)),
+                self.fallback.score(part, trained, region_idx[start:stop]),
+            )
+            self._filter(
+                scores,
+                region_idx[start:stop],
+                None if moments is None else moments[start:stop],
+                history,
+                None if exclude is None else exclude[start:stop],
+                include_seen,
+            )
+            out_cols[start:stop], out_scores[start:stop] = _top_k(scores, k)
+        return out_cols, out_scores
 
     def _hide_unlisted(self, scores: np.ndarray, moments: np.ndarray | None) -> None:
         """No item before its listing time: at a user's ranking moment (the model's "now"
@@ -289,7 +464,31 @@ class CollaborativeRecommender:
             raise ModelError(f"model '{self.name}' is not fitted")
         if not self._live_items:
             return self._items.ids
-        return pl.concat([self._items.ids, pl.Series("id", list(self._live_items))])
+        # products listed live are only ever added: the concatenation is kept per count
+        key = (self._items, len(self._live_items))
+        cached = self.__dict__.get("_item_ids_cache")
+        if cached is None or cached[0][0] is not key[0] or cached[0][1] != key[1]:
+            ids = pl.concat([self._items.ids, pl.Series("id", list(self._live_items))])
+            cached = (key, ids)
+            self.__dict__["_item_ids_cache"] = cached
+        return cached[1]
+
+    def item_id_array(self) -> np.ndarray:
+        """`item_ids` as a NumPy object array (kept per catalogue): a request names its few
+        items by indexing it, without a polars gather."""
+        ids = self.item_ids
+        cached = self.__dict__.get("_item_id_array")
+        if cached is None or cached[0] is not ids:
+            cached = (ids, ids.to_numpy())
+            self.__dict__["_item_id_array"] = cached
+        return cached[1]
+
+    @property
+    def n_items(self) -> int:
+        """Item columns (trained and listed live)."""
+        if self._history is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        return int(self._history.shape[1])
 
     def item_columns(self, item_ids: pl.Series) -> np.ndarray:
         """Each item's column in the model (-1: unknown to it)."""
@@ -642,9 +841,17 @@ def _with_reserved(
     slots = min(slots, k, len(candidates))
     if slots == 0:
         return cols, best
-    head = k - slots
     extra, extra_scores = _top_k(scores[:, candidates], slots)
-    extra = candidates[extra]
+    return _merge_reserved(cols, best, candidates[extra], extra_scores)
+
+
+def _merge_reserved(
+    cols: np.ndarray, best: np.ndarray, extra: np.ndarray, extra_scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_with_reserved` given the best-scored reserved items of each list (`extra`, their
+    scores best first, -inf where none may be shown)."""
+    k, slots = cols.shape[1], extra.shape[1]
+    head = k - slots
     valid = np.isfinite(extra_scores) & ~(extra[:, :, None] == cols[:, None, :head]).any(-1)
     tail_taken = (cols[:, head:, None] == np.where(valid, extra, -1)[:, None, :]).any(-1)
     # order of preference: merit head, valid reserved items, the rest of the merit list

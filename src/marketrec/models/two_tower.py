@@ -85,6 +85,15 @@ class TwoTowerParams(Params):
     a few reserved places let new products reach the ranker and earn feedback. 0 = merit
     order only."""
     new_item_days: float = Field(default=7.0, gt=0)
+    ann_min_items: int | None = Field(default=50_000, gt=0)
+    """Catalogues of at least this many items are searched at serving time through a faiss
+    IVF index over `index_vectors` (approximate: recall@300 against exact search is in
+    docs/benchmarks.md, two_stage_latency) instead of scoring every item; smaller ones, and
+    every request ranked at a moment before the model's "now" (whose catalogue vectors are
+    computed for that moment), are scored exactly. None = always exact."""
+    ann_nprobe: int | None = Field(default=None, gt=0)
+    """Lists the serving index scans per query (None: `retrieval.index.default_nprobe` for the
+    number of items asked)."""
     threads: int = Field(default=1, ge=0)
     """torch threads; 1 by default: on a shared 2-core machine two threads ran a training
     step 6× slower than one (measured), and one thread is reproducible; 0 = torch's default."""
@@ -100,6 +109,11 @@ class TwoTowerScorer:
         self._data: Any = None
         self._item_vectors = np.zeros((0, 0), dtype=np.float32)
         self._index_vectors: tuple[np.ndarray, np.ndarray] | None = None
+        #: the serving ANN index and the `_item_vectors` it holds (see `serving_index`)
+        self._ann: tuple[np.ndarray, Any] | None = None
+        #: reserved (new) items' columns and index vectors, for the mask and matrix they
+        #: were taken from (see `reserved_scores`)
+        self._reserved: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._meta: dict[str, Any] = {}
         #: called after each training epoch with {"epoch", "loss", "val_recall@100"}
         #: (the CLI draws its progress bar from it)
@@ -231,6 +245,52 @@ class TwoTowerScorer:
             self._index_vectors = cached
         return cached[1]
 
+    def serving_index(self) -> Any:
+        """The faiss IVF index over `index_vectors` (`retrieval.index.ColumnIndex`, row =
+        item column) when the catalogue has at least `ann_min_items` items, else None (exact
+        scoring). Built on first use (a few seconds at 100k items) and kept while the
+        catalogue vectors are the same object; products listed live (`grow_items`) are added
+        to it, any other change of `_item_vectors` builds a new one."""
+        threshold = self.params.ann_min_items
+        if threshold is None or len(self._item_vectors) < threshold:
+            return None
+        if self._ann is not None and self._ann[0] is self._item_vectors:
+            return self._ann[1]
+        from marketrec.retrieval.index import ColumnIndex, FaissConfig
+
+        log.info(
+            "two-tower: building the serving index over %s items", f"{len(self._item_vectors):,}"
+        )
+        index = ColumnIndex(self.index_vectors(), FaissConfig(nprobe=self.params.ann_nprobe))
+        self._ann = (self._item_vectors, index)
+        return index
+
+    def query_vectors(
+        self, user_rows: np.ndarray, region_idx: np.ndarray, at: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """[u, 1] queries for `index_vectors` / `serving_index`, whose inner products are
+        exactly what `score` gives; None when `score` would read catalogue vectors of another
+        moment (some `at` before the model's "now")."""
+        if at is not None and self.params.time_features:
+            moments = np.where(np.isnan(at), self._meta["reference_ts"], at)
+            if (moments < self._meta["reference_ts"]).any():
+                return None
+        users = self.user_vectors(user_rows, region_idx, at)
+        ones = np.ones((len(users), 1), dtype=np.float32)
+        return np.hstack([users.astype(np.float32, copy=False), ones])
+
+    def reserved_scores(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reserved (new) items' columns (`reserved_items`) and their scores for
+        `query_vectors` queries, from a matrix of just their rows (kept while the mask and
+        the catalogue stay the same objects)."""
+        mask, matrix = self._new_items, self.index_vectors()
+        cached = self._reserved
+        if cached is None or cached[0] is not mask or cached[1] is not matrix:
+            columns = np.flatnonzero(mask)
+            cached = (mask, matrix, columns, np.ascontiguousarray(matrix[columns]))
+            self._reserved = cached
+        return cached[2], queries @ cached[3].T
+
     def _scaled(self, items: np.ndarray) -> np.ndarray:
         scaled = np.hstack([items[:, :-1] / self.params.temperature, items[:, -1:]])
         return np.ascontiguousarray(scaled, dtype=np.float32)
@@ -330,7 +390,12 @@ class TwoTowerScorer:
         )
         rows = np.arange(len(old.id_bucket), len(grown.id_bucket))
         added = item_vectors(self._model, self._data, self._meta["reference_ts"], rows=rows)
-        self._item_vectors = np.vstack([self._item_vectors, added]).astype(np.float32)
+        grown_vectors = np.vstack([self._item_vectors, added]).astype(np.float32)
+        if self._ann is not None and self._ann[0] is self._item_vectors:
+            # the serving index takes the new rows (the others did not change)
+            self._ann[1].extend(self._scaled(added))
+            self._ann = (grown_vectors, self._ann[1])
+        self._item_vectors = grown_vectors
         self.__dict__.pop("_new_items", None)
 
     @cached_property

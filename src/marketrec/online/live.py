@@ -33,17 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import polars as pl
 
 from marketrec.core.errors import MarketrecError
 from marketrec.models.base import CollaborativeRecommender
-from marketrec.online.log import Entry, EventLog, Record, open_log
+from marketrec.online.log import DEFAULT_REDIS_PREFIX, Entry, EventLog, Record, open_log
 from marketrec.online.records import (
     events_from_payloads,
     parse_event_payloads,
     parse_item_update,
     parse_user_update,
 )
+from marketrec.pipeline.config import SERVING_RANK_BUDGET_MS
 from marketrec.pipeline.recommender import Recommender, load_recommender
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,11 @@ class LiveRecommender:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if isinstance(model, Recommender) and model.config.rank_budget_ms is None:
+            # a live request keeps its deadline: past the budget, retrieval order
+            model.config = model.config.model_copy(
+                update={"rank_budget_ms": SERVING_RANK_BUDGET_MS}
+            )
         self.model = model
         self.log = log
         self.version = version
@@ -141,13 +148,20 @@ class LiveRecommender:
     # ----------------------------------------------------------------- set-up
     @classmethod
     def open(
-        cls, model_folder: str | Path, store: str | None = None, *, recover: bool = True
+        cls,
+        model_folder: str | Path,
+        store: str | None = None,
+        *,
+        recover: bool = True,
+        prefix: str = DEFAULT_REDIS_PREFIX,
     ) -> LiveRecommender:
         """Load a model folder and its event log (`store` URL; default: SQLite in
-        MODEL/state/), then, with `recover`, replay the log."""
+        MODEL/state/; `prefix`: the Redis store's key prefix), then, with `recover`, replay
+        the log."""
         folder = Path(model_folder)
         model = load_recommender(folder)
-        live = cls(model, open_log(store, folder / STATE_FOLDER), version=model_version(folder))
+        event_log = open_log(store, folder / STATE_FOLDER, prefix=prefix)
+        live = cls(model, event_log, version=model_version(folder))
         if recover:
             live.recover()
         return live
@@ -227,6 +241,56 @@ class LiveRecommender:
     def knows_item(self, item_id: str) -> bool:
         """Whether the model's catalogue or the log has this item."""
         return item_id in self._state.created or _in_catalogue(self.model, item_id)
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        """What this worker knows about an item (`GET /v1/items/{id}`), after applying the
+        log: `recommendable` when it has a column in the model, may be shown somewhere (not
+        delisted), is placed by the retrieval model (the two-tower places every column by
+        content; other scorers only the columns they were trained with) and is listed by the
+        model's clock (a `created_at` in the future hides it until then);
+        `sellable_regions`: the model's regions where it may be shown, None for everywhere
+        (every region and users without one; [] with `recommendable` true: only users whose
+        region the model does not know); `listed_live`: first listed through the log, after
+        training. Unknown ids raise `UnknownItemError`."""
+        self._check_ready()
+        with self._lock:
+            self._sync_locked()
+            inner = retrieval_model(self.model)
+            column = int(inner.item_columns(pl.Series([item_id], dtype=pl.String))[0])
+            created = item_id in self._state.created
+            if column < 0:
+                if not created:
+                    raise UnknownItemError(item_id)
+                # PUT through the log, but its update failed to apply (logged when it did)
+                return {
+                    "item_id": item_id,
+                    "known": True,
+                    "recommendable": False,
+                    "sellable_regions": [],
+                    "listed_live": True,
+                }
+            names = inner.region_names
+            rows = np.arange(len(names) + 1)  # the last row: users without a known region
+            allowed = inner.sellable_pairs(rows, np.full(len(rows), column))
+            trained = trained_items(inner)
+            placed = column < trained or places_new_items(inner)
+            listed = inner.listed_at
+            moment = inner.clock
+            on_time = not (
+                column < len(listed)
+                and np.isfinite(listed[column])
+                and np.isfinite(moment)
+                and listed[column] > moment
+            )
+        return {
+            "item_id": item_id,
+            "known": True,
+            "recommendable": bool(allowed.any() and placed and on_time),
+            "sellable_regions": None
+            if allowed.all()
+            else [name for name, ok in zip(names, allowed[:-1], strict=True) if ok],
+            "listed_live": column >= trained,
+        }
 
     # ----------------------------------------------------------------- writes
     def ingest(self, payload: object) -> int:
@@ -405,8 +469,26 @@ def _runs(records: Iterable[Record]) -> list[list[Record]]:
     return runs
 
 
+def retrieval_model(model: Model) -> CollaborativeRecommender:
+    """The model whose columns, sellability and clock every stage shares."""
+    return model.retrieval if isinstance(model, Recommender) else model
+
+
+def trained_items(model: CollaborativeRecommender) -> int:
+    """How many item columns the model was trained with (products listed live come after
+    them; the model keeps no public count of them)."""
+    assert model._items is not None, "the model is fitted"
+    return len(model._items)
+
+
+def places_new_items(model: CollaborativeRecommender) -> bool:
+    """Whether the scorer places products listed after training (by their content: the
+    two-tower's `grow_items`); the others score only their trained columns."""
+    return getattr(model.scorer, "grow_items", None) is not None
+
+
 def _in_catalogue(model: Model, item_id: str) -> bool:
-    inner = model.retrieval if isinstance(model, Recommender) else model
+    inner = retrieval_model(model)
     return bool(inner.item_columns(pl.Series([item_id], dtype=pl.String))[0] >= 0)
 
 

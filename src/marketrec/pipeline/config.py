@@ -28,6 +28,13 @@ class PipelineConfig(BaseModel):
     """An item listed this recently (or never interacted with in training) counts as new."""
     exploration_prior: tuple[float, float] = (1.0, 20.0)
     """Beta(α, β) prior of a new item's click rate before it has impressions: a 1-in-21 guess."""
+    rank_budget_ms: float | None = Field(default=None, gt=0)
+    """Milliseconds per user a request may have spent (retrieval and rules) before the
+    ranking stage starts; past it the list keeps retrieval order (each item's `source` stays
+    "retrieval", its signals say why the ranker was skipped) so the answer keeps its
+    deadline. None = no budget (the default: offline results must not depend on the
+    machine's speed; the service sets `SERVING_RANK_BUDGET_MS`). A batch of n users gets n
+    times the budget; requests at given moments (`at`: offline replays) have none."""
     seed: int = 0
 
     @model_validator(mode="after")
@@ -35,3 +42,7 @@ class PipelineConfig(BaseModel):
         if min(self.exploration_prior) <= 0:
             raise ValueError(f"exploration_prior must be positive, got {self.exploration_prior}")
         return self
+
+
+#: The ranking budget the service gives a request when the model folder names none.
+SERVING_RANK_BUDGET_MS = 50.0

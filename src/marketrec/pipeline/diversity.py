@@ -41,6 +41,40 @@ def mmr_order(relevance: np.ndarray, similarity: np.ndarray, k: int, strength: f
     return np.array(picked, dtype=np.int64)
 
 
+def mmr_order_by_category(
+    relevance: np.ndarray,
+    categories: np.ndarray,
+    top_categories: np.ndarray,
+    k: int,
+    strength: float,
+) -> np.ndarray:
+    """`mmr_order(relevance, category_similarity(categories, top_categories), k, strength)`,
+    reading only the similarity rows of the items picked (k rows instead of an n × n matrix
+    per list)."""
+    n = len(relevance)
+    k = min(k, n)
+    if strength <= 0 or n == 0:
+        return np.argsort(-relevance, kind="stable")[:k]
+    span = float(relevance.max() - relevance.min()) or 1.0
+    rel = (relevance - relevance.min()) / span
+    picked: list[int] = []
+    closest = np.zeros(n)
+    free = np.ones(n, dtype=bool)
+    for _ in range(k):
+        gain = np.where(free, (1.0 - strength) * rel - strength * closest, -np.inf)
+        best = int(np.argmax(gain))
+        picked.append(best)
+        free[best] = False
+        cat, top = categories[best], top_categories[best]
+        row = np.where(
+            (categories == cat) & (cat > 0),
+            1.0,
+            np.where((top_categories == top) & (top > 0), 0.5, 0.0),
+        )
+        closest = np.maximum(closest, row)
+    return np.array(picked, dtype=np.int64)
+
+
 def capped_order(relevance: np.ndarray, categories: np.ndarray, k: int, cap: int) -> np.ndarray:
     """Positions of the k items kept under a per-category cap (uncategorised items: no cap)."""
     order = np.argsort(-relevance, kind="stable")

@@ -16,6 +16,8 @@ Every item carries its `source` (retrieval, fallback, exploration) and its top s
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +34,7 @@ from marketrec.data.schema import Dataset
 from marketrec.models.base import CollaborativeRecommender
 from marketrec.models.registry import load_model
 from marketrec.pipeline.config import PipelineConfig
-from marketrec.pipeline.diversity import capped_order, category_similarity, mmr_order
+from marketrec.pipeline.diversity import capped_order, mmr_order_by_category
 from marketrec.pipeline.exploration import (
     ExplorationStats,
     ThompsonExplorer,
@@ -41,6 +43,8 @@ from marketrec.pipeline.exploration import (
 from marketrec.pipeline.ranking_stage import RankingParams, RankingStage, fit_ranking_stage
 from marketrec.pipeline.rules import SeenItems
 from marketrec.ranking.features import value_codes
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "pipeline.json"
 _CHUNK = 256
@@ -55,6 +59,8 @@ _DETAIL_SCHEMA = {
     "source": pl.String,
     "signals": pl.String,
 }
+#: `recommend`'s columns (CONTRACT §2)
+_RECS_SCHEMA = {k: v for k, v in _DETAIL_SCHEMA.items() if k not in ("source", "signals")}
 
 
 @dataclass(frozen=True)
@@ -157,10 +163,9 @@ class Recommender:
     ) -> pl.DataFrame:
         """Top-k per user: user_id, item_id, rank (1 = best), score (CONTRACT §2). The same
         lists as `recommend_detailed`, without computing the explanations it would drop."""
-        detailed = self.recommend_detailed(
-            user_ids, k, include_seen=include_seen, regions=regions, at=at, explain=False
+        return self._lists(
+            user_ids, k, include_seen, regions, at, explain=False, with_signals=False
         )
-        return detailed.select("user_id", "item_id", "rank", "score")
 
     def recommend_detailed(
         self,
@@ -178,14 +183,32 @@ class Recommender:
 
         `score` is the ranking score, capped by the score above it so the list reads best
         first after diversity and exploration moved items; the raw score is in `signals`.
+
+        Degradation: when the ranking stage fails or the request already spent its
+        `rank_budget_ms` before ranking, the lists keep retrieval order (signal
+        `ranker_skipped` says why); when retrieval fails, they come from the retrieval
+        model's popularity fallback for the user's region, with the same rules (source
+        "fallback", signal `retrieval_failed`). Each degradation is logged once per request.
         """
+        return self._lists(user_ids, k, include_seen, regions, at, explain, with_signals=True)
+
+    def _lists(
+        self,
+        user_ids: Sequence[str] | pl.Series,
+        k: int,
+        include_seen: bool,
+        regions: Sequence[str | None] | None,
+        at: Sequence[datetime | None] | None,
+        explain: bool,
+        with_signals: bool,
+    ) -> pl.DataFrame:
         if self._seen is None or self._items is None or self.stats is None:
             raise ModelError(f"model '{self.name}' is not fitted")
         if int(k) != k or k <= 0:
             raise ConfigError(f"k must be a positive integer, got {k}")
         ids = pl.Series("user_id", list(user_ids), dtype=pl.String)
         if ids.len() == 0:
-            return pl.DataFrame(schema=_DETAIL_SCHEMA)
+            return pl.DataFrame(schema=_DETAIL_SCHEMA if with_signals else _RECS_SCHEMA)
         moments_all = _moments(at, ids.len(), self._reference_ts)
         frames = []
         # users in chunks: the ranker's features are (users × candidates) rows
@@ -200,9 +223,10 @@ class Recommender:
                     moments_all[start:stop],
                     at is not None,
                     explain,
+                    with_signals,
                 )
             )
-        return pl.concat(frames)
+        return frames[0] if len(frames) == 1 else pl.concat(frames)
 
     def _detailed_chunk(
         self,
@@ -213,69 +237,107 @@ class Recommender:
         moments: np.ndarray,
         timed: bool,
         explain: bool = True,
+        with_signals: bool = True,
     ) -> pl.DataFrame:
+        started = time.perf_counter()
         assert self._seen is not None and self.stats is not None
-        cfg = self.config
-        rows = self.retrieval.user_rows(ids)
-        n_items = self.retrieval.item_ids.len()
+        cfg, retrieval = self.config, self.retrieval
+        rows = retrieval.user_rows(ids)
+        n_items = retrieval.n_items
         exclude = (
             sp.csr_matrix((ids.len(), n_items), dtype=np.float32)
             if include_seen
             else self._seen.exclusion(rows, cfg.exclude_events)
         )
         k = min(int(k), n_items)
-        region_idx = self.retrieval.regions_of(rows, regions)
-        columns, retrieval_scores = self.retrieval.top_items(
-            rows,
-            region_idx,
-            max(cfg.candidates, k),
-            moments if timed or self._clock_moved else None,
-            exclude,
-        )
-        scored = (
-            None
-            if self.ranking is None
-            else self.ranking.score(
-                self.retrieval, rows, region_idx, moments, columns, retrieval_scores
+        region_idx = retrieval.regions_of(rows, regions)
+        wanted = max(cfg.candidates, k)
+        at = moments if timed or self._clock_moved else None
+        notes: dict[str, str] = {}  # degradations: signal name → reason
+        try:
+            columns, retrieval_scores = retrieval.top_items(rows, region_idx, wanted, at, exclude)
+            cold = self._served_by_fallback(rows)
+        except Exception as exc:  # degrade: the popularity of the user's region
+            notes["retrieval_failed"] = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "retrieval failed for %d user(s) (%s); serving the popularity fallback of "
+                "their regions",
+                ids.len(),
+                notes["retrieval_failed"],
             )
-        )
+            columns, retrieval_scores = retrieval.fallback_items(
+                rows, region_idx, wanted, at, exclude
+            )
+            cold = np.ones(len(rows), dtype=bool)
+        scored = None
+        if self.ranking is not None and not notes:
+            spent = (time.perf_counter() - started) * 1000.0
+            # a replay at given moments (`at`: offline evaluation) has no deadline
+            budget = None if cfg.rank_budget_ms is None or timed else cfg.rank_budget_ms * len(rows)
+            if budget is not None and spent > budget:
+                notes["ranker_skipped"] = (
+                    f"budget: {spent:.1f} ms spent before ranking (budget {budget:g} ms)"
+                )
+            else:
+                try:
+                    scored = self.ranking.score(
+                        retrieval, rows, region_idx, moments, columns, retrieval_scores
+                    )
+                except Exception as exc:
+                    notes["ranker_skipped"] = f"error: {type(exc).__name__}: {exc}"
+            if "ranker_skipped" in notes:
+                log.warning(
+                    "ranking skipped for %d user(s) (%s); serving retrieval order",
+                    ids.len(),
+                    notes["ranker_skipped"],
+                )
         scores = retrieval_scores.astype(np.float64) if scored is None else scored.scores
-        # what exploration may pick: only built when the list explores (a users × catalogue mask)
-        sellable = self.retrieval.sellable(region_idx) if cfg.exploration_share > 0 else None
-        cold = self._served_by_fallback(rows)
-        out: list[dict[str, Any]] = []
+        ranked = self.ranking is not None and not notes
+        out: dict[str, list[Any]] = {
+            name: [] for name in ("user_id", "item_idx", "rank", "score", "source", "signals")
+        }
         for u, user in enumerate(ids.to_list()):
             seed = (cfg.seed, int(rows[u]) + 1, int(np.nan_to_num(moments[u])))
             explorer = ThompsonExplorer(
                 cfg.exploration_prior, self.stats, np.random.default_rng(seed)
             )
-            valid = np.isfinite(retrieval_scores[u])
-            out.extend(
-                self._one_list(
-                    user,
-                    columns[u, valid],
-                    scores[u, valid],
-                    np.column_stack([retrieval_scores[u, valid], np.flatnonzero(valid) + 1]),
-                    k,
-                    explorer,
-                    eligible_mask=None
-                    if sellable is None
-                    else sellable[u] & ~_row_mask(exclude, u, n_items),
-                    moment=moments[u],
-                    source="fallback" if cold[u] else "retrieval",
-                    why=None
-                    if not explain
-                    or scored is None
-                    or scored.features is None
-                    or self.ranking is None
-                    else partial(self.ranking.explain, scored, u),
-                )
+            valid = np.flatnonzero(np.isfinite(retrieval_scores[u]))
+            self._one_list(
+                out,
+                user,
+                columns[u, valid],
+                scores[u, valid],
+                retrieval_scores[u, valid],
+                valid + 1,
+                k,
+                explorer,
+                partial(self._eligible, region_idx[u], exclude, u),
+                moment=moments[u],
+                source="fallback" if cold[u] else "retrieval",
+                why=None
+                if not explain or scored is None or scored.features is None or not ranked
+                else partial(self.ranking.explain, scored, u),  # type: ignore[union-attr]
+                ranked=ranked,
+                notes=notes if with_signals else None,
+                with_signals=with_signals,
             )
-        if not out:
-            return pl.DataFrame(schema=_DETAIL_SCHEMA)
-        frame = pl.DataFrame(out, schema={**_DETAIL_SCHEMA, "item_idx": pl.Int64})
-        names = self.retrieval.item_ids.gather(frame.get_column("item_idx"))
-        return frame.with_columns(item_id=names).select(list(_DETAIL_SCHEMA))
+        names = retrieval.item_id_array()[np.asarray(out["item_idx"], dtype=np.int64)]
+        columns = [
+            pl.Series("user_id", out["user_id"], dtype=pl.String),
+            pl.Series("item_id", names.tolist(), dtype=pl.String),
+            pl.Series("rank", out["rank"], dtype=pl.Int32),
+            pl.Series("score", out["score"], dtype=pl.Float64),
+        ]
+        if with_signals:
+            columns.append(pl.Series("source", out["source"], dtype=pl.String))
+            columns.append(pl.Series("signals", out["signals"], dtype=pl.String))
+        return pl.DataFrame(columns)
+
+    def _eligible(self, region: int, exclude: sp.csr_matrix, u: int) -> np.ndarray:
+        """What exploration may pick for user u: sellable in the region, not excluded."""
+        mask = self.retrieval.sellable(np.array([region]))[0]
+        mask[exclude.indices[exclude.indptr[u] : exclude.indptr[u + 1]]] = False
+        return mask
 
     def _served_by_fallback(self, rows: np.ndarray) -> np.ndarray:
         """Users the retrieval model answers with its popularity fallback (no history, and a
@@ -289,40 +351,52 @@ class Recommender:
 
     def _one_list(
         self,
+        out: dict[str, list[Any]],
         user: str,
         columns: np.ndarray,
         scores: np.ndarray,
-        retrieval: np.ndarray,
+        retrieval_score: np.ndarray,
+        retrieval_rank: np.ndarray,
         k: int,
         explorer: ThompsonExplorer,
-        eligible_mask: np.ndarray | None,
+        eligible: Callable[[], np.ndarray],
         moment: float,
         source: str,
         why: Callable[[np.ndarray], list[dict[str, float]]] | None = None,
-    ) -> list[dict[str, Any]]:
-        """One user's list; `why(positions)` gives the ranker's top signal groups of those
-        candidates (None without a ranker)."""
+        ranked: bool = True,
+        notes: dict[str, str] | None = None,
+        with_signals: bool = True,
+    ) -> None:
+        """One user's list, appended to the `out` columns; `why(positions)` gives the
+        ranker's top signal groups of those candidates (None without a ranker);
+        `eligible()` the mask of items exploration may pick."""
         cfg, info = self.config, self._items
         assert info is not None
         n_explore = explorer.slots(k, cfg.exploration_share)
         order = self._diversify(columns, scores, k)
-        picked_cols = [int(c) for c in columns[order]]
+        picked = columns[order]
         reasons = why(order[: k - n_explore]) if why is not None else []
-        entries = [
-            {
-                "item_idx": int(columns[p]),
-                "raw": float(scores[p]),
-                "source": source,
-                "signals": {
-                    **self._signals(float(scores[p]), retrieval[p]),
-                    **({"top_signals": reasons[j]} if j < len(reasons) else {}),
-                },
-            }
-            for j, p in enumerate(order)
-        ]
-        if n_explore and eligible_mask is not None:
-            new = eligible_mask & self._new_items(moment)
-            new[picked_cols[: k - n_explore]] = False
+        entries: list[tuple[int, float, str, dict[str, Any] | None]] = []
+        for j, (item, raw, p) in enumerate(
+            zip(picked.tolist(), scores[order].tolist(), order.tolist(), strict=True)
+        ):
+            signals = None
+            if with_signals:
+                signals = {
+                    "retrieval_score": round(float(retrieval_score[p]), 6),
+                    "retrieval_rank": int(retrieval_rank[p]),
+                }
+                if self.ranking is not None and ranked:
+                    signals["ranker_score"] = round(raw, 6)
+                if j < len(reasons):
+                    signals["top_signals"] = reasons[j]
+                if notes:
+                    signals.update(notes)
+            entries.append((item, raw, source, signals))
+        if n_explore and cfg.exploration_share > 0:
+            new = eligible()
+            new &= self._new_items(moment)
+            new[picked[: k - n_explore]] = False
             pick = explorer.pick(np.flatnonzero(new), n_explore)
             kept = entries[: k - len(pick.items)]
             for spot, item, draw in zip(
@@ -331,54 +405,38 @@ class Recommender:
                 pick.draws,
                 strict=False,
             ):
-                signals = {
-                    "thompson_draw": round(float(draw), 6),
-                    "impressions": int(self.stats.impressions[item]) if self.stats else 0,
-                    "clicks": int(self.stats.clicks[item]) if self.stats else 0,
-                    "listed_days_ago": _days(moment - info.listed_at[item]),
-                }
-                kept.insert(
-                    int(spot),
-                    {
-                        "item_idx": int(item),
-                        "raw": float("nan"),
-                        "source": "exploration",
-                        "signals": signals,
-                    },
-                )
+                signals = None
+                if with_signals:
+                    signals = {
+                        "thompson_draw": round(float(draw), 6),
+                        "impressions": int(self.stats.impressions[item]) if self.stats else 0,
+                        "clicks": int(self.stats.clicks[item]) if self.stats else 0,
+                        "listed_days_ago": _days(moment - info.listed_at[item]),
+                    }
+                kept.insert(int(spot), (int(item), float("nan"), "exploration", signals))
             entries = kept
-        entries = entries[:k]
-        out, cap = [], float("inf")
-        for rank, e in enumerate(entries, start=1):
-            if np.isfinite(e["raw"]):
-                cap = min(cap, e["raw"])
-            out.append(
-                {
-                    "user_id": user,
-                    "item_idx": e["item_idx"],
-                    "rank": rank,
-                    "score": cap if np.isfinite(cap) else 0.0,
-                    "source": e["source"],
-                    "signals": json.dumps(e["signals"]),
-                }
-            )
-        return out
-
-    def _signals(self, score: float, retrieval: np.ndarray) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "retrieval_score": round(float(retrieval[0]), 6),
-            "retrieval_rank": int(retrieval[1]),
-        }
-        if self.ranking is not None:
-            out["ranker_score"] = round(score, 6)
-        return out
+        cap = float("inf")
+        for rank, (item, raw, item_source, signals) in enumerate(entries[:k], start=1):
+            if np.isfinite(raw):
+                cap = min(cap, raw)
+            out["user_id"].append(user)
+            out["item_idx"].append(item)
+            out["rank"].append(rank)
+            out["score"].append(cap if np.isfinite(cap) else 0.0)
+            out["source"].append(item_source)
+            out["signals"].append(json.dumps(signals) if signals is not None else None)
 
     def _diversify(self, columns: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         cfg, info = self.config, self._items
         assert info is not None
         if cfg.diversity == "mmr" and cfg.diversity_strength > 0:
-            sim = category_similarity(info.category[columns], info.top_category[columns])
-            return mmr_order(scores, sim, k, cfg.diversity_strength)
+            return mmr_order_by_category(
+                scores,
+                info.category[columns],
+                info.top_category[columns],
+                k,
+                cfg.diversity_strength,
+            )
         if cfg.diversity == "category-cap":
             return capped_order(scores, info.category[columns], k, cfg.category_cap)
         return np.argsort(-scores, kind="stable")[:k]
@@ -388,11 +446,27 @@ class Recommender:
         training; never items listed after the moment."""
         info = self._items
         assert info is not None
-        listed = info.listed_at
-        age = moment - listed
-        recent = np.isfinite(age) & (age >= 0) & (age <= self.config.new_item_days * 86_400.0)
-        not_yet = np.isfinite(age) & (age < 0)
-        return (recent | (info.train_events == 0)) & ~not_yet
+        # kept for the last few moments (a live service ranks at one "now" for many
+        # requests); a new `ItemInfo` (products listed live) or setting starts over
+        key = (info, self.config.new_item_days)
+        cache = self.__dict__.get("_new_cache")
+        if cache is None or cache[0][0] is not info or cache[0][1] != key[1]:
+            cache = (key, {})
+            self.__dict__["_new_cache"] = cache
+        masks: dict[float, np.ndarray] = cache[1]
+        mask = masks.get(moment)
+        if mask is None:
+            listed = info.listed_at
+            age = moment - listed
+            days = self.config.new_item_days * 86_400.0
+            recent = np.isfinite(age) & (age >= 0) & (age <= days)
+            not_yet = np.isfinite(age) & (age < 0)
+            mask = (recent | (info.train_events == 0)) & ~not_yet
+            mask.flags.writeable = False
+            if len(masks) >= 4:
+                masks.pop(next(iter(masks)))
+            masks[float(moment)] = mask
+        return mask
 
     # ----------------------------------------------------------------- persistence
     # ----------------------------------------------------------------- live updates
@@ -571,12 +645,6 @@ def _moments(at: Sequence[datetime | None] | None, n: int, reference: float) -> 
     if at is None:
         return np.full(n, reference)
     return np.array([reference if t is None else t.timestamp() for t in at], dtype=np.float64)
-
-
-def _row_mask(matrix: sp.csr_matrix, row: int, n: int) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]]] = True
-    return mask
 
 
 def _days(seconds: float) -> float | None:

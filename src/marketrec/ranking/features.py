@@ -360,32 +360,46 @@ def _slice(rows: Rows, part: slice) -> Rows:
     return Rows(**{k: v[part] for k, v in rows.__dict__.items()})
 
 
+def _runs(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
+    """First row of each run of consecutive rows with the same user and moment, and each
+    row's run: what depends on the user and the moment only is computed once per run (one
+    per list: a request's candidates share it)."""
+    n = len(rows.user)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    bits = np.ascontiguousarray(rows.at, dtype=np.float64).view(np.int64)
+    change = (rows.user[1:] != rows.user[:-1]) | (bits[1:] != bits[:-1])
+    starts = np.r_[0, np.flatnonzero(change) + 1]
+    return starts, np.r_[0, np.cumsum(change)]
+
+
 def _compute(state: RankingState, rows: Rows) -> Features:
     s = state
-    n = len(rows.user)
-    known = rows.user >= 0
-    safe_user = np.maximum(rows.user, 0)
-    end = np.searchsorted(s.user_codes, time_key(safe_user, rows.at), "left")
+    starts, run = _runs(rows)
+    # per run (user, moment): the user's counters, windows and recent items
+    user, at = rows.user[starts], rows.at[starts]
+    n = len(user)
+    known = user >= 0
+    safe_user = np.maximum(user, 0)
+    end = np.searchsorted(s.user_codes, time_key(safe_user, at), "left")
     begin = np.searchsorted(s.user_codes, time_key(safe_user, np.zeros(n)), "left")
     end = np.where(known, end, begin)
     count = end - begin
-    week_start = np.searchsorted(s.user_codes, time_key(safe_user, rows.at - 7 * 86_400.0))
+    week_start = np.searchsorted(s.user_codes, time_key(safe_user, at - 7 * 86_400.0))
     week = np.where(known, end - np.maximum(week_start, begin), 0)
     last = np.maximum(end - 1, 0)
     has = count > 0
     since_last = (
-        np.where(has, (rows.at - s.ev_ts[last]) / 86_400.0, 365.0)
-        if len(s.ev_ts)
-        else np.full(n, 365.0)
+        np.where(has, (at - s.ev_ts[last]) / 86_400.0, 365.0) if len(s.ev_ts) else np.full(n, 365.0)
     )
     lp = s.ev_last_purchase[last] if len(s.ev_last_purchase) else np.full(n, -1)
     bought = has & (lp >= begin)
-    since_purchase = np.where(bought, (rows.at - s.ev_ts[np.maximum(lp, 0)]) / 86_400.0, 365.0)
+    since_purchase = np.where(bought, (at - s.ev_ts[np.maximum(lp, 0)]) / 86_400.0, 365.0)
     purchases = s.purchases_cum[end] - s.purchases_cum[begin]
     spend = s.spend_cum[end] - s.spend_cum[begin]
     ratings = s.ratings_cum[end] - s.ratings_cum[begin]
     rating_sum = s.rating_sum_cum[end] - s.rating_sum_cum[begin]
-    # the user's last AFFINITY_EVENTS events: (B, L) positions, -1 = none
+    # the user's last AFFINITY_EVENTS events: (runs, L) positions, -1 = none
     offsets = np.arange(AFFINITY_EVENTS, 0, -1)
     window = end[:, None] - offsets[None, :]
     valid = window >= begin[:, None]
@@ -396,44 +410,52 @@ def _compute(state: RankingState, rows: Rows) -> Features:
     )
     item_safe = np.maximum(window_items, 0)
     seen = valid.sum(1)
-
-    def affinity(table: np.ndarray) -> np.ndarray:
-        same = (
-            (table[item_safe] == table[rows.item][:, None])
-            & valid
-            & (table[rows.item][:, None] > 0)
-        )
-        return same.sum(1) / np.maximum(seen, 1)
-
     prices = np.where(valid, s.item_price[item_safe], np.nan)
     priced = np.isfinite(prices)
     usual = np.where(priced, prices, 0.0).sum(1) / np.maximum(priced.sum(1), 1)
     usual = np.where(priced.any(1), usual, np.nan)
+    day_total = s.item_counter.total(at, 86_400.0)
+    week_total = s.item_counter.total(at, 7 * 86_400.0)
+    recent_pos = window_items[:, -RECENT_ITEMS:]
+    recent_ok = recent_pos >= 0
+    recent_safe = np.maximum(recent_pos, 0)
+    recent = np.where(recent_ok, s.item_bucket[recent_safe], 0)
+    recent_category = np.where(recent_ok, s.item_category[recent_safe], 0)
+    hour = (np.floor(at / 3600.0) % 24).astype(np.int64) + 1
+    weekday = ((np.floor(at / 86_400.0) + 3) % 7).astype(np.int64) + 1
+    seen_rows = np.maximum(seen, 1)[run]
+    valid_rows = valid[run]
+
+    def affinity(table: np.ndarray) -> np.ndarray:
+        candidate = table[rows.item]
+        same = (table[item_safe][run] == candidate[:, None]) & valid_rows & (candidate[:, None] > 0)
+        return same.sum(1) / seen_rows
+
+    # per row (candidate)
+    usual_rows = usual[run]
     cand_price = s.item_price[rows.item]
     ratio = np.where(
-        np.isfinite(usual) & np.isfinite(cand_price) & (usual > 0),
-        np.log((cand_price + 1.0) / (np.nan_to_num(usual) + 1.0)),
+        np.isfinite(usual_rows) & np.isfinite(cand_price) & (usual_rows > 0),
+        np.log((cand_price + 1.0) / (np.nan_to_num(usual_rows) + 1.0)),
         0.0,
     )
     # item activity, point in time
-    counts = [s.item_counter.count(rows.item, rows.at, w) for w in ITEM_WINDOWS_S]
-    day_total = s.item_counter.total(rows.at, 86_400.0)
-    week_total = s.item_counter.total(rows.at, 7 * 86_400.0)
+    counts = s.item_counter.counts(rows.item, rows.at, ITEM_WINDOWS_S)
     age = (rows.at - s.item_listed[rows.item]) / 86_400.0
     # retrieval score standardised within each user's list (rows of one request are adjacent)
     z = _within_list_z(rows)
     numeric = np.column_stack(
         [
-            np.log1p(count),
-            np.log1p(week),
-            np.log1p(np.clip(since_last, 0, 365)),
-            np.log1p(np.clip(since_purchase, 0, 365)),
-            (~bought).astype(np.float64),
-            np.log1p(np.where(purchases > 0, spend / np.maximum(purchases, 1), 0.0)),
-            np.where(ratings > 0, rating_sum / np.maximum(ratings, 1), 0.0),
+            np.log1p(count)[run],
+            np.log1p(week)[run],
+            np.log1p(np.clip(since_last, 0, 365))[run],
+            np.log1p(np.clip(since_purchase, 0, 365))[run],
+            (~bought).astype(np.float64)[run],
+            np.log1p(np.where(purchases > 0, spend / np.maximum(purchases, 1), 0.0))[run],
+            np.where(ratings > 0, rating_sum / np.maximum(ratings, 1), 0.0)[run],
             *[np.log1p(c) for c in counts],
-            np.log((counts[1] + 0.5) / (day_total + 1.0)),
-            np.log((counts[2] + 0.5) / (week_total + 1.0)),
+            np.log((counts[1] + 0.5) / (day_total[run] + 1.0)),
+            np.log((counts[2] + 0.5) / (week_total[run] + 1.0)),
             np.log1p(np.clip(np.nan_to_num(age, nan=365.0), 0, None)),
             np.log1p(np.nan_to_num(np.clip(cand_price, 0, None), nan=0.0)),
             rows.sellable.astype(np.float64),
@@ -446,8 +468,6 @@ def _compute(state: RankingState, rows: Rows) -> Features:
             ratio,
         ]
     ).astype(np.float32)
-    hour = (np.floor(rows.at / 3600.0) % 24).astype(np.int64) + 1
-    weekday = ((np.floor(rows.at / 86_400.0) + 3) % 7).astype(np.int64) + 1
     categorical = np.column_stack(
         [
             s.item_bucket[rows.item],
@@ -456,16 +476,16 @@ def _compute(state: RankingState, rows: Rows) -> Features:
             s.item_brand[rows.item],
             rows.region,
             np.clip(rows.device, 0, 16),
-            hour,
-            weekday,
+            hour[run],
+            weekday[run],
         ]
     ).astype(np.int64)
-    recent_pos = window_items[:, -RECENT_ITEMS:]
-    recent_ok = recent_pos >= 0
-    recent_safe = np.maximum(recent_pos, 0)
-    recent = np.where(recent_ok, s.item_bucket[recent_safe], 0)
-    recent_category = np.where(recent_ok, s.item_category[recent_safe], 0)
-    return Features(numeric, categorical, recent.astype(np.int64), recent_category.astype(np.int64))
+    return Features(
+        numeric,
+        categorical,
+        recent[run].astype(np.int64),
+        recent_category[run].astype(np.int64),
+    )
 
 
 def _within_list_z(rows: Rows) -> np.ndarray:

@@ -597,6 +597,95 @@ class FaissIndex:
         return index
 
 
+class ColumnIndex:
+    """faiss IVF-Flat over the rows of one matrix, labelled by row number: a scorer's serving
+    index over its catalogue (row i = item column i), without string ids.
+
+    `search` takes a bitmap of the rows it may return (bit i of byte i // 8, little-endian:
+    the sellable items of a region), checked during the scan as in `FaissIndex`, and repeats
+    a query with 4× the lists when the probed ones ran out of admissible rows. `extend` adds
+    rows after the last (products listed live); a row's vector is never replaced (a new
+    catalogue gets a new index).
+    """
+
+    def __init__(self, vectors: np.ndarray, config: FaissConfig | None = None) -> None:
+        self._faiss = _import_faiss()
+        self.config = config or FaissConfig()
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or len(x) == 0:
+            raise ConfigError(f"a column index needs a non-empty (n, dim) matrix; got {x.shape}")
+        self.dim = int(x.shape[1])
+        faiss = self._faiss
+        faiss.omp_set_num_threads(self.config.threads)
+        nlist = self.config.nlist or auto_nlist(len(x))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter = self.config.train_iterations
+        ivf.cp.max_points_per_centroid = self.config.train_points_per_list
+        ivf.cp.min_points_per_centroid = 1
+        ivf.cp.seed = self.config.seed
+        ivf.train(x)
+        self._quantizer, self._ivf = quantizer, ivf
+        self._size = 0
+        self.extend(x)
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def nlist(self) -> int:
+        return int(self._ivf.nlist)
+
+    def probes_for(self, k: int) -> int:
+        return min(self.nlist, self.config.nprobe or default_nprobe(self.nlist, k))
+
+    def extend(self, vectors: np.ndarray) -> None:
+        """Add rows after the last (labels len(self), len(self) + 1, ...)."""
+        x = _check_vectors(vectors, self.dim, "item vectors")
+        if not len(x):
+            return
+        self._faiss.omp_set_num_threads(self.config.threads)
+        self._ivf.add_with_ids(x, np.arange(self._size, self._size + len(x), dtype=np.int64))
+        self._size += len(x)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        probe_k: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(len(queries), k) rows and inner products, best first; -1 and -inf past the
+        admissible rows. `allowed`: uint8 bitmap over rows (None = every row); `probe_k`:
+        the list length the scanned lists are sized for (default k; a caller that asks for
+        more to drop some afterwards keeps the scan of the list it wants)."""
+        faiss = self._faiss
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(int(k), self._size))
+        faiss.omp_set_num_threads(self.config.threads)
+        sel = None
+        if allowed is not None:
+            allowed = np.ascontiguousarray(allowed, dtype=np.uint8)
+            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(allowed))
+        labels = np.full((len(q), k), -1, dtype=np.int64)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        pending, nprobe = np.arange(len(q)), self.probes_for(probe_k or k)
+        while len(pending):
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            if sel is not None:
+                params.sel = sel
+            dist, lab = self._ivf.search(q[pending], k, params=params)
+            found = lab >= 0
+            labels[pending] = lab
+            scores[pending] = np.where(found, dist, -np.inf)
+            # faiss pads with -1 when the probed lists ran out of admissible rows
+            short = pending[~found[:, -1]]
+            if nprobe >= self.nlist:
+                break
+            pending, nprobe = short, min(self.nlist, 4 * nprobe)
+        return labels, scores
+
+
 def _last_wins(
     names: list[str], x: np.ndarray, regions: list[Sequence[str] | None]
 ) -> tuple[list[str], np.ndarray, list[Sequence[str] | None]]:

@@ -75,6 +75,20 @@ class History(BaseModel):
     )
 
 
+class ItemState(BaseModel):
+    item_id: str
+    known: bool = Field(description="always true: an unknown id is a 404")
+    recommendable: bool = Field(
+        description="has a model column, is sellable somewhere, is placed by the retrieval "
+        "model (the two-tower places products listed live by content; other models only "
+        "the items they were trained with) and is listed by the model's clock"
+    )
+    sellable_regions: list[str] | None = Field(
+        description="the regions where it may be shown; null: everywhere"
+    )
+    listed_live: bool = Field(description="first listed through the API, after training")
+
+
 class Written(BaseModel):
     id: str
     offset: int = Field(description="the event-log offset of the write")
@@ -160,6 +174,15 @@ def create_app(live: LiveRecommender, *, owns_live: bool = False) -> FastAPI:
     ) -> dict[str, Any]:
         """The user's most recent online events, newest first."""
         return {"user_id": user_id, "events": live.history(user_id, limit)}
+
+    @app.get(
+        "/v1/items/{item_id}",
+        response_model=ItemState,
+        responses={**_ERRORS, 404: {"model": ErrorBody, "description": "unknown item"}},
+    )
+    def get_item(item_id: Annotated[str, Path(**_ID)]) -> dict[str, Any]:
+        """What this worker knows about an item, with every logged write applied."""
+        return live.item(item_id)
 
     @app.put(
         "/v1/items/{item_id}",

@@ -1,8 +1,8 @@
 """`marketrec serve`: the app under granian, with one or more worker processes.
 
 Each worker process builds its own `LiveRecommender` from the same model folder and event log
-(`worker_app`, the factory granian calls in every worker; the model folder and store URL
-reach it through environment variables, which worker processes inherit). Workers share no
+(`worker_app`, the factory granian calls in every worker; the model folder, store URL and
+prefix reach it through environment variables, which worker processes inherit). Workers share no
 memory: they agree because each tails the one log, so any worker answers with every accepted
 event already applied (see `marketrec.online.live`).
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ENV_MODEL = "MARKETREC_SERVE_MODEL"
 ENV_STORE = "MARKETREC_SERVE_STORE"
+ENV_STORE_PREFIX = "MARKETREC_SERVE_STORE_PREFIX"
 TARGET = "marketrec.serving.server:worker_app"
 #: Model folder manifests: a pipeline's, then a single model's.
 _MANIFESTS = ("pipeline.json", "manifest.json")
@@ -56,25 +57,31 @@ def serve(
     port: int = 8000,
     store: str | None = None,
     workers: int = 1,
+    store_prefix: str | None = None,
 ) -> None:
     """Serve CONTRACT §6 until interrupted. `store`: event-log URL (default SQLite in
-    MODEL/state/events.sqlite; `redis://HOST:PORT/DB`)."""
+    MODEL/state/events.sqlite; `redis://HOST:PORT/DB`); `store_prefix`: the Redis keys'
+    prefix (default `marketrec:`), so several deployments or tests share one database."""
     from marketrec.online.live import STATE_FOLDER
-    from marketrec.online.log import open_log
+    from marketrec.online.log import DEFAULT_REDIS_PREFIX, open_log
 
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if not 0 < port < 65_536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
+    if store_prefix is not None and not store_prefix:
+        raise ConfigError("--store-prefix must not be empty")
+    prefix = DEFAULT_REDIS_PREFIX if store_prefix is None else store_prefix
     folder = check_model_folder(model)
     # fail here, once, on a bad URL or an unreachable Redis (and create the SQLite file
     # before several workers race to)
-    open_log(store, folder / STATE_FOLDER).close()
+    open_log(store, folder / STATE_FOLDER, prefix=prefix).close()
     os.environ[ENV_MODEL] = str(folder)
     if store is None:
         os.environ.pop(ENV_STORE, None)
     else:
         os.environ[ENV_STORE] = store
+    os.environ[ENV_STORE_PREFIX] = prefix
     for name in _THREAD_VARS:
         os.environ.setdefault(name, "1")
 
@@ -96,6 +103,7 @@ def worker_app() -> FastAPI:
     """The app of one worker process (granian's factory): load the model, open the log; the
     app's startup replays the log in the background while `/readyz` answers 503."""
     from marketrec.online.live import LiveRecommender
+    from marketrec.online.log import DEFAULT_REDIS_PREFIX
     from marketrec.serving.app import create_app
     from marketrec.serving.logs import configure_service_logging
 
@@ -104,7 +112,12 @@ def worker_app() -> FastAPI:
     model = os.environ.get(ENV_MODEL)
     if not model:
         raise ConfigError(f"{ENV_MODEL} is not set (start the service with `marketrec serve`)")
-    live = LiveRecommender.open(model, os.environ.get(ENV_STORE) or None, recover=False)
+    live = LiveRecommender.open(
+        model,
+        os.environ.get(ENV_STORE) or None,
+        recover=False,
+        prefix=os.environ.get(ENV_STORE_PREFIX) or DEFAULT_REDIS_PREFIX,
+    )
     log.info("worker %d: model %s loaded", os.getpid(), live.version)
     return create_app(live, owns_live=True)
 
