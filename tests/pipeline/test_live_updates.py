@@ -210,3 +210,56 @@ def test_a_spent_budget_skips_the_ranker(model: Recommender, market: Dataset) ->
     recs = model.recommend_detailed(["u00"], 5)
     assert recs.height == 5 and all("budget" in s for s in recs["signals"].to_list())
     _rules_hold(model, market, recs)
+
+
+@pytest.fixture
+def indexed(market: Dataset) -> Recommender:
+    """The two-stage pipeline with retrieval through the faiss serving index (threshold 1:
+    this 13-item catalogue gets one, a single list scanned whole)."""
+    pytest.importorskip("faiss")
+    return Recommender(
+        create("two-tower", {**TINY_TOWER, "ann_min_items": 1}),
+        ranking=RankingParams(epochs=2, random_negatives=3, candidates=10),
+    ).fit(market)
+
+
+def test_the_serving_index_gives_the_exact_lists(indexed: Recommender) -> None:
+    everyone = [f"u{u:02d}" for u in range(30)] + ["nobody"]
+    scorer = indexed.retrieval.scorer
+    through_index = indexed.recommend_detailed(everyone, 6)
+    assert scorer.serving_index() is not None
+    scorer.params = scorer.params.model_copy(update={"ann_min_items": None})
+    assert indexed.retrieval._serving_index() is None
+    exact = indexed.recommend_detailed(everyone, 6)
+    assert through_index.select("user_id", "item_id", "rank", "source").equals(
+        exact.select("user_id", "item_id", "rank", "source")
+    )
+    assert np.allclose(through_index["score"], exact["score"], atol=1e-4)
+
+
+def test_the_serving_index_follows_live_updates(indexed: Recommender, market: Dataset) -> None:
+    everyone = [f"u{u:02d}" for u in range(30)] + ["nobody"]
+    scorer = indexed.retrieval.scorer
+    indexed.recommend(everyone, 5)
+    index = scorer.serving_index()
+    items = validate_items(
+        pl.DataFrame(
+            {
+                "item_id": ["fresh-toy"],
+                "title": ["wooden toy train"],
+                "category": ["Toys"],
+                "created_at": [T0 + timedelta(hours=99)],
+            }
+        ),
+        [],
+    )
+    indexed.upsert_items(items)
+    assert scorer.serving_index() is index and len(index) == 14  # added, not rebuilt
+    recs = indexed.recommend(everyone, 13)
+    assert "fresh-toy" in recs.get_column("item_id").to_list()
+    _rules_hold(indexed, market, recs)
+    indexed.absorb(live_events([("u05", "fresh-toy", 0, "click")]))
+    assert "fresh-toy" not in listed(indexed, "u05", 14)
+    indexed.delist(["fresh-toy", "i00"])
+    gone = indexed.recommend(everyone, 14).get_column("item_id").to_list()
+    assert not {"fresh-toy", "i00"} & set(gone)

@@ -12,6 +12,7 @@ import pytest
 from marketrec.core.errors import ConfigError, ModelError
 from marketrec.retrieval.index import (
     EXACT_MAX_ITEMS,
+    ColumnIndex,
     ExactIndex,
     FaissConfig,
     FaissIndex,
@@ -286,3 +287,28 @@ def test_faiss_training_rules() -> None:
     with pytest.raises(ConfigError, match="must be positive"):
         FaissConfig(nprobe=0)
     assert auto_nlist(1_000_000) == 4000 and auto_nlist(100) == 2 and auto_nlist(5) == 1
+
+
+@needs_faiss
+def test_column_index_rows_bitmaps_and_growth() -> None:
+    """The scorer's serving index: labels are row numbers, a bitmap keeps the allowed rows
+    (a rare set still fills k: the query widens until it does), rows added later are found."""
+    x = _vectors(N, 3)
+    q = _vectors(4, 4)
+    index = ColumnIndex(x, FaissConfig(nlist=20, nprobe=20))  # every list: exact
+    rows, scores = index.search(q, 10)
+    exact = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :10]
+    assert (np.sort(rows, 1) == np.sort(exact, 1)).all()
+    assert np.allclose(scores, np.take_along_axis(q @ x.T, rows, 1), atol=1e-5)
+    allowed = np.zeros(N, dtype=bool)
+    allowed[::50] = True  # 12 rows, scattered over the lists
+    narrow = ColumnIndex(x, FaissConfig(nlist=20, nprobe=1))
+    rows, scores = narrow.search(q, 12, np.packbits(allowed, bitorder="little"))
+    assert (np.sort(rows, 1) == np.flatnonzero(allowed)).all() and np.isfinite(scores).all()
+    rows, scores = narrow.search(q, 15, np.packbits(allowed, bitorder="little"))
+    assert (rows[:, 12:] == -1).all() and np.isneginf(scores[:, 12:]).all()
+    extra = q[:1] * 100.0  # far along the first query: its best match
+    index.extend(extra)
+    assert len(index) == N + 1
+    rows, _ = index.search(q[:1], 3)
+    assert rows[0, 0] == N

@@ -139,6 +139,7 @@ class TwoTowerScorer:
             },
         }
         self._item_vectors = item_vectors(model, data, at=meta["reference_ts"])
+        self.serving_index()  # large catalogues: built now, not in a first request
 
     @cached_property
     def _config(self) -> Any:
@@ -469,6 +470,8 @@ class TwoTowerScorer:
         text_state = {k[5:]: v for k, v in arrays.items() if k.startswith("text/")}
         self._meta = {**meta, **({"text_state": text_state} if text_state else {})}
         self._item_vectors = arrays["item_vectors"]
+        self._ann = self._reserved = None
+        self.serving_index()
 
 
 def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[str, Any]]:
