@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from marketrec.core.errors import DataError
@@ -354,3 +355,9 @@ _COERCERS: dict[str, Callable[[pl.Series, str, list[str]], pl.Series]] = {
     _BOOL: _coerce_bool,
     _LIST: _coerce_list,
 }
+
+
+def epoch_seconds(times: pl.Series) -> np.ndarray:
+    """A timestamp column as float64 epoch seconds (microsecond precision; NaN for null)."""
+    seconds = times.cast(TIMESTAMP).dt.epoch("us").cast(pl.Float64) / 1e6
+    return seconds.fill_null(np.nan).to_numpy()

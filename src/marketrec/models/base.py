@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from marketrec import __version__
 from marketrec.core.errors import ConfigError, ModelError
-from marketrec.data.schema import Dataset
+from marketrec.data.schema import Dataset, epoch_seconds
 from marketrec.features.interactions import IdVocab, InteractionConfig, build_interactions
 from marketrec.features.listing import listing_times
 from marketrec.features.regions import home_regions, item_regions
@@ -176,8 +176,7 @@ class CollaborativeRecommender:
         (len(rows), k) item columns and scores, best first; -inf scores where fewer than k
         items may be shown. The pipeline calls it directly, without id lookups or frames."""
         assert self._items is not None
-        n_items = len(self._listed_at) if len(self._listed_at) else len(self._items)
-        n_items = self._history.shape[1] if self._history is not None else n_items
+        n_items = self.n_items
         if exclude is not None and exclude.shape != (len(rows), n_items):
             raise ConfigError(
                 f"exclude must be {len(rows)} users × {n_items} items, got {exclude.shape}"
@@ -332,7 +331,7 @@ class CollaborativeRecommender:
         if regions is not None:
             if len(regions) != n:
                 raise ConfigError(f"got {len(regions)} regions for {n} users")
-            lookup = {name: i for i, name in enumerate(self._regions)}
+            lookup = self._region_lookup
             given = np.array([lookup.get(r, -2) if r is not None else -1 for r in regions])
             home = np.where(given >= 0, given, np.where(given == -2, -1, home))
         return np.where(home >= 0, home, no_region)
@@ -491,15 +490,12 @@ class CollaborativeRecommender:
         return int(self._history.shape[1])
 
     def item_columns(self, item_ids: pl.Series) -> np.ndarray:
-        """Each item's column in the model (-1: unknown to it)."""
+        """Each item's column in the model (-1: unknown to it, or null)."""
         if self._items is None:
             raise ModelError(f"model '{self.name}' is not fitted")
-        cols = self._items.lookup(item_ids)
-        if self._live_items and (cols < 0).any():
-            missing = np.flatnonzero(cols < 0)
-            names = item_ids.gather(missing).to_list()
-            cols[missing] = [self._live_items.get(i, -1) for i in names]
-        return cols
+        null = item_ids.is_null().to_numpy()
+        cols = _with_live(self._items.lookup(item_ids.fill_null("")), item_ids, self._live_items)
+        return np.where(null, -1, cols)
 
     @property
     def user_ids(self) -> pl.Series:
@@ -511,6 +507,22 @@ class CollaborativeRecommender:
         return pl.concat([self._users.ids, pl.Series("id", list(self._live_users))])
 
     @property
+    def _region_lookup(self) -> dict[str, int]:
+        """Region name → region index (the regions are fixed at training)."""
+        cached = self.__dict__.get("_region_lookup_cache")
+        if cached is None or cached[0] is not self._regions:
+            cached = (self._regions, {name: j for j, name in enumerate(self._regions)})
+            self.__dict__["_region_lookup_cache"] = cached
+        return cached[1]
+
+    @property
+    def n_users(self) -> int:
+        """User rows (trained and first seen live)."""
+        if self._user_region is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        return len(self._user_region)
+
+    @property
     def region_names(self) -> tuple[str, ...]:
         """Region names, in the order of `region_index`."""
         return self._regions
@@ -519,12 +531,7 @@ class CollaborativeRecommender:
         """Each user's row in the model (-1: unknown to it)."""
         if self._users is None:
             raise ModelError(f"model '{self.name}' is not fitted")
-        rows = self._users.lookup(user_ids)
-        if self._live_users and (rows < 0).any():
-            missing = np.flatnonzero(rows < 0)
-            names = user_ids.gather(missing).to_list()
-            rows[missing] = [self._live_users.get(u, -1) for u in names]
-        return rows
+        return _with_live(self._users.lookup(user_ids), user_ids, self._live_users)
 
     def sellable(self, regions: np.ndarray) -> np.ndarray:
         """(len(regions), n_items) bool: which items may be shown in each region index
@@ -570,7 +577,7 @@ class CollaborativeRecommender:
         self._live = True
         cfg = self.interaction_config
         items = events.get_column("item_id")
-        cols = np.where(items.is_null().to_numpy(), -1, self.item_columns(items.fill_null("")))
+        cols = self.item_columns(items)
         kind = events.get_column("event")
         take = (cols >= 0) & ~kind.is_in(list(cfg.ignore)).to_numpy()
         if not take.any():
@@ -586,8 +593,7 @@ class CollaborativeRecommender:
         # a pair keeps its strongest event (as in training: `build_interactions`)
         self._history = self._history.maximum(delta).tocsr()
         self._history.sort_indices()
-        seconds = events.get_column("ts").dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6
-        self._advance_clock(float(seconds.max()) + 1.0)
+        self._advance_clock(float(epoch_seconds(events.get_column("ts")).max()) + 1.0)
         absorb = getattr(self.scorer, "absorb", None)
         if absorb is not None:
             picked = np.flatnonzero(take)
@@ -660,8 +666,7 @@ class CollaborativeRecommender:
             )
             listed = np.full(len(names), np.nan)  # unknown listing time: always listed
             if "created_at" in fresh.columns:
-                seconds = fresh.get_column("created_at").dt.epoch("us").cast(pl.Float64) / 1e6
-                listed = seconds.fill_null(np.nan).to_numpy()
+                listed = epoch_seconds(fresh.get_column("created_at"))
             self._listed_at = np.r_[self._listed_at, listed]
             if np.isfinite(listed).any():  # a product exists from its listing on
                 self._advance_clock(float(np.nanmax(listed)))
@@ -669,7 +674,7 @@ class CollaborativeRecommender:
             if grow is not None:
                 grow(fresh)
         cols = self.item_columns(items.get_column("item_id"))
-        lookup = {name: j for j, name in enumerate(self._regions)}
+        lookup = self._region_lookup
         for col, row in zip(cols, items.iter_rows(named=True), strict=True):
             allowed = np.ones(len(self._regions) + 1, dtype=bool)
             if row.get("regions") is not None:
@@ -687,7 +692,7 @@ class CollaborativeRecommender:
         rows = self.ensure_users(users.get_column("user_id"))
         if "region" in users.columns:
             assert self._user_region is not None
-            lookup = {name: j for j, name in enumerate(self._regions)}
+            lookup = self._region_lookup
             given = users.get_column("region").to_list()
             region = np.array([lookup.get(r, -1) if r is not None else -1 for r in given])
             self._user_region[rows] = region
@@ -791,6 +796,14 @@ def read_manifest(folder: str | Path) -> tuple[Path, dict[str, Any]]:
             f"{manifest_path}: written by a newer marketrec (format {manifest['format_version']})"
         )
     return path, manifest
+
+
+def _with_live(rows: np.ndarray, ids: pl.Series, live: dict[str, int]) -> np.ndarray:
+    """Vocabulary rows (-1: unknown) with the ids first seen live filled in from `live`."""
+    if live and (rows < 0).any():
+        missing = np.flatnonzero(rows < 0)
+        rows[missing] = [live.get(i, -1) for i in ids.gather(missing).to_list()]
+    return rows
 
 
 def _fill(scores: np.ndarray, rows: np.ndarray, scored: np.ndarray) -> None:

@@ -21,6 +21,7 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import Field
 
+from marketrec.data.schema import epoch_seconds
 from marketrec.models.scoring import Params, TrainContext
 
 log = logging.getLogger(__name__)
@@ -309,8 +310,8 @@ class TwoTowerScorer:
         and interaction weights) into the stored sequences, so the user tower reads them on
         the next request: a fresh user vector without retraining. `n_users`: user rows the
         model now has (rows first seen live get profile codes here)."""
-        from marketrec.retrieval.examples import grow_users, insert_events
-        from marketrec.retrieval.inputs import EVENT_CODES, UserVocabs
+        from marketrec.retrieval.examples import insert_events
+        from marketrec.retrieval.inputs import EVENT_CODES
 
         self.grow_users(n_users)
         device = (
@@ -318,18 +319,16 @@ class TwoTowerScorer:
             if "device" in events.columns
             else pl.repeat(None, events.height, dtype=pl.String, eager=True)
         )
-        vocabs = UserVocabs.from_dict(self._meta["user_vocabs"])
         codes = events.get_column("event").replace_strict(
             EVENT_CODES, default=0, return_dtype=pl.Int64
         )
-        seq = grow_users(self._data.seq, n_users)
         seq = insert_events(
-            seq,
+            self._data.seq,
             np.asarray(user_rows, dtype=np.int64),
             np.asarray(item_columns, dtype=np.int64),
-            events.get_column("ts").dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6,
+            epoch_seconds(events.get_column("ts")),
             codes.to_numpy(),
-            vocabs.device.encode(device),
+            self._device_vocab.encode(device),
             np.asarray(weights, dtype=np.float32),
         )
         self._data = dataclasses.replace(self._data, seq=seq)
@@ -399,16 +398,38 @@ class TwoTowerScorer:
         self._item_vectors = grown_vectors
         self.__dict__.pop("_new_items", None)
 
-    @cached_property
+    def _per_model(self, name: str, build: Callable[[], Any]) -> Any:
+        """`build()` once per model state (fit and restore replace `_meta`): what live
+        updates read from the model folder's metadata, rebuilt after a refit."""
+        cached = self.__dict__.get(name)
+        if cached is None or cached[0] is not self._meta:
+            cached = (self._meta, build())
+            self.__dict__[name] = cached
+        return cached[1]
+
+    @property
+    def _device_vocab(self) -> Any:
+        """The device vocabulary of training (live events are coded with it)."""
+        from marketrec.retrieval.inputs import UserVocabs
+
+        return self._per_model(
+            "_device_vocab_cache",
+            lambda: UserVocabs.from_dict(self._meta["user_vocabs"]).device,
+        )
+
+    @property
     def _text_encoder(self) -> Any:
         """The encoder the item texts were encoded with (the same vectors for the same
-        texts), rebuilt from the model folder once, when a first new item arrives."""
+        texts), rebuilt from the model's metadata when a first new item arrives."""
         from marketrec.features.text import encoder_from_spec
 
-        spec = dict(self._meta["text_encoder"])
-        if self._meta.get("text_state"):
-            spec["state"] = self._meta["text_state"]
-        return encoder_from_spec(spec)
+        def build() -> Any:
+            spec = dict(self._meta["text_encoder"])
+            if self._meta.get("text_state"):
+                spec["state"] = self._meta["text_state"]
+            return encoder_from_spec(spec)
+
+        return self._per_model("_text_encoder_cache", build)
 
     def set_user_regions(self, user_rows: np.ndarray, region_idx: np.ndarray) -> None:
         """Home regions (model region indices, -1 = unknown) of existing user rows."""

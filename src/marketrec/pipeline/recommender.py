@@ -30,7 +30,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from marketrec.core.errors import ConfigError, ModelError
-from marketrec.data.schema import Dataset
+from marketrec.data.schema import Dataset, epoch_seconds
 from marketrec.models.base import CollaborativeRecommender
 from marketrec.models.registry import load_model
 from marketrec.pipeline.config import PipelineConfig
@@ -468,7 +468,6 @@ class Recommender:
             masks[float(moment)] = mask
         return mask
 
-    # ----------------------------------------------------------------- persistence
     # ----------------------------------------------------------------- live updates
     def absorb(self, events: pl.DataFrame) -> None:
         """Events that arrived after training (canonical columns), taken in without
@@ -481,14 +480,14 @@ class Recommender:
         if events.height == 0:
             return
         rows = self.retrieval.absorb(events)
-        cols = self._columns(events.get_column("item_id"))
+        cols = self.retrieval.item_columns(events.get_column("item_id"))
         kind = events.get_column("event")
         on_item = (cols >= 0) & (kind != "search").to_numpy()
-        n_users = len(self.retrieval.user_ids)
+        n_users = self.retrieval.n_users
         self._seen = self._seen.with_events(
             rows[on_item], cols[on_item], kind.filter(pl.Series(on_item)).to_list(), n_users
         )
-        ts = events.get_column("ts").dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6
+        ts = epoch_seconds(events.get_column("ts"))
         if self.ranking is not None:
             value = (
                 events.get_column("value").cast(pl.Float64).fill_null(0.0).to_numpy()
@@ -529,15 +528,9 @@ class Recommender:
         self._follow_clock()
         if not created:
             return created
-        n_items = self.retrieval.item_ids.len()
+        n_items = self.retrieval.n_items
         added = n_items - len(self.stats.impressions)
-        self._seen = self._seen.with_events(
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int64),
-            [],
-            len(self.retrieval.user_ids),
-            n_items,
-        )
+        self._seen = self._seen.grown(self.retrieval.n_users, n_items)
         listed = self.retrieval.listed_at[-added:]
         info = self._items
         # category codes are those of training; a product listed live has code 0 (none)
@@ -563,29 +556,15 @@ class Recommender:
         of retrieval and of the ranker's features."""
         rows = self.retrieval.upsert_users(users)
         assert self._seen is not None
-        self._seen = self._seen.with_events(
-            np.zeros(0, np.int64), np.zeros(0, np.int64), [], len(self.retrieval.user_ids)
-        )
+        n_users = self.retrieval.n_users
+        self._seen = self._seen.grown(n_users, self.retrieval.n_items)
         if self.ranking is not None:
-            self.ranking.state = self.ranking.state.absorb(
-                *(np.zeros(0, np.int64),) * 2,
-                np.zeros(0),
-                np.zeros(0, dtype=object),
-                np.zeros(0),
-                len(self.retrieval.user_ids),
-            )
+            state = self.ranking.state.with_users(n_users)
             if "region" in users.columns:
                 region = self.retrieval.regions_of(rows)
                 known = region < len(self.retrieval.region_names)
-                self.ranking.state = self.ranking.state.with_user_regions(
-                    rows, np.where(known, region, -1)
-                )
-
-    def _columns(self, item_ids: pl.Series) -> np.ndarray:
-        """Item columns (-1: unknown or null)."""
-        missing = item_ids.is_null().to_numpy()
-        cols = self.retrieval.item_columns(item_ids.fill_null(""))
-        return np.where(missing, -1, cols)
+                state = state.with_user_regions(rows, np.where(known, region, -1))
+            self.ranking.state = state
 
     def save(self, folder: str | Path) -> Path:
         if self._seen is None or self._items is None or self.stats is None:

@@ -92,6 +92,12 @@ class SeenItems:
             unions[key] = grown
         return SeenItems(by_event, shape, unions)
 
+    def grown(self, n_users: int, n_items: int) -> SeenItems:
+        """The same seen items over `n_users` rows and `n_items` columns (users and products
+        first seen live, with nothing seen yet)."""
+        empty = np.zeros(0, dtype=np.int64)
+        return self.with_events(empty, empty, [], n_users, n_items)
+
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {"shape": np.array(self.shape)}
         for event, m in self.by_event.items():

@@ -193,9 +193,8 @@ class RankingState:
 
         One copy of the event arrays per call (events are inserted in (user, time) order and
         the running sums rebuilt), so a live service applies events in batches."""
-        region = np.r_[self.user_region, np.zeros(max(n_users - len(self.user_region), 0), int)]
         if len(user_rows) == 0:
-            return dataclasses.replace(self, user_region=region.astype(np.int64))
+            return self.with_users(n_users)
         codes = time_key(user_rows, ts)
         order = np.argsort(codes, kind="stable")
         codes, item, ts = codes[order], item_columns[order], ts[order]
@@ -209,8 +208,6 @@ class RankingState:
         )
         user_codes = np.insert(self.user_codes, where, codes)
         users = key_of(user_codes)
-        counter = self.item_counter
-        item_codes = time_key(item, ts)
         return dataclasses.replace(
             self,
             user_codes=user_codes,
@@ -221,16 +218,16 @@ class RankingState:
             purchases_cum=np.r_[0, np.cumsum(purchase.astype(np.int64))],
             rating_sum_cum=np.r_[0.0, np.cumsum(stars)],
             ratings_cum=np.r_[0, np.cumsum(rating.astype(np.int64))],
-            item_counter=ActivityCounter(
-                np.insert(
-                    counter.codes,
-                    np.searchsorted(counter.codes, np.sort(item_codes)),
-                    np.sort(item_codes),
-                ),
-                np.insert(counter.times, np.searchsorted(counter.times, np.sort(ts)), np.sort(ts)),
-            ),
-            user_region=region.astype(np.int64),
-        )
+            item_counter=self.item_counter.with_events(item, ts),
+        ).with_users(n_users)
+
+    def with_users(self, n_users: int) -> RankingState:
+        """This state over `n_users` user rows (rows first seen live: no region, no events)."""
+        extra = n_users - len(self.user_region)
+        if extra <= 0:
+            return self
+        region = np.r_[self.user_region, np.zeros(extra, dtype=np.int64)]
+        return dataclasses.replace(self, user_region=region)
 
     def with_items(self, items: pl.DataFrame, listed_at: np.ndarray) -> RankingState:
         """This state with products listed live (canonical items rows, in the order of their
