@@ -11,18 +11,56 @@ Two standard ways, chosen by `PipelineConfig.diversity`:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
 def category_similarity(categories: np.ndarray, top_categories: np.ndarray) -> np.ndarray:
     """(n, n) similarity of items by their category codes (0 = no category: similar to none)."""
-    same = (categories[:, None] == categories[None, :]) & (categories[:, None] > 0)
-    same_top = (top_categories[:, None] == top_categories[None, :]) & (top_categories[:, None] > 0)
+    return _similarity(
+        categories[:, None], top_categories[:, None], categories[None, :], top_categories[None, :]
+    )
+
+
+def _similarity(
+    category: np.ndarray, top: np.ndarray, categories: np.ndarray, top_categories: np.ndarray
+) -> np.ndarray:
+    """1 for the same category, 0.5 for the same top-level category, else 0 (broadcast)."""
+    same = (categories == category) & (category > 0)
+    same_top = (top_categories == top) & (top > 0)
     return np.where(same, 1.0, np.where(same_top, 0.5, 0.0))
 
 
 def mmr_order(relevance: np.ndarray, similarity: np.ndarray, k: int, strength: float) -> np.ndarray:
     """Positions (into `relevance`) of the k items MMR picks, in the order picked."""
+    return _mmr(relevance, lambda best: similarity[best], k, strength)
+
+
+def mmr_order_by_category(
+    relevance: np.ndarray,
+    categories: np.ndarray,
+    top_categories: np.ndarray,
+    k: int,
+    strength: float,
+) -> np.ndarray:
+    """`mmr_order(relevance, category_similarity(categories, top_categories), k, strength)`,
+    reading only the similarity rows of the items picked (k rows instead of an n × n matrix
+    per list)."""
+    return _mmr(
+        relevance,
+        lambda best: _similarity(
+            categories[best], top_categories[best], categories, top_categories
+        ),
+        k,
+        strength,
+    )
+
+
+def _mmr(
+    relevance: np.ndarray, similar_to: Callable[[int], np.ndarray], k: int, strength: float
+) -> np.ndarray:
+    """MMR's greedy picks; `similar_to(i)`: every item's similarity to item i."""
     n = len(relevance)
     k = min(k, n)
     if strength <= 0 or n == 0:
@@ -37,41 +75,7 @@ def mmr_order(relevance: np.ndarray, similarity: np.ndarray, k: int, strength: f
         best = int(np.argmax(gain))
         picked.append(best)
         free[best] = False
-        closest = np.maximum(closest, similarity[best])
-    return np.array(picked, dtype=np.int64)
-
-
-def mmr_order_by_category(
-    relevance: np.ndarray,
-    categories: np.ndarray,
-    top_categories: np.ndarray,
-    k: int,
-    strength: float,
-) -> np.ndarray:
-    """`mmr_order(relevance, category_similarity(categories, top_categories), k, strength)`,
-    reading only the similarity rows of the items picked (k rows instead of an n × n matrix
-    per list)."""
-    n = len(relevance)
-    k = min(k, n)
-    if strength <= 0 or n == 0:
-        return np.argsort(-relevance, kind="stable")[:k]
-    span = float(relevance.max() - relevance.min()) or 1.0
-    rel = (relevance - relevance.min()) / span
-    picked: list[int] = []
-    closest = np.zeros(n)
-    free = np.ones(n, dtype=bool)
-    for _ in range(k):
-        gain = np.where(free, (1.0 - strength) * rel - strength * closest, -np.inf)
-        best = int(np.argmax(gain))
-        picked.append(best)
-        free[best] = False
-        cat, top = categories[best], top_categories[best]
-        row = np.where(
-            (categories == cat) & (cat > 0),
-            1.0,
-            np.where((top_categories == top) & (top > 0), 0.5, 0.0),
-        )
-        closest = np.maximum(closest, row)
+        closest = np.maximum(closest, similar_to(best))
     return np.array(picked, dtype=np.int64)
 
 
