@@ -253,3 +253,17 @@ def test_ranker_without_time_features_ignores_the_clock(market, tmp_path, timed)
     assert (scores[0] == scores[1]) is (not timed)
     loaded = Recommender.load(model.save(tmp_path / "stage"))
     assert loaded.ranking is not None and loaded.ranking.time_features is timed
+
+
+def test_mmr_by_category_rows_equals_mmr_over_the_matrix() -> None:
+    from marketrec.pipeline.diversity import mmr_order_by_category
+
+    rng = np.random.default_rng(3)
+    relevance = rng.random(40)
+    categories = rng.integers(0, 6, 40)
+    tops = np.where(categories > 0, (categories + 1) // 2, 0)
+    for strength in (0.0, 0.3, 0.8):
+        assert np.array_equal(
+            mmr_order_by_category(relevance, categories, tops, 10, strength),
+            mmr_order(relevance, category_similarity(categories, tops), 10, strength),
+        )
