@@ -20,8 +20,6 @@ import argparse
 import logging
 import math
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ from marketrec.evaluation.streaming import (
 from marketrec.models.registry import create
 from marketrec.pipeline.ranking_stage import RankingParams
 from marketrec.pipeline.recommender import Recommender
+from service import new_store, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -88,37 +87,11 @@ def _event_objects(events: pl.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serve_and_replay(folder: Path, split: Split, points: Any) -> StreamingReport:
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "marketrec"), "serve", str(folder), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("the server did not become ready in 300 s")
-        return replay(OverHttp(url), split, points)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    """`marketrec serve` on a fresh SQLite log in a temporary folder, replayed over HTTP."""
+    workdir = Path(tempfile.mkdtemp(prefix="p2-serve-"))
+    with serving(folder, new_store("sqlite", workdir), workdir) as (server,):
+        return replay(OverHttp(server.url), split, points)
 
 
 def row(name: str, report: StreamingReport, fit_s: float | None) -> str:

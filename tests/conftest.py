@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
+import redis
 
 from marketrec.data.schema import Dataset, make_dataset
 
@@ -71,3 +73,34 @@ def two_taste_world() -> Dataset:
         }
     )
     return make_dataset(events_frame(rows), items, users)
+
+
+#: Redis for the tests: database 15, each test under a key prefix of its own
+REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_DOWN = "Redis not reachable at 127.0.0.1:6379"
+
+
+@pytest.fixture(scope="session")
+def redis_up() -> bool:
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+        client.ping()
+        client.close()
+        return True
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_prefix(redis_up: bool):
+    """A unique key prefix in database 15; its keys are deleted afterwards (skips without
+    a Redis server)."""
+    if not redis_up:
+        pytest.skip(REDIS_DOWN)
+    prefix = f"marketrec-test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from conftest import REDIS_URL
 from marketrec.core.errors import ConfigError
 from marketrec.online.log import (
     Entry,
@@ -28,39 +28,11 @@ from marketrec.online.log import (
 )
 from marketrec.online.records import events_from_payloads, parse_event_payloads, parse_events
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
-REDIS_DOWN = "Redis not reachable at 127.0.0.1:6379"
-
 Opener = Callable[[], EventLog]
 
 
 def events(n: int, user: str = "u1") -> list[Entry]:
     return [("event", user, {"user_id": user, "item_id": f"i{i}", "n": i}) for i in range(n)]
-
-
-@pytest.fixture(scope="session")
-def redis_up() -> bool:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        client.ping()
-        client.close()
-        return True
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture
-def redis_prefix(redis_up: bool) -> Iterator[str]:
-    """A unique key prefix in database 15; its keys are deleted afterwards."""
-    if not redis_up:
-        pytest.skip(REDIS_DOWN)
-    prefix = f"marketrec-test:{uuid.uuid4().hex}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -8,26 +8,20 @@ afterwards, and skip when no Redis answers at 127.0.0.1:6379.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from market_model import train_tower_model
+from server_process import ServerProcess
 
+from conftest import REDIS_URL
 from marketrec.online.log import EventLog, RedisEventLog, SQLiteEventLog
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
-REDIS_DOWN = "Redis not reachable at 127.0.0.1:6379"
 T_BASE = 1_767_225_600.0  # 2026-01-01: after the test market's training events
 
 
@@ -44,107 +38,34 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tower_model(tmp_path_factory.mktemp("durability") / "model")
 
 
-@pytest.fixture(scope="module")
-def redis_up() -> bool:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        client.ping()
-        client.close()
-        return True
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path, redis_up: bool) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         path = tmp_path / "shared" / "events.sqlite"
         yield Store(["--store", f"sqlite:///{path}"], lambda: SQLiteEventLog(path))
         return
-    if not redis_up:
-        pytest.skip(REDIS_DOWN)
-    prefix = f"marketrec-test:{uuid.uuid4().hex}:"
+    prefix = request.getfixturevalue("redis_prefix")  # skips without Redis; cleans up
     yield Store(
         ["--store", REDIS_URL, "--store-prefix", prefix],
         lambda: RedisEventLog(REDIS_URL, prefix),
     )
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`marketrec serve` in its own process group (granian's workers included), its output
-    in a file (a pipe nobody reads would fill and block the server)."""
-
-    def __init__(self, model: Path, store: Store, output: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.output = output
-        command = [sys.executable, "-m", "marketrec.cli", "serve", str(model)]
-        command += ["--port", str(self.port), *store.args]
-        with output.open("ab") as sink:
-            self.process = subprocess.Popen(
-                command,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}: {self.log()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"server not ready after {timeout}s: {self.log()}")
-
-    def kill(self) -> None:
-        """`kill -9` of the server and its workers, at once."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGINT)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def log(self) -> str:
-        return self.output.read_text(errors="replace")[-3000:]
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[Server]]:
+def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
     """Servers a test starts; whatever is left running is stopped afterwards."""
-    started: list[Server] = []
+    started: list[ServerProcess] = []
     yield started
     for server in started:
         server.stop()
 
 
-def start(servers: list[Server], model: Path, store: Store, tmp_path: Path, n: int = 1):
+def start(servers: list[ServerProcess], model: Path, store: Store, tmp_path: Path, n: int = 1):
     """Start `n` servers at once on one store, wait until each is ready."""
-    new = [Server(model, store, tmp_path / f"server-{len(servers) + i}.log") for i in range(n)]
+    new = [
+        ServerProcess(model, store.args, tmp_path / f"server-{len(servers) + i}.log")
+        for i in range(n)
+    ]
     servers.extend(new)
     for server in new:
         server.wait_ready()
@@ -157,7 +78,7 @@ def key(event: dict) -> tuple[str, str, str, float]:
 
 # --------------------------------------------------------------------------- durability
 def test_every_accepted_event_survives_kill_9(
-    model_folder: Path, store: Store, tmp_path: Path, servers: list[Server]
+    model_folder: Path, store: Store, tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
     """Four clients post batches as fast as the server accepts them; the moment 400
     events have been answered 202, the server and its workers get SIGKILL (other batches
@@ -233,7 +154,7 @@ def listed(client: httpx.Client, user: str) -> list[str]:
 
 
 def test_two_servers_on_one_store_see_each_others_writes(
-    model_folder: Path, store: Store, tmp_path: Path, servers: list[Server]
+    model_folder: Path, store: Store, tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
     first, second = start(servers, model_folder, store, tmp_path, n=2)
     with (

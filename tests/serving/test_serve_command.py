@@ -3,54 +3,22 @@ MODEL/state/; and its answer to a bad model folder."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from market_model import train_model
+from server_process import ServerProcess
 
 from marketrec.cli import main
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(base: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"server not ready after {timeout}s")
-
-
 def test_serve_answers_over_http(tmp_path: Path) -> None:
     model = train_model(tmp_path / "model")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "marketrec.cli", "serve", str(model), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    server = ServerProcess(model, [], tmp_path / "server.log")
+    base = server.url
     try:
-        wait_ready(base, process)
+        server.wait_ready()
         recs = httpx.get(f"{base}/v1/recommendations", params={"user_id": "u00", "k": 3})
         assert recs.status_code == 200
         assert len(recs.json()["items"]) == 3
@@ -63,13 +31,8 @@ def test_serve_answers_over_http(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/v1/recommendations", params={"k": 3}).status_code == 400
         assert (model / "state" / "events.sqlite").is_file()  # the default store
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-    text = output.decode(errors="replace")
+        server.stop()
+    text = server.log(tail=None)
     assert '"endpoint":"/v1/recommendations"' in text  # one JSON log line per request
 
 
