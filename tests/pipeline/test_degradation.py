@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import T0, events_frame
-from marketrec.data.schema import Dataset, make_dataset
+from conftest import market_world
+from marketrec.data.schema import Dataset
 from marketrec.models.registry import create
 from marketrec.pipeline.config import PipelineConfig
 from marketrec.pipeline.ranking_stage import RankingParams
@@ -24,35 +24,7 @@ K = 5
 
 @pytest.fixture(scope="module")
 def market() -> Dataset:
-    """40 users over 18 items in 3 categories, a delisted item and one sold in the north only;
-    new items listed on the last day."""
-    items = [f"c{c}-{j}" for c in range(3) for j in range(6)]
-    rows = []
-    for u in range(40):
-        user = f"u{u:02d}"
-        for j in range(6):
-            rows.append((user, f"c{j % 3}-{(u + j) % 6}", u + j, "view"))
-        rows.append((user, f"c0-{u % 6}", u + 10, "purchase"))
-        rows.append((user, "north-only", u + 11, "view"))
-    new = [f"new{j}" for j in range(4)]
-    catalogue = pl.DataFrame(
-        {
-            "item_id": [*items, *new, "del", "north-only"],
-            "category": [f"Cat{i[1]}" for i in items] + ["Cat2"] * 4 + [None, None],
-            "created_at": [T0 - timedelta(days=30)] * len(items)
-            + [T0 + timedelta(hours=50)] * 4
-            + [T0, T0],
-            "available": [True] * (len(items) + 4) + [False, True],
-            "regions": [None] * (len(items) + 5) + [["north"]],
-        }
-    )
-    users = pl.DataFrame(
-        {
-            "user_id": [f"u{u:02d}" for u in range(40)] + ["newbie"],
-            "region": ["north"] * 20 + ["south"] * 20 + ["south"],
-        }
-    )
-    return make_dataset(events_frame(rows), catalogue, users)
+    return market_world()
 
 
 @pytest.fixture(scope="module")

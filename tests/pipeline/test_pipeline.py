@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import T0, events_frame
+from conftest import market_world
 from marketrec.core.errors import ConfigError
-from marketrec.data.schema import Dataset, make_dataset
+from marketrec.data.schema import Dataset
 from marketrec.models.registry import create
 from marketrec.pipeline.config import PipelineConfig
 from marketrec.pipeline.diversity import capped_order, category_similarity, mmr_order
@@ -23,41 +23,10 @@ from marketrec.pipeline.exploration import (
 from marketrec.pipeline.ranking_stage import RankingParams
 from marketrec.pipeline.recommender import Recommender
 
-CATEGORIES = ("Toys > Puzzles", "Toys > Dolls", "Garden > Tools")
-
 
 @pytest.fixture
 def market() -> Dataset:
-    """40 users; 18 old items in 3 categories (c0 most popular); 4 items listed on the last
-    day with no events (new); `del` is delisted; `north-only` sells in the north only. Users
-    view items of every category and buy one."""
-    items = [f"c{c}-{j}" for c in range(3) for j in range(6)]
-    rows = []
-    for u in range(40):
-        user = f"u{u:02d}"
-        for j in range(6):  # two items of each category; over all users, every old item
-            rows.append((user, f"c{j % 3}-{(u + j) % 6}", u + j, "view"))
-        rows.append((user, f"c0-{u % 6}", u + 10, "purchase"))
-        rows.append((user, "north-only", u + 11, "view"))
-    new = [f"new{j}" for j in range(4)]
-    catalogue = pl.DataFrame(
-        {
-            "item_id": [*items, *new, "del", "north-only"],
-            "category": [CATEGORIES[int(i[1])] for i in items] + [CATEGORIES[2]] * 4 + [None, None],
-            "created_at": [T0 - timedelta(days=30)] * len(items)
-            + [T0 + timedelta(hours=50)] * 4
-            + [T0, T0],
-            "available": [True] * (len(items) + 4) + [False, True],
-            "regions": [None] * (len(items) + 5) + [["north"]],
-        }
-    )
-    users = pl.DataFrame(
-        {
-            "user_id": [f"u{u:02d}" for u in range(40)] + ["newbie"],
-            "region": ["north"] * 20 + ["south"] * 20 + ["south"],
-        }
-    )
-    return make_dataset(events_frame(rows), catalogue, users)
+    return market_world()
 
 
 def pipeline(market: Dataset, **config) -> Recommender:
