@@ -356,10 +356,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
         f"demo finished in {time.perf_counter() - started:.0f}s; "
         f"data, models and metrics are in {config.out}/"
     )
-    if result.model is None:
+    if result.model is None or result.example is None:
         return
     url = f"http://{args.host}:{args.port}"
-    console.print(_DEMO_REQUESTS.format(url=url, model=result.model, **_demo_values(result.model)))
+    console.print(_DEMO_REQUESTS.format(url=url, model=result.model, **result.example))
     # a fresh process: granian forks its workers, and a fork of this one, whose torch thread
     # pools trained the model, hung in the worker (measured)
     serve_args = ["serve", str(result.model), "--host", args.host, "--port", str(args.port)]
@@ -381,24 +381,6 @@ try, from another terminal:
        -d '{{"title": "a brand new product", "category": "{category}", "price": 19.9}}'
   curl '{url}/metrics'   # Prometheus;  {url}/docs: the OpenAPI page
 """
-
-
-def _demo_values(model_folder: Path) -> dict[str, str]:
-    """A real user, the item on top of their list, a region and a category of the demo
-    world, so the printed requests work as they are."""
-    import polars as pl
-
-    from marketrec.pipeline.recommender import Recommender
-
-    data = model_folder.parent / "data"
-    events = pl.read_parquet(data / "events.parquet", columns=["user_id"])
-    user = str(events.get_column("user_id").mode().sort()[0])
-    item = Recommender.load(model_folder).recommend([user], 1).get_column("item_id")[0]
-    users = pl.read_parquet(data / "users.parquet")
-    items = pl.read_parquet(data / "items.parquet")
-    region = users.get_column("region").drop_nulls().mode().sort()[0]
-    category = items.get_column("category").drop_nulls().mode().sort()[0]
-    return {"user": user, "item": str(item), "region": str(region), "category": str(category)}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -49,6 +49,9 @@ class DemoResult:
     table: Table
     summary: str
     model: Path | None = None  # the two-stage model folder, ready to serve
+    #: a real user, the item on top of their list, a region and a category of the world,
+    #: for example requests that work as printed
+    example: dict[str, str] | None = None
 
 
 def run_demo(config: DemoConfig, on_step: Callable[[str], None] | None = None) -> DemoResult:
@@ -89,11 +92,21 @@ def run_demo(config: DemoConfig, on_step: Callable[[str], None] | None = None) -
         f"items; {split.description}"
     )
     title = "baselines on the synthetic marketplace (targets: clicks, add-to-carts, purchases)"
-    model = None
+    folder, example = None, None
     if config.serving_model:
         step("training the two-stage model on every event, for serving")
-        model = train_serving_model(data, config.out / "model", dict(config.tower_params))
-    return DemoResult(runs, comparison_table(runs, title), summary, model)
+        folder = config.out / "model"
+        model = train_serving_model(data, folder, dict(config.tower_params))
+        example = _example(data, model)
+    return DemoResult(runs, comparison_table(runs, title), summary, folder, example)
+
+
+def _example(data: Dataset, model: Recommender) -> dict[str, str]:
+    user = str(data.events.get_column("user_id").mode().sort()[0])
+    item = model.recommend([user], 1).get_column("item_id")[0]
+    region = data.users.get_column("region").drop_nulls().mode().sort()[0]
+    category = data.items.get_column("category").drop_nulls().mode().sort()[0]
+    return {"user": user, "item": str(item), "region": str(region), "category": str(category)}
 
 
 def _days_before_today(days: int) -> datetime:
@@ -101,11 +114,11 @@ def _days_before_today(days: int) -> datetime:
     return today - timedelta(days=days)
 
 
-def train_serving_model(data: Dataset, folder: Path, tower: dict[str, object]) -> Path:
+def train_serving_model(data: Dataset, folder: Path, tower: dict[str, object]) -> Recommender:
     """Two-tower retrieval + re-ranker on `data`, saved to a fresh `folder` (an old folder's
     event log would replay onto the new model: it goes with it)."""
     if folder.exists():
         shutil.rmtree(folder)
     model = Recommender(create("two-tower", tower), PipelineConfig(), RankingParams())
     model.fit(data).save(folder)
-    return folder
+    return model
