@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -191,6 +191,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             )
         model.fit(data)
         model.save(args.out)
+    _record_training_data(args.out, args.data)
     console.print(f"trained {name} in {time.perf_counter() - started:.1f}s → {args.out}")
 
 
@@ -229,6 +230,7 @@ def _train_two_stage(args: argparse.Namespace, config: Any) -> None:
     with console.status("training the two-stage model (retrieval twice, then the ranker)…"):
         model = Recommender(retrieval, pipeline, ranking).fit(data)
         model.save(args.out)
+    _record_training_data(args.out, args.data)
     report = model.ranking.report if model.ranking is not None else None
     if report is not None:
         kept = "kept" if model.ranking.active else "not kept: retrieval order is served"
@@ -237,6 +239,13 @@ def _train_two_stage(args: argparse.Namespace, config: Any) -> None:
             f"{report.input_order_ndcg:.4f} ({kept})"
         )
     console.print(f"trained two-stage in {time.perf_counter() - started:.1f}s → {args.out}")
+
+
+def _record_training_data(model: str, data: str) -> None:
+    """So `marketrec retrain MODEL` finds the dataset again."""
+    from marketrec.online.versions import record_training_data
+
+    record_training_data(Path(model), Path(data))
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
@@ -270,6 +279,46 @@ def cmd_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         store_prefix=args.store_prefix,
     )
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from marketrec.data.schema import load_dataset
+    from marketrec.online.live import STATE_FOLDER
+    from marketrec.online.log import DEFAULT_REDIS_PREFIX, open_log
+    from marketrec.online.retrain import publish, retrain, training_data
+    from marketrec.serving.server import check_model_folder
+
+    model = check_model_folder(args.model)
+    source = Path(args.data) if args.data else training_data(model)
+    if source is None:
+        raise ConfigError(
+            f"{model}: the folder does not say which dataset it was trained on "
+            "(trained before `marketrec train` recorded it); pass --data DATA"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    out = Path(args.out) if args.out else model.parent / f"{model.name}-retrained-{stamp}"
+    data = load_dataset(source)
+    event_log = open_log(
+        args.store, model / STATE_FOLDER, prefix=args.store_prefix or DEFAULT_REDIS_PREFIX
+    )
+    try:
+        started = time.perf_counter()
+        with console.status(f"retraining on {source} plus the event log…"):
+            _, fold = retrain(model, data, event_log, out)
+        console.print(
+            f"retrained in {time.perf_counter() - started:.1f}s on {fold.data.events.height:,} "
+            f"events ({fold.events:,} from the log, up to offset {fold.offset}) → {out}"
+        )
+        if args.no_publish:
+            console.print("not published: `marketrec retrain` without --no-publish swaps it in")
+            return
+        version, offset = publish(event_log, out)
+        console.print(
+            f"published {version} at log offset {offset}: every worker following the log "
+            "swaps it in once loaded (`GET /readyz` shows the version)"
+        )
+    finally:
+        event_log.close()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -597,6 +646,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
     p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser(
+        "retrain",
+        help="retrain a served model on its dataset plus its event log; workers swap it in",
+    )
+    p.add_argument("model", help="the model folder being served")
+    p.add_argument(
+        "--data", help="the dataset folder it was trained on (default: what MODEL records)"
+    )
+    p.add_argument(
+        "--out", help="the new model folder (default: MODEL-retrained-<UTC time> beside MODEL)"
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="the event log the service uses (default: SQLite in MODEL/state/events.sqlite)",
+    )
+    p.add_argument("--store-prefix", metavar="PREFIX", help="key prefix of a Redis store")
+    p.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="only train: do not append the model record that makes workers swap it in",
+    )
+    p.set_defaults(run=cmd_retrain)
 
     p = sub.add_parser("evaluate", help="offline top-K metrics on a split folder")
     p.add_argument("split", help="folder written by `marketrec split` (train/ and test/)")

@@ -18,6 +18,7 @@ from marketrec.data.split import split_global
 from marketrec.data.synthetic import SyntheticConfig, write_marketplace
 from marketrec.evaluation.compare import ModelRun, comparison_table, run_models
 from marketrec.models.registry import create
+from marketrec.online.versions import record_training_data
 from marketrec.pipeline.config import PipelineConfig
 from marketrec.pipeline.ranking_stage import RankingParams
 from marketrec.pipeline.recommender import Recommender
@@ -97,6 +98,7 @@ def run_demo(config: DemoConfig, on_step: Callable[[str], None] | None = None) -
         step("training the two-stage model on every event, for serving")
         folder = config.out / "model"
         model = train_serving_model(data, folder, dict(config.tower_params))
+        record_training_data(folder, config.out / "data")  # for `marketrec retrain`
         example = _example(data, model)
     return DemoResult(runs, comparison_table(runs, title), summary, folder, example)
 

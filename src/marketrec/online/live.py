@@ -16,12 +16,17 @@ The clock: requests pass no ranking moment (`at=None`), so they rank at the mode
 "now": one second past its training data, moved forward by the events and listings it absorbs
 (`CollaborativeRecommender.clock`). A replayed historic stream thus ranks at its own time and
 a live one at the present, and every worker, applying the same log, keeps the same clock.
+
+Hot swap: a `model` record in the log (`marketrec retrain` appends one) names a retrained
+model folder. Each worker loads it in a background thread while it keeps serving the old
+model, replays into it the log after the offset it was trained up to (`trained_offset`),
+then, under the lock, applies the last few records and swaps: no request fails or waits
+for the load, and each response names the version that served it. A worker that recovers
+from the log swaps to each model record as it reaches it, before it is ready.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import threading
@@ -45,6 +50,7 @@ from marketrec.online.records import (
     parse_item_update,
     parse_user_update,
 )
+from marketrec.online.versions import model_version, trained_offset
 from marketrec.pipeline.config import SERVING_RANK_BUDGET_MS
 from marketrec.pipeline.recommender import Recommender, load_recommender
 
@@ -83,6 +89,8 @@ class Observer(Protocol):
 
     def effect(self, seconds: float) -> None: ...
 
+    def swapped(self, old: str, new: str) -> None: ...
+
 
 class _NoObserver:
     def stage(self, name: str, seconds: float) -> None:
@@ -92,6 +100,9 @@ class _NoObserver:
         pass
 
     def effect(self, seconds: float) -> None:
+        pass
+
+    def swapped(self, old: str, new: str) -> None:
         pass
 
 
@@ -128,12 +139,7 @@ class LiveRecommender:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if isinstance(model, Recommender) and model.config.rank_budget_ms is None:
-            # a live request keeps its deadline: past the budget, retrieval order
-            model.config = model.config.model_copy(
-                update={"rank_budget_ms": SERVING_RANK_BUDGET_MS}
-            )
-        self.model = model
+        self.model = _for_serving(model)
         self.log = log
         self.version = version
         self.observer: Observer = observer or _NoObserver()
@@ -144,6 +150,9 @@ class LiveRecommender:
         self._ready = False
         self._recovering = False
         self.recovery_error: str | None = None
+        self._wanted: Record | None = None  # the newest model record not swapped in yet
+        self._swapper: threading.Thread | None = None
+        self.swap_error: str | None = None  # why the last swap failed (the old model serves)
 
     # ----------------------------------------------------------------- set-up
     @classmethod
@@ -197,6 +206,19 @@ class LiveRecommender:
         """The last log offset applied to this worker's state."""
         return self._state.offset
 
+    @property
+    def swapping(self) -> bool:
+        """True while a model named in the log is being loaded and caught up."""
+        return self._wanted is not None
+
+    def wait_for_swap(self, timeout: float = 60.0) -> bool:
+        """Block until no swap is pending (True) or `timeout` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        while self.swapping and time.monotonic() < deadline:
+            self.sync()
+            time.sleep(0.01)
+        return not self.swapping
+
     def close(self) -> None:
         self.log.close()
 
@@ -219,13 +241,14 @@ class LiveRecommender:
             self._sync_locked()
             synced = time.perf_counter()
             items = self._top(user_id, k, region)
+            version = self.version
         done = time.perf_counter()
         self.observer.stage("sync", synced - started)
         self.observer.stage("model", done - synced)
         return {
             "user_id": user_id,
             "items": items,
-            "model_version": self.version,
+            "model_version": version,
             "request_id": request_id or uuid.uuid4().hex,
         }
 
@@ -359,47 +382,97 @@ class LiveRecommender:
         return report
 
     def _apply(self, batch: list[Record], report: SyncReport) -> None:
-        """One run of records of one kind. A record that fails to apply is logged and
-        skipped: it was validated before it was logged, so a failure is a bug in the model's
-        update, and stopping would freeze this worker at that offset forever."""
+        """One run of records of one kind, to the serving model and this worker's state."""
         kind = batch[0].kind
-        try:
-            if kind == "event":
-                self._apply_events(batch)
-                report.events += len(batch)
-            elif kind == "item":
-                # items rows share one schema: one update for the run, the last PUT per id wins
-                rows = [parse_item_update(r.payload, now=0.0).to_row(r.key) for r in batch]
-                items = pl.concat(rows).unique("item_id", keep="last", maintain_order=True)
-                self.model.upsert_items(items)
-                self._state.created.update(r.key for r in batch)
-            elif kind == "item_delete":
-                self.model.delist([r.key for r in batch])
-            elif kind == "user":
-                # one at a time: each PUT carries its own attribute columns and types
-                for r in batch:
-                    self.model.upsert_users(parse_user_update(r.payload, now=0.0).to_row(r.key))
-            else:
-                raise ValueError(f"unknown record kind {kind!r}")
-        except Exception:
+        if kind == "model":
+            self._wanted = batch[-1]  # the newest of a run supersedes the others
+            if self._recovering:
+                self._swap_now()
+            elif self._swapper is None:
+                self._swapper = threading.Thread(target=self._swap, name="swap", daemon=True)
+                self._swapper.start()
+            return
+        if not _apply_to(self.model, batch):
             report.failed += len(batch)
-            log.exception(
-                "could not apply %d '%s' record(s) at offsets %d-%d; skipped",
-                len(batch),
-                kind,
-                batch[0].offset,
-                batch[-1].offset,
-            )
-
-    def _apply_events(self, batch: list[Record]) -> None:
-        payloads = [r.payload for r in batch]
-        self.model.absorb(events_from_payloads(payloads))
+            return
         state = self._state
-        for record in batch:
-            kept = state.history.get(record.key)
-            if kept is None:
-                kept = state.history[record.key] = deque(maxlen=self.history_size)
-            kept.append({**record.payload, "offset": record.offset})
+        if kind == "event":
+            report.events += len(batch)
+            for record in batch:
+                kept = state.history.get(record.key)
+                if kept is None:
+                    kept = state.history[record.key] = deque(maxlen=self.history_size)
+                kept.append({**record.payload, "offset": record.offset})
+        elif kind == "item":
+            state.created.update(r.key for r in batch)
+
+    # ----------------------------------------------------------------- hot swap
+    def _swap(self) -> None:
+        """Background: load the wanted model and catch it up off the lock, then swap under
+        it (looping while a newer model record arrived meanwhile). `_wanted` and
+        `_swapper` change only under the lock, so a record that arrives as this thread
+        ends is never left without one."""
+        while True:
+            with self._lock:
+                wanted = self._wanted
+                if wanted is None:
+                    self._swapper = None
+                    return
+            try:
+                model, offset = _load_for_swap(wanted)
+                # catch up without the lock while the old model serves …
+                offset = _replay(model, self.log, offset, self._state.offset)
+                with self._lock:
+                    # … then the last records under it, and swap
+                    self._sync_pending_locked()
+                    _replay(model, self.log, offset, self._state.offset)
+                    self._install(model, wanted)
+            except Exception as exc:
+                with self._lock:
+                    self._swap_failed(wanted, exc)
+
+    def _swap_now(self) -> None:
+        """Recovery: swap in the wanted model at once (the lock is held; nobody is served)."""
+        wanted = self._wanted
+        assert wanted is not None
+        try:
+            model, offset = _load_for_swap(wanted)
+            _replay(model, self.log, offset, self._state.offset)
+            self._install(model, wanted)
+        except Exception as exc:
+            self._swap_failed(wanted, exc)
+
+    def _install(self, model: Model, wanted: Record) -> None:
+        old = self.version
+        self.model = model
+        self.version = wanted.key
+        self.swap_error = None
+        if self._wanted is wanted:
+            self._wanted = None
+        log.info("swapped model %s → %s at offset %d", old, wanted.key, self._state.offset)
+        self.observer.swapped(old, wanted.key)
+
+    def _swap_failed(self, wanted: Record, exc: Exception) -> None:
+        self.swap_error = f"{wanted.key}: {type(exc).__name__}: {exc}"
+        log.exception("could not swap in model %s; %s keeps serving", wanted.key, self.version)
+        if self._wanted is wanted:
+            self._wanted = None
+
+    def _sync_pending_locked(self) -> None:
+        """Apply what the log holds beyond `offset` (the lock is held) without starting
+        another swap: a model record met here is only noted as wanted."""
+        while True:
+            records = self.log.read(self._state.offset, limit=PAGE)
+            if not records:
+                return
+            for batch in _runs(records):
+                if batch[0].kind == "model":
+                    self._wanted = batch[-1]
+                else:
+                    self._apply(batch, SyncReport())
+                self._state.offset = batch[-1].offset
+            if len(records) < PAGE:
+                return
 
     def _observe_effects(self) -> None:
         """Event-to-effect lag of this worker's own appends that are now applied."""
@@ -416,6 +489,7 @@ class LiveRecommender:
     def _top(self, user_id: str, k: int, region: str | None) -> list[dict[str, Any]]:
         model = self.model
         if isinstance(model, Recommender):
+            model.on_stage = self.observer.stage
             frame = model.recommend_detailed([user_id], k, regions=[region], explain=False)
             sources = frame.get_column("source").to_list()
         else:
@@ -438,24 +512,69 @@ class LiveRecommender:
 
 
 # --------------------------------------------------------------------------- helpers
-def model_version(folder: str | Path) -> str:
-    """`<folder name>@<created_at>` from the model's manifest (a pipeline's or a single
-    model's), else the folder name with a hash of the manifest: the same folder always
-    names the same version, and a retrained one a new version."""
-    path = Path(folder)
-    for name in ("pipeline.json", "manifest.json"):
-        file = path / name
-        if not file.is_file():
-            continue
-        text = file.read_text()
-        try:
-            created = json.loads(text).get("created_at")
-        except (json.JSONDecodeError, AttributeError):
-            created = None
-        if created:
-            return f"{path.resolve().name}@{created}"
-        return f"{path.resolve().name}@{hashlib.sha1(text.encode()).hexdigest()[:12]}"
-    return path.resolve().name
+def _for_serving(model: Model) -> Model:
+    """A live request keeps its deadline: past the rank budget, retrieval order."""
+    if isinstance(model, Recommender) and model.config.rank_budget_ms is None:
+        model.config = model.config.model_copy(update={"rank_budget_ms": SERVING_RANK_BUDGET_MS})
+    return model
+
+
+def _apply_to(model: Model, batch: list[Record]) -> bool:
+    """Apply one run of records of one kind (not `model`) to `model`; False if it failed.
+
+    A record that fails to apply is logged and skipped: it was validated before it was
+    logged, so a failure is a bug in the model's update, and stopping would freeze the
+    worker at that offset forever."""
+    kind = batch[0].kind
+    try:
+        if kind == "event":
+            model.absorb(events_from_payloads([r.payload for r in batch]))
+        elif kind == "item":
+            # items rows share one schema: one update for the run, the last PUT per id wins
+            rows = [parse_item_update(r.payload, now=0.0).to_row(r.key) for r in batch]
+            model.upsert_items(pl.concat(rows).unique("item_id", keep="last", maintain_order=True))
+        elif kind == "item_delete":
+            model.delist([r.key for r in batch])
+        elif kind == "user":
+            # one at a time: each PUT carries its own attribute columns and types
+            for r in batch:
+                model.upsert_users(parse_user_update(r.payload, now=0.0).to_row(r.key))
+        else:
+            raise ValueError(f"unknown record kind {kind!r}")
+    except Exception:
+        log.exception(
+            "could not apply %d '%s' record(s) at offsets %d-%d; skipped",
+            len(batch),
+            kind,
+            batch[0].offset,
+            batch[-1].offset,
+        )
+        return False
+    return True
+
+
+def _load_for_swap(record: Record) -> tuple[Model, int]:
+    """The model folder a `model` record names, loaded for serving, and the log offset it
+    was trained up to (the replay into it starts after that)."""
+    folder = Path(str(record.payload.get("folder", "")))
+    if not folder.is_dir():
+        raise MarketrecError(f"model folder {folder} (log offset {record.offset}) not found")
+    return _for_serving(load_recommender(folder)), trained_offset(folder)
+
+
+def _replay(model: Model, event_log: EventLog, after: int, upto: int) -> int:
+    """Apply to `model` the log's records in (after, upto], `model` records skipped;
+    returns the offset reached."""
+    offset = after
+    while offset < upto:
+        records = [r for r in event_log.read(offset, limit=PAGE) if r.offset <= upto]
+        if not records:
+            break
+        for batch in _runs(records):
+            if batch[0].kind != "model":
+                _apply_to(model, batch)
+        offset = records[-1].offset
+    return offset
 
 
 def _runs(records: Iterable[Record]) -> list[list[Record]]:

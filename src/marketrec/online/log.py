@@ -11,7 +11,9 @@ rebuilds it by reading from offset 0. Two implementations share one contract (`E
 
 A log is a sequence of `Record`s with offsets that increase strictly (gaps are allowed, so a
 reader must never infer a count from offsets). Payloads are JSON objects; what each kind holds
-is defined by `marketrec.online.records` (events: the §1 fields with `ts` in epoch seconds).
+is defined by `marketrec.online.records` (events: the §1 fields with `ts` in epoch seconds);
+a `model` record (key: the version, payload: `{"folder": ...}`) tells every worker to swap in
+a retrained model (`marketrec.online.retrain.publish`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from marketrec.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-RecordKind = Literal["event", "item", "item_delete", "user"]
+RecordKind = Literal["event", "item", "item_delete", "user", "model"]
 KINDS: tuple[str, ...] = get_args(RecordKind)
 
 #: What `append` takes: (kind, key, payload); key is the user id (events, users) or item id.

@@ -28,12 +28,18 @@ from marketrec.models.base import CollaborativeRecommender
 from marketrec.models.registry import create
 from marketrec.online.log import EventLog
 from marketrec.online.records import events_from_payloads, parse_item_update, parse_user_update
+from marketrec.online.versions import (
+    TRAINED_LOG,
+    TRAINED_ON,
+    model_version,
+    record_training_data,
+    trained_offset,
+    training_data,
+)
 from marketrec.pipeline.recommender import Recommender, load_recommender
 
 log = logging.getLogger(__name__)
 
-#: the file in a retrained model folder that names the log offset it was trained up to
-TRAINED_LOG = "trained_log.json"
 _PAGE = 10_000
 
 
@@ -141,22 +147,32 @@ def retrain(
     model.fit(fold.data)
     model.save(out)
     (out / TRAINED_LOG).write_text(json.dumps({"offset": fold.offset}))
+    source = training_data(model_folder)
+    if source is not None:
+        record_training_data(out, source)
     return out, fold
 
 
-def trained_offset(folder: Path) -> int:
-    """The log offset a model folder was trained up to (0: trained before any log)."""
-    file = Path(folder) / TRAINED_LOG
-    if not file.exists():
-        return 0
-    return int(json.loads(file.read_text()).get("offset", 0))
+def publish(event_log: EventLog, folder: Path) -> tuple[str, int]:
+    """Append a `model` record naming `folder`: every worker following the log swaps it in
+    (`LiveRecommender`); returns its version and the record's offset. The folder must be
+    readable at the same path by every worker (a shared disk across machines)."""
+    path = Path(folder).resolve()
+    load_recommender(path)  # a folder that does not load is refused here, not in each worker
+    version = model_version(path)
+    offset = event_log.append([("model", version, {"folder": str(path)})])
+    return version, offset
 
 
 __all__ = [
     "TRAINED_LOG",
+    "TRAINED_ON",
     "LogFold",
     "dataset_with_log",
+    "publish",
+    "record_training_data",
     "retrain",
     "same_kind",
     "trained_offset",
+    "training_data",
 ]

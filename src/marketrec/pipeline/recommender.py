@@ -130,6 +130,10 @@ class Recommender:
         self._reference_ts = float("nan")
         self._clock_moved = False  # live events later than the training data arrived
         self.stats: ExplorationStats | None = None
+        #: Called with (stage, seconds) for each stage of a request: retrieve, rank (also when
+        #: skipped: ~0) and finish (rules, diversity, exploration, the output frame); the
+        #: service's per-stage histograms. Not saved with the model.
+        self.on_stage: Callable[[str, float], None] | None = None
 
     # ----------------------------------------------------------------- training
     def fit(self, data: Dataset) -> Self:
@@ -269,6 +273,7 @@ class Recommender:
                 rows, region_idx, wanted, at, exclude
             )
             cold = np.ones(len(rows), dtype=bool)
+        retrieved = time.perf_counter()
         scored = None
         if self.ranking is not None and not notes:
             spent = (time.perf_counter() - started) * 1000.0
@@ -293,6 +298,7 @@ class Recommender:
                 )
         scores = retrieval_scores.astype(np.float64) if scored is None else scored.scores
         ranked = self.ranking is not None and not notes
+        rank_done = time.perf_counter()
         out: dict[str, list[Any]] = {
             name: [] for name in ("user_id", "item_idx", "rank", "score", "source", "signals")
         }
@@ -331,7 +337,12 @@ class Recommender:
         if with_signals:
             columns.append(pl.Series("source", out["source"], dtype=pl.String))
             columns.append(pl.Series("signals", out["signals"], dtype=pl.String))
-        return pl.DataFrame(columns)
+        frame = pl.DataFrame(columns)
+        if self.on_stage is not None:
+            self.on_stage("retrieve", retrieved - started)
+            self.on_stage("rank", rank_done - retrieved)
+            self.on_stage("finish", time.perf_counter() - rank_done)
+        return frame
 
     def _eligible(self, region: int, exclude: sp.csr_matrix, u: int) -> np.ndarray:
         """What exploration may pick for user u: sellable in the region, not excluded."""

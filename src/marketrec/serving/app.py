@@ -224,11 +224,19 @@ def create_app(live: LiveRecommender, *, owns_live: bool = False) -> FastAPI:
 
     @app.get("/readyz", responses={503: {"model": ErrorBody, "description": "not ready"}})
     async def readyz() -> Any:
-        """200 once the model is loaded and the event log replayed."""
+        """200 once the model is loaded and the event log replayed; `swapping`: a retrained
+        model named in the log is being loaded (the current one serves meanwhile);
+        `swap_error`: why the last swap failed, if it did."""
         if not live.ready:
             problem = live.recovery_error or "replaying the event log"
             return JSONResponse({"error": f"not ready: {problem}"}, status_code=503)
-        return {"status": "ready", "model_version": live.version, "offset": live.offset}
+        return {
+            "status": "ready",
+            "model_version": live.version,
+            "offset": live.offset,
+            "swapping": live.swapping,
+            "swap_error": live.swap_error,
+        }
 
     @app.get("/metrics", response_class=Response)
     def prometheus() -> Response:

@@ -54,8 +54,9 @@ class ServiceMetrics:
         )
         self.stages = Histogram(
             "marketrec_stage_seconds",
-            "Time per stage of a recommendation: sync (apply the log), model (the "
-            "recommender), total (the whole endpoint).",
+            "Time per stage of a recommendation: sync (apply the log), retrieve, rank and "
+            "finish (rules, diversity, exploration) inside model (the whole recommender), "
+            "total (the whole endpoint).",
             ["stage"],
             buckets=_BUCKETS,
             registry=self.registry,
@@ -79,11 +80,16 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "marketrec_model_info",
-            "The model version this worker serves (value 1).",
+            "The model version this worker serves (1; 0 for versions it served before).",
             ["version"],
             registry=self.registry,
         )
         self.model_info.labels(version=version).set(1)
+        self.swaps = Counter(
+            "marketrec_model_swaps",
+            "Retrained models swapped in by this worker since it started.",
+            registry=self.registry,
+        )
 
     # the Observer protocol of marketrec.online.live
     def stage(self, name: str, seconds: float) -> None:
@@ -94,6 +100,11 @@ class ServiceMetrics:
 
     def effect(self, seconds: float) -> None:
         self.effect_seconds.observe(seconds)
+
+    def swapped(self, old: str, new: str) -> None:
+        self.model_info.labels(version=old).set(0)
+        self.model_info.labels(version=new).set(1)
+        self.swaps.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
