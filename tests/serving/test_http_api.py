@@ -418,7 +418,13 @@ def test_readyz_waits_for_recovery(model_folder: Path, log_file: Path) -> None:
             time.sleep(0.02)
         ready = started.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"status": "ready", "model_version": live.version, "offset": 1}
+        assert ready.json() == {
+            "status": "ready",
+            "model_version": live.version,
+            "offset": 1,
+            "swapping": False,
+            "swap_error": None,
+        }
         assert "c0-0" not in recommended(started, "u01", k=len(ITEMS))
     live.close()
 
@@ -437,6 +443,10 @@ def test_metrics_name_every_series(client: TestClient, live: LiveRecommender) ->
         'marketrec_stage_seconds_count{stage="total"}',
         'marketrec_stage_seconds_count{stage="model"}',
         'marketrec_stage_seconds_count{stage="sync"}',
+        'marketrec_stage_seconds_count{stage="retrieve"} 1.0',
+        'marketrec_stage_seconds_count{stage="rank"} 1.0',
+        'marketrec_stage_seconds_count{stage="finish"} 1.0',
+        "marketrec_model_swaps_total 0.0",
         "marketrec_events_ingested_total 2.0",
         f'marketrec_model_info{{version="{live.version}"}} 1.0',
         'marketrec_errors_total{status="400"} 1.0',

@@ -212,10 +212,11 @@ class LiveRecommender:
         return self._wanted is not None
 
     def wait_for_swap(self, timeout: float = 60.0) -> bool:
-        """Block until no swap is pending (True) or `timeout` seconds passed (False)."""
+        """Apply the log, then block until no swap is pending (True) or `timeout` seconds
+        passed (False)."""
         deadline = time.monotonic() + timeout
+        self.sync()  # a model record appended by someone else starts its swap here
         while self.swapping and time.monotonic() < deadline:
-            self.sync()
             time.sleep(0.01)
         return not self.swapping
 

@@ -1,0 +1,154 @@
+"""Hot swap: a `model` record in the event log makes every worker swap in a retrained model,
+caught up with the log after the offset it was trained up to, without failing a request."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from marketrec.cli import main
+from marketrec.core.errors import MarketrecError
+from marketrec.online.live import LiveRecommender
+from marketrec.online.log import SQLiteEventLog
+from marketrec.online.retrain import publish, retrain
+from marketrec.online.versions import model_version, record_training_data, trained_offset
+from marketrec.pipeline.recommender import load_recommender
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
+from market_model import ITEMS, market, train_model
+
+
+def open_live(folder: Path, log_file: Path) -> LiveRecommender:
+    live = LiveRecommender(
+        load_recommender(folder), SQLiteEventLog(log_file), version=model_version(folder)
+    )
+    live.recover()
+    return live
+
+
+def event(user: str, item: str, kind: str = "purchase", ts: float = 1.77e9) -> dict:
+    return {"user_id": user, "item_id": item, "event": kind, "ts": ts}
+
+
+def listed(live: LiveRecommender, user: str) -> list[str]:
+    return [i["item_id"] for i in live.recommend(user, len(ITEMS))["items"]]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> tuple[Path, Path]:
+    return train_model(tmp_path / "v1"), tmp_path / "state" / "events.sqlite"
+
+
+def test_a_published_model_serves_with_the_events_after_its_training(
+    served: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder, log_file = served
+    live = open_live(folder, log_file)
+    old = live.version
+    live.ingest([event("walk-in", "c1-2"), event("u00", "c2-3")])  # offsets 1, 2
+    retrained, fold = retrain(folder, market(), live.log, tmp_path / "v2")
+    assert fold.offset == 2 and trained_offset(retrained) == 2
+    live.ingest(event("walk-in", "c2-1", ts=1.77e9 + 60))  # after the retrain: replayed into v2
+    version, offset = publish(live.log, retrained)
+    live.ingest(event("walk-in", "c0-5", ts=1.77e9 + 120))  # after the publish record
+    assert offset == 4 and version == model_version(retrained) != old
+
+    live.recommend("u01", 5)  # a read syncs the log and starts the swap
+    assert live.wait_for_swap(30)
+    assert live.version == version and live.swap_error is None
+    body = live.recommend("walk-in", len(ITEMS))
+    assert body["model_version"] == version
+    shown = [i["item_id"] for i in body["items"]]
+    # bought before the retrain (trained on), after it (replayed) and after the publish
+    assert {"c1-2", "c2-1", "c0-5"}.isdisjoint(shown) and shown
+
+    # the same as the retrained model given the records after its offset directly …
+    reference = open_live(retrained, tmp_path / "reference.sqlite")
+    reference.ingest([event("walk-in", "c2-1", ts=1.77e9 + 60)])
+    reference.ingest([event("walk-in", "c0-5", ts=1.77e9 + 120)])
+    # … and to a worker that starts later and recovers from the log (swapping on the way)
+    late = open_live(folder, log_file)
+    assert late.version == version and not late.swapping
+    for user in ("walk-in", "u00", "u07", "stranger"):
+        assert listed(live, user) == listed(reference, user) == listed(late, user), user
+    for state in (live, reference, late):
+        state.close()
+
+
+def test_requests_never_fail_while_a_model_is_swapped_in(
+    served: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder, log_file = served
+    live = open_live(folder, log_file)
+    old = live.version
+    retrained, _ = retrain(folder, market(), live.log, tmp_path / "v2")
+    versions: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                versions.append(live.recommend("u03", 10)["model_version"])
+            except BaseException as exc:  # noqa: BLE001 - any failure fails the test
+                failures.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        version, _ = publish(live.log, retrained)
+        assert live.wait_for_swap(30)
+        for _ in range(3):
+            live.recommend("u03", 10)  # the hammers see the new version too
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures
+    assert versions and versions[-1] == version
+    switched = versions.index(version)
+    assert set(versions[:switched]) <= {old} and set(versions[switched:]) == {version}
+    live.close()
+
+
+def test_a_model_record_that_cannot_load_keeps_the_old_model(served: tuple[Path, Path]) -> None:
+    folder, log_file = served
+    live = open_live(folder, log_file)
+    old = live.version
+    live.log.append([("model", "ghost@1", {"folder": "/nonexistent/ghost"})])
+    live.recommend("u01", 5)
+    assert live.wait_for_swap(10)
+    assert live.version == old and "ghost@1" in (live.swap_error or "")
+    assert live.recommend("u01", 5)["items"]
+    with pytest.raises(MarketrecError):
+        publish(live.log, folder.parent / "not-a-model")  # refused before it reaches a worker
+    live.close()
+
+
+def test_the_retrain_command_trains_on_the_recorded_data_and_publishes(
+    served: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = served
+    log_file = folder / "state" / "events.sqlite"  # the command's default store
+    assert main(["retrain", str(folder)]) != 0  # no dataset recorded, none given
+    assert "--data" in capsys.readouterr().err
+    data = tmp_path / "data"
+    market().save(data)
+    record_training_data(folder, data)
+    live = open_live(folder, log_file)
+    live.ingest(event("walk-in", "c1-2"))
+    out = tmp_path / "v2"
+    assert main(["retrain", str(folder), "--out", str(out)]) == 0
+    assert trained_offset(out) == 1
+    assert "walk-in" in load_recommender(out).retrieval.user_ids.to_list()
+    live.recommend("u01", 5)
+    assert live.wait_for_swap(30) and live.version == model_version(out)
+    # --no-publish only trains
+    assert main(["retrain", str(folder), "--out", str(tmp_path / "v3"), "--no-publish"]) == 0
+    live.recommend("u01", 5)
+    assert live.wait_for_swap(30) and live.version == model_version(out)
+    live.close()
