@@ -93,7 +93,7 @@ def test_requests_never_fail_while_a_model_is_swapped_in(
         while not stop.is_set():
             try:
                 versions.append(live.recommend("u03", 10)["model_version"])
-            except BaseException as exc:  # noqa: BLE001 - any failure fails the test
+            except BaseException as exc:  # any failure fails the test
                 failures.append(exc)
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
