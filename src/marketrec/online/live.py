@@ -425,7 +425,7 @@ class LiveRecommender:
                 offset = _replay(model, self.log, offset, self._state.offset)
                 with self._lock:
                     # … then the last records under it, and swap
-                    self._sync_pending_locked()
+                    self._sync_locked()  # a model record met here only becomes wanted
                     _replay(model, self.log, offset, self._state.offset)
                     self._install(model, wanted)
             except Exception as exc:
@@ -458,22 +458,6 @@ class LiveRecommender:
         log.exception("could not swap in model %s; %s keeps serving", wanted.key, self.version)
         if self._wanted is wanted:
             self._wanted = None
-
-    def _sync_pending_locked(self) -> None:
-        """Apply what the log holds beyond `offset` (the lock is held) without starting
-        another swap: a model record met here is only noted as wanted."""
-        while True:
-            records = self.log.read(self._state.offset, limit=PAGE)
-            if not records:
-                return
-            for batch in _runs(records):
-                if batch[0].kind == "model":
-                    self._wanted = batch[-1]
-                else:
-                    self._apply(batch, SyncReport())
-                self._state.offset = batch[-1].offset
-            if len(records) < PAGE:
-                return
 
     def _observe_effects(self) -> None:
         """Event-to-effect lag of this worker's own appends that are now applied."""
