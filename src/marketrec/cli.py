@@ -52,6 +52,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -281,11 +291,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_retrain(args: argparse.Namespace) -> None:
+def _served_model(args: argparse.Namespace) -> tuple[Path, Any, Any]:
+    """The served model folder, the dataset it was trained on and its event log (the
+    arguments `retrain` and `finetune` share)."""
     from marketrec.data.schema import load_dataset
     from marketrec.online.live import STATE_FOLDER
     from marketrec.online.log import DEFAULT_REDIS_PREFIX, open_log
-    from marketrec.online.retrain import publish, retrain, training_data
+    from marketrec.online.versions import training_data
     from marketrec.serving.server import check_model_folder
 
     model = check_model_folder(args.model)
@@ -295,12 +307,33 @@ def cmd_retrain(args: argparse.Namespace) -> None:
             f"{model}: the folder does not say which dataset it was trained on "
             "(trained before `marketrec train` recorded it); pass --data DATA"
         )
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    out = Path(args.out) if args.out else model.parent / f"{model.name}-retrained-{stamp}"
     data = load_dataset(source)
     event_log = open_log(
         args.store, model / STATE_FOLDER, prefix=args.store_prefix or DEFAULT_REDIS_PREFIX
     )
+    return model, data, event_log
+
+
+def _served_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the model folder being served (its state/ holds the log)")
+    p.add_argument(
+        "--data", help="the dataset folder it was trained on (default: what MODEL records)"
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="the event log the service uses (default: SQLite in MODEL/state/events.sqlite)",
+    )
+    p.add_argument("--store-prefix", metavar="PREFIX", help="key prefix of a Redis store")
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from marketrec.online.retrain import publish, retrain
+
+    model, data, event_log = _served_model(args)
+    source = args.data or "its dataset"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    out = Path(args.out) if args.out else model.parent / f"{model.name}-retrained-{stamp}"
     try:
         started = time.perf_counter()
         with console.status(f"retraining on {source} plus the event log…"):
@@ -317,6 +350,42 @@ def cmd_retrain(args: argparse.Namespace) -> None:
             f"published {version} at log offset {offset}: every worker following the log "
             "swaps it in once loaded (`GET /readyz` shows the version)"
         )
+    finally:
+        event_log.close()
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from marketrec.online.finetune import ContinuousTrainer
+
+    model, data, event_log = _served_model(args)
+    trainer = ContinuousTrainer(
+        model,
+        data,
+        event_log,
+        every=args.every,
+        epochs=args.epochs,
+        min_events=args.min_events,
+        keep=args.keep,
+        publish=not args.no_publish,
+    )
+    console.print(f"fine-tuning from {trainer.current}")
+    try:
+        if args.once:
+            result = trainer.step()
+            if result is None:
+                console.print(f"fewer than {args.min_events:,} new events in the log: nothing done")
+            else:
+                console.print(
+                    f"fine-tuned on {result.new_events:,} new events in {result.seconds:.1f}s "
+                    f"(log offset {result.offset}) → {result.folder}"
+                    + ("" if args.no_publish else "; published")
+                )
+            return
+        console.print(f"every {args.every:g}s; Ctrl-C stops")
+        try:
+            trainer.run()
+        except KeyboardInterrupt:
+            trainer.stop.set()
     finally:
         event_log.close()
 
@@ -651,25 +720,48 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain",
         help="retrain a served model on its dataset plus its event log; workers swap it in",
     )
-    p.add_argument("model", help="the model folder being served")
-    p.add_argument(
-        "--data", help="the dataset folder it was trained on (default: what MODEL records)"
-    )
+    _served_model_arguments(p)
     p.add_argument(
         "--out", help="the new model folder (default: MODEL-retrained-<UTC time> beside MODEL)"
     )
-    p.add_argument(
-        "--store",
-        metavar="URL",
-        help="the event log the service uses (default: SQLite in MODEL/state/events.sqlite)",
-    )
-    p.add_argument("--store-prefix", metavar="PREFIX", help="key prefix of a Redis store")
     p.add_argument(
         "--no-publish",
         action="store_true",
         help="only train: do not append the model record that makes workers swap it in",
     )
     p.set_defaults(run=cmd_retrain)
+
+    p = sub.add_parser(
+        "finetune",
+        help="continuous learning: fine-tune a served model on its event log in micro-batches "
+        "and publish each version (workers swap it in)",
+    )
+    _served_model_arguments(p)
+    p.add_argument(
+        "--every",
+        type=_positive_float,
+        default=300.0,
+        help="seconds between micro-batches (default 300)",
+    )
+    p.add_argument(
+        "--epochs", type=_positive_int, default=1, help="passes over each micro-batch (default 1)"
+    )
+    p.add_argument(
+        "--min-events",
+        type=_positive_int,
+        default=1,
+        help="fine-tune only once this many new events arrived (default 1)",
+    )
+    p.add_argument(
+        "--keep", type=_positive_int, default=3, help="fine-tuned folders kept (default 3)"
+    )
+    p.add_argument("--once", action="store_true", help="one micro-batch now, then exit")
+    p.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="only train: do not append the model records that make workers swap versions in",
+    )
+    p.set_defaults(run=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="offline top-K metrics on a split folder")
     p.add_argument("split", help="folder written by `marketrec split` (train/ and test/)")

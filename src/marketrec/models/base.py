@@ -116,6 +116,20 @@ class CollaborativeRecommender:
         self._train_summary = {**data.summary(), "reference_time": str(interactions.reference_time)}
         return self
 
+    def fine_tune_from(
+        self, previous: CollaborativeRecommender, since_ts: float, epochs: int = 1
+    ) -> None:
+        """Make the next `fit` start from `previous`'s learned weights and learn from the
+        events at or after `since_ts` (continuous learning); models without weights to
+        carry over (the baselines) cannot: retrain them instead."""
+        tune = getattr(self.scorer, "fine_tune_from", None)
+        if tune is None or type(previous.scorer) is not type(self.scorer):
+            raise ModelError(
+                f"model '{self.name}' cannot be fine-tuned from '{previous.name}': "
+                "retrain it instead (marketrec retrain)"
+            )
+        tune(previous.scorer, since_ts, epochs)
+
     # ----------------------------------------------------------------- serving
     def recommend(
         self,

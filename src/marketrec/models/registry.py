@@ -145,6 +145,16 @@ def create(
     )
 
 
+def unfitted_like(model: CollaborativeRecommender) -> CollaborativeRecommender:
+    """A fresh, unfitted recommender of `model`'s kind and settings."""
+    return create(
+        model.name,
+        model.scorer.params.model_dump(),
+        fallback=model.fallback.params.model_dump(),
+        interactions=model.interaction_config,
+    )
+
+
 def load_model(folder: str | Path) -> CollaborativeRecommender:
     """Read a model folder written by `save`."""
     path, manifest = read_manifest(folder)

@@ -21,6 +21,7 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import Field
 
+from marketrec.core.errors import ModelError
 from marketrec.data.schema import epoch_seconds
 from marketrec.models.scoring import Params, TrainContext
 
@@ -119,14 +120,31 @@ class TwoTowerScorer:
         #: called after each training epoch with {"epoch", "loss", "val_recall@100"}
         #: (the CLI draws its progress bar from it)
         self.on_epoch: Callable[[dict[str, float]], None] | None = None
+        #: set by `fine_tune_from`: the next `fit` starts from another model's weights
+        self._warm: tuple[Any, dict[str, Any]] | None = None
 
     # ----------------------------------------------------------------- training
+    def fine_tune_from(self, previous: TwoTowerScorer, since_ts: float, epochs: int = 1) -> None:
+        """Make the next `fit` fine-tune `previous`'s weights on the targets at or after
+        `since_ts` instead of training from scratch. The vocabularies and the text encoder
+        stay `previous`'s (unseen categories and brands take the unknown code, new ids
+        their hashed buckets, as they do when served live), so every weight keeps its
+        shape and meaning; a new region needs a full retrain."""
+        from marketrec.retrieval.training import WarmStart
+
+        if previous._model is None:
+            raise ModelError("fine-tuning needs a fitted two-tower model to start from")
+        state = {k: v.detach().clone() for k, v in previous._model.state_dict().items()}
+        self._warm = (WarmStart(state, float(since_ts), epochs), previous._meta)
+
     def fit(self, ctx: TrainContext) -> None:
         from marketrec.retrieval.training import item_vectors, train_two_tower
 
         self._set_threads()
-        data, meta = _build_data(ctx, self.params)
-        model, report = train_two_tower(data, self._config, on_epoch=self.on_epoch)
+        warm, frozen = self._warm if self._warm is not None else (None, None)
+        self._warm = None  # one fit only: a later refit trains from scratch again
+        data, meta = _build_data(ctx, self.params, frozen)
+        model, report = train_two_tower(data, self._config, on_epoch=self.on_epoch, warm=warm)
         self._model, self._data = model, data
         self.__dict__.pop("_new_items", None)  # a refit has other new items
         self._meta = {
@@ -495,16 +513,23 @@ class TwoTowerScorer:
         self.serving_index()
 
 
-def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[str, Any]]:
-    """Tower inputs from the training context: vocabularies, content vectors, sequences."""
+def _build_data(
+    ctx: TrainContext, params: TwoTowerParams, frozen: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Tower inputs from the training context: vocabularies, content vectors, sequences.
+    `frozen`: the metadata of a model being fine-tuned, whose vocabularies and text encoder
+    are kept instead of fitted again."""
     from marketrec.features.text import (
         default_text_encoder,
         encode_cached,
+        encoder_from_spec,
         encoder_spec,
         item_text,
     )
     from marketrec.retrieval.examples import build_sequences
     from marketrec.retrieval.inputs import (
+        ItemVocabs,
+        UserVocabs,
         encode_items,
         encode_users,
         fit_item_vocabs,
@@ -518,20 +543,33 @@ def _build_data(ctx: TrainContext, params: TwoTowerParams) -> tuple[Any, dict[st
     catalogue = pl.DataFrame({"item_id": item_ids}).join(
         data.items, on="item_id", how="left", maintain_order="left"
     )
-    encoder = default_text_encoder(params.text_encoder)
     texts = item_text(catalogue)
-    if hasattr(encoder, "fit"):
-        encoder.fit(texts)
+    if frozen is not None:
+        if list(frozen["regions"]) != list(ctx.region_names):
+            raise ModelError(
+                f"fine-tuning keeps the model's regions {frozen['regions']}, but the data has "
+                f"{list(ctx.region_names)}: retrain the model instead"
+            )
+        spec = dict(frozen["text_encoder"])
+        if frozen.get("text_state"):
+            spec["state"] = frozen["text_state"]
+        encoder = encoder_from_spec(spec)
+        item_vocabs = ItemVocabs.from_dict(frozen["item_vocabs"])
+        user_vocabs = UserVocabs.from_dict(frozen["user_vocabs"])
+    else:
+        encoder = default_text_encoder(params.text_encoder)
+        if hasattr(encoder, "fit"):
+            encoder.fit(texts)
+        item_vocabs = fit_item_vocabs(
+            data.items, max(64, int(len(item_ids) * params.id_buckets_per_id))
+        )
+        user_vocabs = fit_user_vocabs(
+            data, ctx.region_names, max(64, int(len(inter.users) * params.id_buckets_per_id))
+        )
     log.info("two-tower: encoding %s item texts with %s", f"{len(texts):,}", encoder.name)
     text = encode_cached(encoder, texts, _text_cache_dir())
-    item_vocabs = fit_item_vocabs(
-        data.items, max(64, int(len(item_ids) * params.id_buckets_per_id))
-    )
     items = encode_items(item_ids, data.items, item_vocabs, text)
     items = dataclasses.replace(items, listed_at=ctx.listed_at)
-    user_vocabs = fit_user_vocabs(
-        data, ctx.region_names, max(64, int(len(inter.users) * params.id_buckets_per_id))
-    )
     users = encode_users(inter.users.ids, data, ctx.user_region, user_vocabs)
     device_codes = user_vocabs.device.encode(inter.events.get_column("device"))
     item_events = inter.events.with_columns(device_code=pl.Series(device_codes))

@@ -25,7 +25,7 @@ from marketrec.data.schema import (
     validate_users,
 )
 from marketrec.models.base import CollaborativeRecommender
-from marketrec.models.registry import create
+from marketrec.models.registry import unfitted_like
 from marketrec.online.log import EventLog
 from marketrec.online.records import events_from_payloads, parse_item_update, parse_user_update
 from marketrec.online.versions import (
@@ -52,11 +52,19 @@ class LogFold:
     events: int
     items: int
     users: int
+    #: events in records after the `after` offset asked for, and the earliest of their times
+    new_events: int = 0
+    new_since_ts: float | None = None
 
 
-def dataset_with_log(data: Dataset, event_log: EventLog, upto: int | None = None) -> LogFold:
-    """`data` plus the log's records up to offset `upto` (None: all of them)."""
+def dataset_with_log(
+    data: Dataset, event_log: EventLog, upto: int | None = None, after: int = 0
+) -> LogFold:
+    """`data` plus the log's records up to offset `upto` (None: all of them); the events in
+    records after offset `after` are counted as new (what a model trained up to `after`
+    has not seen)."""
     events: list[dict] = []
+    new_events, new_since = 0, float("inf")
     items: dict[str, pl.DataFrame] = {}
     delisted: set[str] = set()
     users: dict[str, pl.DataFrame] = {}
@@ -69,6 +77,9 @@ def dataset_with_log(data: Dataset, event_log: EventLog, upto: int | None = None
         for record in records:
             if record.kind == "event":
                 events.append(record.payload)
+                if record.offset > after:
+                    new_events += 1
+                    new_since = min(new_since, float(record.payload["ts"]))
             elif record.kind == "item":
                 items[record.key] = parse_item_update(record.payload, now=0.0).to_row(record.key)
                 delisted.discard(record.key)
@@ -99,7 +110,15 @@ def dataset_with_log(data: Dataset, event_log: EventLog, upto: int | None = None
         validate_items(catalogue, []),
         validate_users(profiles, []),
     )
-    return LogFold(folded, offset, len(events), len(items) + len(delisted), len(users))
+    return LogFold(
+        folded,
+        offset,
+        len(events),
+        len(items) + len(delisted),
+        len(users),
+        new_events,
+        new_since if new_events else None,
+    )
 
 
 def _replaced(table: pl.DataFrame, rows: list[pl.DataFrame], key: str) -> pl.DataFrame:
@@ -115,18 +134,8 @@ def same_kind(folder: Path) -> Recommender | CollaborativeRecommender:
     """An unfitted model of the kind and settings of the model folder `folder`."""
     loaded = load_recommender(folder)
     if isinstance(loaded, Recommender):
-        retrieval = _fresh(loaded.retrieval)
-        return Recommender(retrieval, loaded.config, loaded.ranking_params)
-    return _fresh(loaded)
-
-
-def _fresh(model: CollaborativeRecommender) -> CollaborativeRecommender:
-    return create(
-        model.name,
-        model.scorer.params.model_dump(),
-        fallback=model.fallback.params.model_dump(),
-        interactions=model.interaction_config,
-    )
+        return Recommender(unfitted_like(loaded.retrieval), loaded.config, loaded.ranking_params)
+    return unfitted_like(loaded)
 
 
 def retrain(

@@ -10,6 +10,7 @@ scores that are too good to be true.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ from marketrec.data.schema import Dataset
 from marketrec.data.split import split_global, split_leave_one_out, split_per_user
 from marketrec.features.interactions import DEFAULT_EVENT_WEIGHTS
 from marketrec.models.base import CollaborativeRecommender
-from marketrec.models.registry import create
+from marketrec.models.registry import unfitted_like
 from marketrec.ranking.features import (
     Features,
     RankingState,
@@ -241,18 +242,53 @@ def fit_ranking_stage(
         split = split_per_user(data, test_fraction=params.window)
     early, late = split.train, split.test.events.filter(pl.col("item_id").is_not_null())
     log.info("ranking stage: retrieval for the ranker's window (%s)", split.description)
-    early_model = create(
-        retrieval.name,
-        retrieval.scorer.params.model_dump(),
-        fallback=retrieval.fallback.params.model_dump(),
-        interactions=retrieval.interaction_config,
-    ).fit(early)
+    early_model = unfitted_like(retrieval).fit(early)
+    return _train_stage(retrieval, early_model, early, late, data, params, params.window_mode)
+
+
+def fine_tune_ranking_stage(
+    previous: RankingStage,
+    previous_retrieval: CollaborativeRecommender,
+    retrieval: CollaborativeRecommender,
+    data: Dataset,
+    since_ts: float,
+    params: RankingParams,
+    epochs: int = 1,
+) -> RankingStage:
+    """Fine-tune `previous`'s ranker on what happened at or after `since_ts`.
+
+    The retrieval model that was serving then (`previous_retrieval`, trained on the events
+    before `since_ts`) is exactly the "earlier" model the ranker must learn to re-rank, so
+    no second retrieval model is trained: its candidates at the window's start, labelled by
+    the window's events, are the new lists; features read the events before the window.
+    `retrieval` is the fine-tuned model the stage will serve behind."""
+    cut = datetime.fromtimestamp(since_ts, UTC)
+    early = dataclasses.replace(data, events=data.events.filter(pl.col("ts") < cut))
+    late = data.events.filter((pl.col("ts") >= cut) & pl.col("item_id").is_not_null())
+    tuned = params.model_copy(update={"epochs": epochs})
+    return _train_stage(
+        retrieval, previous_retrieval, early, late, data, tuned, "global", previous.model
+    )
+
+
+def _train_stage(
+    retrieval: CollaborativeRecommender,
+    early_model: CollaborativeRecommender,
+    early: Dataset,
+    late: pl.DataFrame,
+    data: Dataset,
+    params: RankingParams,
+    window_mode: str,
+    init: Ranker | None = None,
+) -> RankingStage:
+    """The ranker's lists (early_model's candidates for the window's users plus random
+    items, labelled by `late`), trained from scratch or from `init`."""
     positives = _positives(late, early, params)
     users = positives.get_column("user_id").unique().sort()
     rng = np.random.default_rng(params.seed)
     if users.len() > params.max_users:
         users = users.gather(np.sort(rng.choice(users.len(), params.max_users, replace=False)))
-    moment = _moments(early, users, params.window_mode)
+    moment = _moments(early, users, window_mode)
     retrieved = early_model.recommend(
         users, params.candidates, at=[datetime.fromtimestamp(t, UTC) for t in moment]
     )
@@ -307,7 +343,7 @@ def fit_ranking_stage(
     rank = rows.retrieval_rank
     input_order = np.where(rank > 0, -rank, -1e9)
     model, report = train_ranker(
-        features, labels, weights, groups, state.cardinality, config, input_order
+        features, labels, weights, groups, state.cardinality, config, input_order, init
     )
     # kept only when it beats retrieval order by more than the noise of the validation lists
     # (one-sided, lists as the unit): on small data a ranker's validation gain is often luck

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from marketrec.core.errors import ConfigError, ModelError
 from marketrec.data.schema import Dataset, epoch_seconds
 from marketrec.models.base import CollaborativeRecommender
-from marketrec.models.registry import load_model
+from marketrec.models.registry import load_model, unfitted_like
 from marketrec.pipeline.config import PipelineConfig
 from marketrec.pipeline.diversity import capped_order, mmr_order_by_category
 from marketrec.pipeline.exploration import (
@@ -40,7 +40,12 @@ from marketrec.pipeline.exploration import (
     ThompsonExplorer,
     exploration_positions,
 )
-from marketrec.pipeline.ranking_stage import RankingParams, RankingStage, fit_ranking_stage
+from marketrec.pipeline.ranking_stage import (
+    RankingParams,
+    RankingStage,
+    fine_tune_ranking_stage,
+    fit_ranking_stage,
+)
 from marketrec.pipeline.rules import SeenItems
 from marketrec.ranking.features import value_codes
 
@@ -647,3 +652,36 @@ def load_recommender(folder: str | Path) -> Recommender | CollaborativeRecommend
     if (path / MANIFEST).exists():
         return Recommender.load(path)
     return load_model(path)
+
+
+def fine_tuned(
+    previous: Recommender | CollaborativeRecommender,
+    data: Dataset,
+    since_ts: float,
+    epochs: int = 1,
+) -> Recommender | CollaborativeRecommender:
+    """A new model of `previous`'s kind fitted on `data` by fine-tuning `previous` on the
+    events at or after `since_ts` (the ones it has not seen): the towers start from its
+    weights, the ranker from its ranker, trained on the lists `previous` would have served
+    at the window's start. Much cheaper than `fit`, and id embeddings follow the stream.
+    `previous` must be as loaded from its folder (not grown by live updates)."""
+    if isinstance(previous, CollaborativeRecommender):
+        model = unfitted_like(previous)
+        model.fine_tune_from(previous, since_ts, epochs)
+        return model.fit(data)
+    retrieval = unfitted_like(previous.retrieval)
+    retrieval.fine_tune_from(previous.retrieval, since_ts, epochs)
+    retrieval.fit(data)
+    tuned = Recommender(retrieval, previous.config, previous.ranking_params)
+    tuned._index(data)
+    if previous.ranking is not None and previous.ranking_params is not None:
+        tuned.ranking = fine_tune_ranking_stage(
+            previous.ranking,
+            previous.retrieval,
+            retrieval,
+            data,
+            since_ts,
+            previous.ranking_params,
+            epochs,
+        )
+    return tuned

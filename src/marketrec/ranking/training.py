@@ -190,10 +190,12 @@ def train_ranker(
     cardinality: dict[str, int],
     config: RankerConfig,
     input_order: np.ndarray | None = None,
+    init: Ranker | None = None,
 ) -> tuple[Ranker, RankerReport]:
     """labels: 1 for rows the user then interacted with, else 0; weights: per-row loss weight
     (event-type weight of positives); groups: list id per row; input_order: a score per row
-    that gives the order the lists came in (reported beside the ranker's validation NDCG)."""
+    that gives the order the lists came in (reported beside the ranker's validation NDCG);
+    init: a trained ranker to fine-tune (its weights and feature scaling are the start)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     unique = np.unique(groups)
@@ -201,9 +203,12 @@ def train_ranker(
     val_rows = np.isin(groups, unique[held])
     fit_idx, val_idx = np.flatnonzero(~val_rows), np.flatnonzero(val_rows)
     model = Ranker(cardinality, config.dim, config.hidden, config.cross_layers, config.dropout)
-    numeric = features.numeric[fit_idx]
-    model.mean.copy_(torch.from_numpy(numeric.mean(0)))
-    model.scale.copy_(torch.from_numpy(numeric.std(0) + 1e-3))
+    if init is not None:
+        _start_from(model, init)
+    else:
+        numeric = features.numeric[fit_idx]
+        model.mean.copy_(torch.from_numpy(numeric.mean(0)))
+        model.scale.copy_(torch.from_numpy(numeric.std(0) + 1e-3))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -261,3 +266,14 @@ def train_ranker(
             groups[val_idx],
         )
     return model, report
+
+
+def _start_from(model: Ranker, init: Ranker) -> None:
+    """Copy `init`'s weights into `model`. A table whose shape changed (a category or brand
+    vocabulary that grew since) keeps its fresh initialisation: codes may have moved."""
+    own = model.state_dict()
+    kept = {k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}
+    changed = sorted(set(own) - set(kept))
+    if changed:
+        log.info("ranker fine-tuning: %s start fresh (shape changed)", ", ".join(changed))
+    model.load_state_dict({**own, **kept})

@@ -17,6 +17,7 @@ model is then retrained on every example for the best number of epochs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -81,6 +82,18 @@ class TrainingConfig:
     refit: bool = False
     max_minutes: float | None = None
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Fine-tuning instead of training from scratch: start from a trained model's weights
+    (same vocabularies, so the same shapes) and learn only from the targets at or after
+    `since_ts` (the events the model has not seen), for `epochs` passes. Histories still
+    read everything before each target, as in full training."""
+
+    state: dict[str, torch.Tensor]
+    since_ts: float
+    epochs: int = 1
 
 
 @dataclass(frozen=True)
@@ -351,16 +364,27 @@ def train_two_tower(
     data: TwoTowerData,
     config: TrainingConfig,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    warm: WarmStart | None = None,
 ) -> tuple[TwoTower, TrainingReport]:
-    """Early-stopped training, then (with `refit`) a retrain on every example."""
+    """Early-stopped training, then (with `refit`) a retrain on every example; with `warm`,
+    fine-tuning of its weights on the new targets only (no refit)."""
     started = time.perf_counter()
     seq = data.seq
     targets = training_targets(seq)
+    model, best_state = _fresh_model(data, config), None
+    if warm is not None:
+        model.load_state_dict(warm.state)
+        targets = targets[seq.ts[targets] >= warm.since_ts]
+        config = dataclasses.replace(config, epochs=warm.epochs, refit=False)
+        log.info("two-tower: fine-tuning on %s new targets", f"{len(targets):,}")
     val_pos = _validation_positions(seq, targets, config)
     fit_pos = np.setdiff1d(targets, val_pos, assume_unique=True)
     n_val = len(val_pos)
     report = TrainingReport()
-    model, best_state = _fresh_model(data, config), None
+    if not len(fit_pos):  # nothing new to learn from: the starting weights as they are
+        model.eval()
+        report.seconds = time.perf_counter() - started
+        return model, report
     optimizer = _Optimizer(model, config)
     averaged = _WeightAverage(model, config.weight_averaging > 0)
     rng = np.random.default_rng(config.seed)
