@@ -105,6 +105,23 @@ def test_fine_tuning_starts_from_the_served_weights_and_keeps_its_vocabularies(
     log.close()
 
 
+def test_a_worker_started_on_a_fine_tuned_folder_does_not_replay_what_it_learned(
+    tower_folder: Path, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "events.sqlite"
+    log = SQLiteEventLog(log_file)
+    log.append(new_events(5))
+    result = fine_tune(tower_folder, market(), log, tmp_path / "v2")
+    assert result is not None
+    view = {"user_id": "u01", "item_id": "c2-2", "event": "view", "ts": LATER}
+    log.append([("event", "u01", view)])
+    live = LiveRecommender.open(result.folder, f"sqlite:///{log_file}", recover=False)
+    report = live.recover()
+    assert report.records == 1 and live.offset == result.offset + 1  # only the record after
+    live.close()
+    log.close()
+
+
 def tower_weights_meta(folder: Path) -> dict:
     model = load_recommender(folder)
     assert isinstance(model, Recommender)

@@ -138,7 +138,11 @@ class LiveRecommender:
         history_size: int = HISTORY_SIZE,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
+        trained_up_to: int = 0,
     ) -> None:
+        """`trained_up_to`: the log offset the model was trained up to (a retrained or
+        fine-tuned folder's `trained_offset`): those records are in the model already and
+        are not replayed again."""
         self.model = _for_serving(model)
         self.log = log
         self.version = version
@@ -146,7 +150,7 @@ class LiveRecommender:
         self.history_size = history_size
         self._clock = clock
         self._lock = threading.Lock()
-        self._state = _State()
+        self._state = _State(offset=trained_up_to)
         self._ready = False
         self._recovering = False
         self.recovery_error: str | None = None
@@ -170,7 +174,9 @@ class LiveRecommender:
         folder = Path(model_folder)
         model = load_recommender(folder)
         event_log = open_log(store, folder / STATE_FOLDER, prefix=prefix)
-        live = cls(model, event_log, version=model_version(folder))
+        live = cls(
+            model, event_log, version=model_version(folder), trained_up_to=trained_offset(folder)
+        )
         if recover:
             live.recover()
         return live
