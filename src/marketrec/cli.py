@@ -367,6 +367,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         min_events=args.min_events,
         keep=args.keep,
         publish=not args.no_publish,
+        learning_rate_scale=args.learning_rate_scale,
     )
     console.print(f"fine-tuning from {trainer.current}")
     try:
@@ -754,6 +755,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--keep", type=_positive_int, default=3, help="fine-tuned folders kept (default 3)"
+    )
+    p.add_argument(
+        "--learning-rate-scale",
+        type=_positive_float,
+        default=0.1,
+        help="fine-tuning step size relative to training's (default 0.1: a fresh optimizer's "
+        "first steps at the full rate jolt trained weights; measured in docs/benchmarks.md)",
     )
     p.add_argument("--once", action="store_true", help="one micro-batch now, then exit")
     p.add_argument(

@@ -117,7 +117,11 @@ class CollaborativeRecommender:
         return self
 
     def fine_tune_from(
-        self, previous: CollaborativeRecommender, since_ts: float, epochs: int = 1
+        self,
+        previous: CollaborativeRecommender,
+        since_ts: float,
+        epochs: int = 1,
+        learning_rate_scale: float = 0.1,
     ) -> None:
         """Make the next `fit` start from `previous`'s learned weights and learn from the
         events at or after `since_ts` (continuous learning); models without weights to
@@ -128,7 +132,7 @@ class CollaborativeRecommender:
                 f"model '{self.name}' cannot be fine-tuned from '{previous.name}': "
                 "retrain it instead (marketrec retrain)"
             )
-        tune(previous.scorer, since_ts, epochs)
+        tune(previous.scorer, since_ts, epochs, learning_rate_scale)
 
     # ----------------------------------------------------------------- serving
     def recommend(

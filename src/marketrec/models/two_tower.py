@@ -124,7 +124,13 @@ class TwoTowerScorer:
         self._warm: tuple[Any, dict[str, Any]] | None = None
 
     # ----------------------------------------------------------------- training
-    def fine_tune_from(self, previous: TwoTowerScorer, since_ts: float, epochs: int = 1) -> None:
+    def fine_tune_from(
+        self,
+        previous: TwoTowerScorer,
+        since_ts: float,
+        epochs: int = 1,
+        learning_rate_scale: float = 0.1,
+    ) -> None:
         """Make the next `fit` fine-tune `previous`'s weights on the targets at or after
         `since_ts` instead of training from scratch. The vocabularies and the text encoder
         stay `previous`'s (unseen categories and brands take the unknown code, new ids
@@ -135,7 +141,8 @@ class TwoTowerScorer:
         if previous._model is None:
             raise ModelError("fine-tuning needs a fitted two-tower model to start from")
         state = {k: v.detach().clone() for k, v in previous._model.state_dict().items()}
-        self._warm = (WarmStart(state, float(since_ts), epochs), previous._meta)
+        warm = WarmStart(state, float(since_ts), epochs, learning_rate_scale)
+        self._warm = (warm, previous._meta)
 
     def fit(self, ctx: TrainContext) -> None:
         from marketrec.retrieval.training import item_vectors, train_two_tower

@@ -59,6 +59,7 @@ def fine_tune(
     out: Path,
     epochs: int = 1,
     min_events: int = 1,
+    learning_rate_scale: float = 0.1,
 ) -> FineTuneResult | None:
     """Fine-tune the model in `model_folder` on the events the log took in after the offset
     it was trained up to; save it to `out`. None when fewer than `min_events` arrived."""
@@ -77,7 +78,7 @@ def fine_tune(
         since + 1,
         fold.offset,
     )
-    model = fine_tuned(previous, fold.data, fold.new_since_ts, epochs)
+    model = fine_tuned(previous, fold.data, fold.new_since_ts, epochs, learning_rate_scale)
     model.save(out)
     (out / TRAINED_LOG).write_text(json.dumps({"offset": fold.offset}))
     source = training_data(model_folder)
@@ -92,6 +93,7 @@ def fine_tune(
                 "offset": fold.offset,
                 "new_events": fold.new_events,
                 "epochs": epochs,
+                "learning_rate_scale": learning_rate_scale,
                 "seconds": round(seconds, 1),
             }
         )
@@ -131,6 +133,7 @@ class ContinuousTrainer:
     min_events: int = 1
     keep: int = 3
     publish: bool = True
+    learning_rate_scale: float = 0.1
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -142,7 +145,13 @@ class ContinuousTrainer:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         out = self.served.parent / f"{self.served.name}-ft-{stamp}"
         result = fine_tune(
-            self.current, self.data, self.event_log, out, self.epochs, self.min_events
+            self.current,
+            self.data,
+            self.event_log,
+            out,
+            self.epochs,
+            self.min_events,
+            self.learning_rate_scale,
         )
         if result is None:
             return None

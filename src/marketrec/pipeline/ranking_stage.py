@@ -254,6 +254,7 @@ def fine_tune_ranking_stage(
     since_ts: float,
     params: RankingParams,
     epochs: int = 1,
+    learning_rate_scale: float = 0.1,
 ) -> RankingStage:
     """Fine-tune `previous`'s ranker on what happened at or after `since_ts`.
 
@@ -261,13 +262,25 @@ def fine_tune_ranking_stage(
     before `since_ts`) is exactly the "earlier" model the ranker must learn to re-rank, so
     no second retrieval model is trained: its candidates at the window's start, labelled by
     the window's events, are the new lists; features read the events before the window.
-    `retrieval` is the fine-tuned model the stage will serve behind."""
+    `retrieval` is the fine-tuned model the stage will serve behind. Whether the ranker
+    serves (rather than retrieval order) stays `previous`'s decision, made on the full
+    training window: a micro-batch's few lists are too noisy to overturn it."""
     cut = datetime.fromtimestamp(since_ts, UTC)
     early = dataclasses.replace(data, events=data.events.filter(pl.col("ts") < cut))
     late = data.events.filter((pl.col("ts") >= cut) & pl.col("item_id").is_not_null())
-    tuned = params.model_copy(update={"epochs": epochs})
+    tuned = params.model_copy(
+        update={"epochs": epochs, "learning_rate": params.learning_rate * learning_rate_scale}
+    )
     return _train_stage(
-        retrieval, previous_retrieval, early, late, data, tuned, "global", previous.model
+        retrieval,
+        previous_retrieval,
+        early,
+        late,
+        data,
+        tuned,
+        "global",
+        previous.model,
+        previous.active,
     )
 
 
@@ -280,6 +293,7 @@ def _train_stage(
     params: RankingParams,
     window_mode: str,
     init: Ranker | None = None,
+    init_active: bool | None = None,
 ) -> RankingStage:
     """The ranker's lists (early_model's candidates for the window's users plus random
     items, labelled by `late`), trained from scratch or from `init`."""
@@ -348,7 +362,9 @@ def _train_stage(
     # kept only when it beats retrieval order by more than the noise of the validation lists
     # (one-sided, lists as the unit): on small data a ranker's validation gain is often luck
     active = math.isnan(report.gain_t) or report.gain_t >= params.keep_t
-    if not active:
+    if init_active is not None:
+        active = init_active
+    elif not active:
         log.warning(
             "ranking stage: the ranker's validation NDCG@10 %.4f vs retrieval order %.4f "
             "(gain t = %.2f < %.2f); serving keeps retrieval order",

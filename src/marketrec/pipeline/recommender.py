@@ -659,6 +659,7 @@ def fine_tuned(
     data: Dataset,
     since_ts: float,
     epochs: int = 1,
+    learning_rate_scale: float = 0.1,
 ) -> Recommender | CollaborativeRecommender:
     """A new model of `previous`'s kind fitted on `data` by fine-tuning `previous` on the
     events at or after `since_ts` (the ones it has not seen): the towers start from its
@@ -667,10 +668,10 @@ def fine_tuned(
     `previous` must be as loaded from its folder (not grown by live updates)."""
     if isinstance(previous, CollaborativeRecommender):
         model = unfitted_like(previous)
-        model.fine_tune_from(previous, since_ts, epochs)
+        model.fine_tune_from(previous, since_ts, epochs, learning_rate_scale)
         return model.fit(data)
     retrieval = unfitted_like(previous.retrieval)
-    retrieval.fine_tune_from(previous.retrieval, since_ts, epochs)
+    retrieval.fine_tune_from(previous.retrieval, since_ts, epochs, learning_rate_scale)
     retrieval.fit(data)
     tuned = Recommender(retrieval, previous.config, previous.ranking_params)
     tuned._index(data)
@@ -683,5 +684,6 @@ def fine_tuned(
             since_ts,
             previous.ranking_params,
             epochs,
+            learning_rate_scale,
         )
     return tuned

@@ -94,6 +94,10 @@ class WarmStart:
     state: dict[str, torch.Tensor]
     since_ts: float
     epochs: int = 1
+    #: the step size relative to training's: a fresh Adam's first steps move every weight
+    #: by about the learning rate whatever its gradient's size (no moment estimates yet),
+    #: a large jolt to weights that were already trained
+    learning_rate_scale: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -375,7 +379,14 @@ def train_two_tower(
     if warm is not None:
         model.load_state_dict(warm.state)
         targets = targets[seq.ts[targets] >= warm.since_ts]
-        config = dataclasses.replace(config, epochs=warm.epochs, refit=False)
+        scale = warm.learning_rate_scale
+        config = dataclasses.replace(
+            config,
+            epochs=warm.epochs,
+            refit=False,
+            learning_rate=config.learning_rate * scale,
+            id_learning_rate=(config.id_learning_rate or config.learning_rate) * scale,
+        )
         log.info("two-tower: fine-tuning on %s new targets", f"{len(targets):,}")
     val_pos = _validation_positions(seq, targets, config)
     fit_pos = np.setdiff1d(targets, val_pos, assume_unique=True)
