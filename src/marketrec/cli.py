@@ -559,6 +559,24 @@ def _read_user_list(path: str) -> list[str]:
     return users
 
 
+def cmd_experiment_report(args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
+    from marketrec.experiments.report import analyse, attribute, write_report
+
+    exposures = _read_parquet(Path(args.exposures))
+    events = _read_parquet(Path(args.events))
+    table = attribute(exposures, events, window=timedelta(hours=args.window_hours))
+    result = analyse(table, args.experiment, args.control)
+    as_json, page = write_report(result, Path(args.out))
+    srm = result["sample_ratio"]
+    console.print(
+        f"{args.experiment}: {sum(v['users'] for v in result['variants'].values()):,} users; "
+        f"sample ratio p = {srm['p_value']:.3g}{' (MISMATCH)' if srm['mismatch'] else ''}"
+        f" → {as_json}, {page}"
+    )
+
+
 def _read_parquet(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
@@ -770,6 +788,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="only train: do not append the model records that make workers swap versions in",
     )
     p.set_defaults(run=cmd_finetune)
+
+    p = sub.add_parser("experiment", help="A/B experiments: analysis and reports")
+    esub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e = esub.add_parser(
+        "report",
+        help="effects per variant with 95 %% intervals (user as the unit), sample-ratio "
+        "check, per-region breakdown: report.json and report.html",
+    )
+    e.add_argument("experiment", help="the experiment's name in the exposures")
+    e.add_argument(
+        "--exposures",
+        required=True,
+        help="Parquet: request_id, ts, user_id, experiment, variant, items (list), [region]",
+    )
+    e.add_argument("--events", required=True, help="Parquet of events (CONTRACT §1 fields)")
+    e.add_argument("--control", default="control", help="the control variant (default control)")
+    e.add_argument(
+        "--window-hours",
+        type=_positive_float,
+        default=24.0,
+        help="an event counts for the latest exposure of its item this many hours before it",
+    )
+    e.add_argument("--out", required=True, help="folder for report.json and report.html")
+    e.set_defaults(run=cmd_experiment_report)
 
     p = sub.add_parser("evaluate", help="offline top-K metrics on a split folder")
     p.add_argument("split", help="folder written by `marketrec split` (train/ and test/)")
