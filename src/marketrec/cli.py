@@ -288,6 +288,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         store=args.store,
         workers=args.workers,
         store_prefix=args.store_prefix,
+        experiments=args.experiments,
     )
 
 
@@ -562,9 +563,10 @@ def _read_user_list(path: str) -> list[str]:
 def cmd_experiment_report(args: argparse.Namespace) -> None:
     from datetime import timedelta
 
+    from marketrec.experiments.exposures import read_exposures
     from marketrec.experiments.report import analyse, attribute, write_report
 
-    exposures = _read_parquet(Path(args.exposures))
+    exposures = read_exposures(args.exposures)
     events = _read_parquet(Path(args.events))
     table = attribute(exposures, events, window=timedelta(hours=args.window_hours))
     result = analyse(table, args.experiment, args.control)
@@ -733,6 +735,12 @@ def build_parser() -> argparse.ArgumentParser:
         "test runs share one database; SQLite ignores it",
     )
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument(
+        "--experiments",
+        metavar="FILE",
+        help="A/B experiments (TOML or JSON): each request is served with its variants' "
+        "settings, named in the response, and logged as exposures in MODEL/state/exposures/",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(
@@ -800,7 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--exposures",
         required=True,
-        help="Parquet: request_id, ts, user_id, experiment, variant, items (list), [region]",
+        help="the service's exposure folder (MODEL/state/exposures) or a Parquet/JSONL file: "
+        "request_id, ts, user_id, experiment, variant, items (list), [region]",
     )
     e.add_argument("--events", required=True, help="Parquet of events (CONTRACT §1 fields)")
     e.add_argument("--control", default="control", help="the control variant (default control)")

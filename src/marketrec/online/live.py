@@ -33,8 +33,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,7 +52,7 @@ from marketrec.online.records import (
     parse_user_update,
 )
 from marketrec.online.versions import model_version, trained_offset
-from marketrec.pipeline.config import SERVING_RANK_BUDGET_MS
+from marketrec.pipeline.config import SERVING_RANK_BUDGET_MS, PipelineConfig
 from marketrec.pipeline.recommender import Recommender, load_recommender
 
 log = logging.getLogger(__name__)
@@ -238,16 +239,19 @@ class LiveRecommender:
         device: str | None = None,
         *,
         request_id: str | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The CONTRACT §6 body of `GET /v1/recommendations` for one user.
 
-        `device` is accepted as request context for logs; no model reads it yet."""
+        `device` is accepted as request context for logs; no model reads it yet.
+        `settings`: pipeline settings for this request only (an experiment variant's
+        candidates, diversity_strength, exploration_share); a single-stage model has none."""
         self._check_ready()
         started = time.perf_counter()
         with self._lock:
             self._sync_locked()
             synced = time.perf_counter()
-            items = self._top(user_id, k, region)
+            items = self._top(user_id, k, region, settings)
             version = self.version
         done = time.perf_counter()
         self.observer.stage("sync", synced - started)
@@ -477,11 +481,28 @@ class LiveRecommender:
                 self.observer.effect(now - appended)
 
     # ----------------------------------------------------------------- ranking
-    def _top(self, user_id: str, k: int, region: str | None) -> list[dict[str, Any]]:
+    def user_context(self, user_id: str) -> tuple[bool, str | None]:
+        """Whether the model or the log has seen this user, and their home region (what
+        experiment targeting reads: new vs returning, region)."""
+        with self._lock:
+            model = self.model
+            retrieval = model.retrieval if isinstance(model, Recommender) else model
+            rows = retrieval.user_rows(pl.Series([user_id], dtype=pl.String))
+            known = bool(rows[0] >= 0) or user_id in self._state.history
+            index = int(retrieval.regions_of(rows)[0]) if rows[0] >= 0 else -1
+            names = retrieval.region_names
+            return known, names[index] if 0 <= index < len(names) else None
+
+    def _top(
+        self, user_id: str, k: int, region: str | None, settings: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         model = self.model
         if isinstance(model, Recommender):
             model.on_stage = self.observer.stage
-            frame = model.recommend_detailed([user_id], k, regions=[region], explain=False)
+            config = _with_settings(model.config, settings) if settings else None
+            frame = model.recommend_detailed(
+                [user_id], k, regions=[region], explain=False, config=config
+            )
             sources = frame.get_column("source").to_list()
         else:
             frame = model.recommend([user_id], k, regions=[region])
@@ -503,6 +524,20 @@ class LiveRecommender:
 
 
 # --------------------------------------------------------------------------- helpers
+@lru_cache(maxsize=256)
+def _settings_config(
+    config: PipelineConfig, settings: tuple[tuple[str, Any], ...]
+) -> PipelineConfig:
+    return PipelineConfig.model_validate({**config.model_dump(), **dict(settings)})
+
+
+def _with_settings(config: PipelineConfig, settings: Mapping[str, Any]) -> PipelineConfig:
+    """`config` with a variant's settings (validated; one object per distinct variant)."""
+    fields = PipelineConfig.model_fields
+    known = {k: v for k, v in settings.items() if v is not None and k in fields}
+    return _settings_config(config, tuple(sorted(known.items())))
+
+
 def _for_serving(model: Model) -> Model:
     """A live request keeps its deadline: past the rank budget, retrieval order."""
     if isinstance(model, Recommender) and model.config.rank_budget_ms is None:

@@ -169,11 +169,13 @@ class Recommender:
         include_seen: bool = False,
         regions: Sequence[str | None] | None = None,
         at: Sequence[datetime | None] | None = None,
+        config: PipelineConfig | None = None,
     ) -> pl.DataFrame:
         """Top-k per user: user_id, item_id, rank (1 = best), score (CONTRACT §2). The same
-        lists as `recommend_detailed`, without computing the explanations it would drop."""
+        lists as `recommend_detailed`, without computing the explanations it would drop.
+        `config`: other settings for this call only (an experiment's variant)."""
         return self._lists(
-            user_ids, k, include_seen, regions, at, explain=False, with_signals=False
+            user_ids, k, include_seen, regions, at, explain=False, with_signals=False, config=config
         )
 
     def recommend_detailed(
@@ -185,6 +187,7 @@ class Recommender:
         regions: Sequence[str | None] | None = None,
         at: Sequence[datetime | None] | None = None,
         explain: bool = True,
+        config: PipelineConfig | None = None,
     ) -> pl.DataFrame:
         """`recommend` plus `source` (retrieval, fallback, exploration) and `signals` (JSON:
         the scores and counts that put the item there; with `explain`, also the ranker's top
@@ -199,7 +202,9 @@ class Recommender:
         model's popularity fallback for the user's region, with the same rules (source
         "fallback", signal `retrieval_failed`). Each degradation is logged once per request.
         """
-        return self._lists(user_ids, k, include_seen, regions, at, explain, with_signals=True)
+        return self._lists(
+            user_ids, k, include_seen, regions, at, explain, with_signals=True, config=config
+        )
 
     def _lists(
         self,
@@ -210,6 +215,7 @@ class Recommender:
         at: Sequence[datetime | None] | None,
         explain: bool,
         with_signals: bool,
+        config: PipelineConfig | None = None,
     ) -> pl.DataFrame:
         if self._seen is None or self._items is None or self.stats is None:
             raise ModelError(f"model '{self.name}' is not fitted")
@@ -233,6 +239,7 @@ class Recommender:
                     at is not None,
                     explain,
                     with_signals,
+                    config or self.config,
                 )
             )
         return frames[0] if len(frames) == 1 else pl.concat(frames)
@@ -247,10 +254,11 @@ class Recommender:
         timed: bool,
         explain: bool = True,
         with_signals: bool = True,
+        cfg: PipelineConfig | None = None,
     ) -> pl.DataFrame:
         started = time.perf_counter()
         assert self._seen is not None and self.stats is not None
-        cfg, retrieval = self.config, self.retrieval
+        cfg, retrieval = cfg or self.config, self.retrieval
         rows = retrieval.user_rows(ids)
         n_items = retrieval.n_items
         exclude = (
@@ -331,6 +339,7 @@ class Recommender:
                 ranked=ranked,
                 notes=notes if with_signals else None,
                 with_signals=with_signals,
+                cfg=cfg,
             )
         names = retrieval.item_id_array()[np.asarray(out["item_idx"], dtype=np.int64)]
         columns = [
@@ -382,14 +391,15 @@ class Recommender:
         ranked: bool = True,
         notes: dict[str, str] | None = None,
         with_signals: bool = True,
+        cfg: PipelineConfig | None = None,
     ) -> None:
         """One user's list, appended to the `out` columns; `why(positions)` gives the
         ranker's top signal groups of those candidates (None without a ranker);
         `eligible()` the mask of items exploration may pick."""
-        cfg, info = self.config, self._items
+        cfg, info = cfg or self.config, self._items
         assert info is not None
         n_explore = explorer.slots(k, cfg.exploration_share)
-        order = self._diversify(columns, scores, k)
+        order = self._diversify(columns, scores, k, cfg)
         picked = columns[order]
         reasons = why(order[: k - n_explore]) if why is not None else []
         entries: list[tuple[int, float, str, dict[str, Any] | None]] = []
@@ -442,8 +452,10 @@ class Recommender:
             out["source"].append(item_source)
             out["signals"].append(json.dumps(signals) if signals is not None else None)
 
-    def _diversify(self, columns: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-        cfg, info = self.config, self._items
+    def _diversify(
+        self, columns: np.ndarray, scores: np.ndarray, k: int, cfg: PipelineConfig
+    ) -> np.ndarray:
+        info = self._items
         assert info is not None
         if cfg.diversity == "mmr" and cfg.diversity_strength > 0:
             return mmr_order_by_category(

@@ -30,7 +30,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from marketrec import __version__
-from marketrec.core.errors import MarketrecError, RecordError
+from marketrec.core.errors import ConfigError, MarketrecError, RecordError
+from marketrec.experiments.assignment import Assigner, Assignment, RequestContext
+from marketrec.experiments.exposures import ExposureLog
 from marketrec.online.live import LiveRecommender, NotReadyError, UnknownItemError
 from marketrec.online.log import EventLogError
 from marketrec.online.records import EventIn, ItemUpdate, UserUpdate
@@ -57,11 +59,21 @@ class RecommendedItem(BaseModel):
     source: str = Field(description="what put the item there: retrieval, fallback, exploration")
 
 
+class ExperimentVariant(BaseModel):
+    experiment: str
+    variant: str
+
+
 class Recommendations(BaseModel):
     user_id: str
     items: list[RecommendedItem]
     model_version: str
     request_id: str
+    experiments: list[ExperimentVariant] | None = Field(
+        default=None,
+        description="the A/B variants this response was served under (only when the service "
+        "runs experiments: CONTRACT §6's body is unchanged otherwise)",
+    )
 
 
 class Accepted(BaseModel):
@@ -115,10 +127,19 @@ _EVENTS_BODY = _json_body({"anyOf": [_EVENT_SCHEMA, {"type": "array", "items": _
 
 
 # --------------------------------------------------------------------------- the app
-def create_app(live: LiveRecommender, *, owns_live: bool = False) -> FastAPI:
+def create_app(
+    live: LiveRecommender,
+    *,
+    owns_live: bool = False,
+    experiments: Assigner | None = None,
+    exposures: ExposureLog | None = None,
+) -> FastAPI:
     """The FastAPI app serving `live`. If `live` is not recovered yet, startup replays the
     log in a background thread (`/readyz` answers 503 until it is done, `/healthz` 200 all
-    along). `owns_live`: close its event log at shutdown."""
+    along). `owns_live`: close its event log at shutdown. `experiments`: assign each
+    recommendation request to its A/B variants, serve it with their settings, and write
+    an exposure line per variant to `exposures`."""
+    _check_versions(experiments, live.version)
     metrics = ServiceMetrics(live.version)
     live.observer = metrics
 
@@ -129,6 +150,8 @@ def create_app(live: LiveRecommender, *, owns_live: bool = False) -> FastAPI:
         yield
         if owns_live:
             live.close()
+        if exposures is not None:
+            exposures.close()
 
     app = FastAPI(
         title="marketrec",
@@ -141,7 +164,12 @@ def create_app(live: LiveRecommender, *, owns_live: bool = False) -> FastAPI:
     _add_error_handlers(app)
     app.add_middleware(_RequestLog, metrics=metrics)  # type: ignore[arg-type]
 
-    @app.get("/v1/recommendations", response_model=Recommendations, responses=_ERRORS)
+    @app.get(
+        "/v1/recommendations",
+        response_model=Recommendations,
+        response_model_exclude_unset=True,  # no `experiments` key without experiments
+        responses=_ERRORS,
+    )
     def recommendations(
         request: Request,
         user_id: Annotated[str, Query(**_ID)],
@@ -151,7 +179,25 @@ def create_app(live: LiveRecommender, *, owns_live: bool = False) -> FastAPI:
     ) -> dict[str, Any]:
         """Top k for a user; unknown users are valid (cold start)."""
         started = time.perf_counter()
-        body = live.recommend(user_id, k, region, device, request_id=_request_id(request))
+        assignments: list[Assignment] = []
+        settings = None
+        if experiments is not None:
+            known, home = live.user_context(user_id)
+            context = RequestContext(
+                user_id=user_id, region=region or home, device=device, is_new_user=not known
+            )
+            assignments = experiments.assign(context)
+            settings = experiments.settings(assignments).model_dump(exclude_none=True)
+        body = live.recommend(
+            user_id, k, region, device, request_id=_request_id(request), settings=settings
+        )
+        if experiments is not None:
+            body["experiments"] = [
+                {"experiment": a.experiment, "variant": a.variant} for a in assignments
+            ]
+        if exposures is not None and assignments:
+            shown = [item["item_id"] for item in body["items"]]
+            exposures.record(body["request_id"], user_id, assignments, shown, region)
         metrics.stage("total", time.perf_counter() - started)
         return body
 
@@ -244,6 +290,22 @@ def create_app(live: LiveRecommender, *, owns_live: bool = False) -> FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def _check_versions(experiments: Assigner | None, served: str) -> None:
+    """A variant may name the model version it needs; one worker serves one version, so a
+    variant asking for another cannot be honoured (fail at start, not per request)."""
+    if experiments is None:
+        return
+    for experiment in experiments.config.experiments:
+        for variant in experiment.variants:
+            wanted = variant.settings.model_version
+            if wanted is not None and wanted != served:
+                raise ConfigError(
+                    f"experiment '{experiment.name}', variant '{variant.name}' wants model "
+                    f"version '{wanted}' but this service serves '{served}' (a service serves one "
+                    "model version; variants of one service differ in settings)"
+                )
 
 
 def _recover(live: LiveRecommender) -> None:

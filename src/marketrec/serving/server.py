@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 ENV_MODEL = "MARKETREC_SERVE_MODEL"
 ENV_STORE = "MARKETREC_SERVE_STORE"
 ENV_STORE_PREFIX = "MARKETREC_SERVE_STORE_PREFIX"
+ENV_EXPERIMENTS = "MARKETREC_SERVE_EXPERIMENTS"
 TARGET = "marketrec.serving.server:worker_app"
 #: Model folder manifests: a pipeline's, then a single model's.
 _MANIFESTS = ("pipeline.json", "manifest.json")
@@ -58,6 +59,7 @@ def serve(
     store: str | None = None,
     workers: int = 1,
     store_prefix: str | None = None,
+    experiments: str | Path | None = None,
 ) -> None:
     """Serve CONTRACT §6 until interrupted. `store`: event-log URL (default SQLite in
     MODEL/state/events.sqlite; `redis://HOST:PORT/DB`); `store_prefix`: the Redis keys'
@@ -82,6 +84,13 @@ def serve(
     else:
         os.environ[ENV_STORE] = store
     os.environ[ENV_STORE_PREFIX] = prefix
+    if experiments is None:
+        os.environ.pop(ENV_EXPERIMENTS, None)
+    else:
+        from marketrec.experiments.assignment import load_experiments
+
+        load_experiments(experiments)  # a bad file fails here, once, not in each worker
+        os.environ[ENV_EXPERIMENTS] = str(Path(experiments).resolve())
     for name in _THREAD_VARS:
         os.environ.setdefault(name, "1")
 
@@ -119,7 +128,17 @@ def worker_app() -> FastAPI:
         prefix=os.environ.get(ENV_STORE_PREFIX) or DEFAULT_REDIS_PREFIX,
     )
     log.info("worker %d: model %s loaded", os.getpid(), live.version)
-    return create_app(live, owns_live=True)
+    experiments = os.environ.get(ENV_EXPERIMENTS)
+    if not experiments:
+        return create_app(live, owns_live=True)
+    from marketrec.experiments.assignment import Assigner
+    from marketrec.experiments.exposures import EXPOSURE_FOLDER, ExposureLog
+    from marketrec.online.live import STATE_FOLDER
+
+    exposures = ExposureLog(Path(model) / STATE_FOLDER / EXPOSURE_FOLDER)
+    return create_app(
+        live, owns_live=True, experiments=Assigner.from_file(experiments), exposures=exposures
+    )
 
 
 def single_threaded() -> None:
