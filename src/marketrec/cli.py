@@ -289,6 +289,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         store_prefix=args.store_prefix,
         experiments=args.experiments,
+        rollouts=args.rollouts,
     )
 
 
@@ -579,6 +580,59 @@ def cmd_experiment_report(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_rollout(args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
+    from marketrec.experiments.assignment import VariantSettings
+    from marketrec.experiments.rollout import RolloutStore, guard
+
+    store = RolloutStore(args.state)
+    if args.action == "start":
+        try:
+            settings = VariantSettings(
+                candidates=args.candidates,
+                diversity_strength=args.diversity_strength,
+                exploration_share=args.exploration_share,
+            )
+        except ValueError as exc:  # pydantic's ValidationError
+            raise ConfigError(f"rollout settings: {exc}") from None
+        rollout = store.start(args.name, settings, tuple(_names(args.internal_users)))
+    elif args.action == "promote":
+        rollout = store.promote(args.name, args.percent, tuple(_names(args.regions or "")))
+    elif args.action == "rollback":
+        rollout = store.rollback(args.name, args.reason)
+    elif args.action == "guard":
+        from marketrec.experiments.exposures import read_exposures
+        from marketrec.experiments.report import analyse, attribute
+
+        table = attribute(
+            read_exposures(args.exposures),
+            _read_parquet(Path(args.events)),
+            window=timedelta(hours=args.window_hours),
+        )
+        result = analyse(table, f"rollout:{args.name}", "control")
+        rollout, violations = guard(store, args.name, result)
+        if violations:
+            console.print(f"guardrail violated: {'; '.join(violations)}: rolled back")
+        else:
+            console.print("guardrails hold")
+    else:
+        for rollout in store.load().values():
+            console.print(_rollout_line(rollout))
+        return
+    console.print(_rollout_line(rollout))
+
+
+def _rollout_line(rollout: Any) -> str:
+    where = f" in {', '.join(rollout.regions)}" if rollout.regions else ""
+    last = rollout.history[-1].reason if rollout.history else ""
+    return f"{rollout.name}: {rollout.stage} {rollout.percent:g} %{where} ({last})"
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _read_parquet(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
@@ -741,6 +795,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="A/B experiments (TOML or JSON): each request is served with its variants' "
         "settings, named in the response, and logged as exposures in MODEL/state/exposures/",
     )
+    p.add_argument(
+        "--rollouts",
+        metavar="FILE",
+        help="staged rollouts' state file (`marketrec rollout`): re-read when it changes",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(
@@ -821,6 +880,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", required=True, help="folder for report.json and report.html")
     e.set_defaults(run=cmd_experiment_report)
+
+    p = sub.add_parser(
+        "rollout", help="staged rollout: staging → region → global, guardrails, rollback"
+    )
+    rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("start", "start in staging: only the internal users get the new settings"),
+        ("promote", "to a region stage, up its ramp, to global, to 100 % (completed)"),
+        ("rollback", "stop it: nobody gets the new settings"),
+        ("guard", "analyse the exposures so far; roll back if a guardrail is worse"),
+        ("status", "every rollout's stage"),
+    ):
+        r = rsub.add_parser(action, help=text)
+        if action != "status":
+            r.add_argument("name")
+        r.add_argument("--state", required=True, help="the rollouts' JSON state file")
+        if action == "start":
+            r.add_argument("--internal-users", required=True, help="comma-separated user ids")
+            r.add_argument("--candidates", type=_positive_int)
+            r.add_argument("--diversity-strength", type=float)
+            r.add_argument("--exploration-share", type=float)
+        elif action == "promote":
+            r.add_argument("--percent", type=_positive_float)
+            r.add_argument("--regions", help="comma-separated regions (from staging)")
+        elif action == "rollback":
+            r.add_argument("--reason", default="manual")
+        elif action == "guard":
+            r.add_argument("--exposures", required=True, help="the service's exposure folder")
+            r.add_argument("--events", required=True, help="Parquet of events")
+            r.add_argument("--window-hours", type=_positive_float, default=24.0)
+        r.set_defaults(run=cmd_rollout)
 
     p = sub.add_parser("evaluate", help="offline top-K metrics on a split folder")
     p.add_argument("split", help="folder written by `marketrec split` (train/ and test/)")

@@ -145,3 +145,33 @@ def test_serve_refuses_a_bad_experiment_file_before_starting(
     bad.write_text('[[experiments]]\nname = "x"\n[[experiments.variants]]\nname = "a"\n')
     assert main(["serve", str(model_folder), "--experiments", str(bad)]) != 0
     assert "allocation" in capsys.readouterr().err
+
+
+def test_the_service_follows_a_rollout_state_file(model_folder: Path, tmp_path: Path) -> None:
+    from marketrec.experiments.assignment import ExperimentConfig, VariantSettings
+    from marketrec.experiments.rollout import LiveAssigner, RolloutStore
+
+    store = RolloutStore(tmp_path / "rollouts.json")
+    live = LiveRecommender(
+        load_recommender(model_folder),
+        SQLiteEventLog(tmp_path / "events.sqlite"),
+        version=model_version(model_folder),
+    )
+    live.recover()
+    app = create_app(
+        live,
+        owns_live=True,
+        experiments=LiveAssigner(ExperimentConfig(), store),
+        exposures=ExposureLog(tmp_path / "exposures"),
+    )
+
+    def variants(user: str) -> list[dict]:
+        return client.get("/v1/recommendations", params={"user_id": user}).json()["experiments"]
+
+    with TestClient(app) as client:
+        assert variants("staff-1") == []  # no rollout yet
+        store.start("explore", VariantSettings(exploration_share=0.5), ("staff-1",))
+        assert variants("staff-1") == [{"experiment": "rollout:explore", "variant": "new"}]
+        assert variants("u03") == [{"experiment": "rollout:explore", "variant": "control"}]
+        store.rollback("explore", "pager")
+        assert variants("staff-1") == []  # the next request already follows the file

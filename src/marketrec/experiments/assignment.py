@@ -55,8 +55,9 @@ class VariantSettings(_Strict):
 
 class Variant(_Strict):
     name: str = Field(min_length=1, max_length=64)
-    #: share of the experiment's users, in percent
-    allocation: float = Field(gt=0.0, le=100.0)
+    #: share of the experiment's users, in percent (0: only forced users, as in a
+    #: rollout's staging stage)
+    allocation: float = Field(ge=0.0, le=100.0)
     settings: VariantSettings = VariantSettings()
 
 

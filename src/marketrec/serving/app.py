@@ -33,6 +33,7 @@ from marketrec import __version__
 from marketrec.core.errors import ConfigError, MarketrecError, RecordError
 from marketrec.experiments.assignment import Assigner, Assignment, RequestContext
 from marketrec.experiments.exposures import ExposureLog
+from marketrec.experiments.rollout import LiveAssigner
 from marketrec.online.live import LiveRecommender, NotReadyError, UnknownItemError
 from marketrec.online.log import EventLogError
 from marketrec.online.records import EventIn, ItemUpdate, UserUpdate
@@ -131,7 +132,7 @@ def create_app(
     live: LiveRecommender,
     *,
     owns_live: bool = False,
-    experiments: Assigner | None = None,
+    experiments: Assigner | LiveAssigner | None = None,
     exposures: ExposureLog | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `live`. If `live` is not recovered yet, startup replays the
@@ -292,7 +293,7 @@ def create_app(
     return app
 
 
-def _check_versions(experiments: Assigner | None, served: str) -> None:
+def _check_versions(experiments: Assigner | LiveAssigner | None, served: str) -> None:
     """A variant may name the model version it needs; one worker serves one version, so a
     variant asking for another cannot be honoured (fail at start, not per request)."""
     if experiments is None:

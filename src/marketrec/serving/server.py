@@ -28,6 +28,7 @@ ENV_MODEL = "MARKETREC_SERVE_MODEL"
 ENV_STORE = "MARKETREC_SERVE_STORE"
 ENV_STORE_PREFIX = "MARKETREC_SERVE_STORE_PREFIX"
 ENV_EXPERIMENTS = "MARKETREC_SERVE_EXPERIMENTS"
+ENV_ROLLOUTS = "MARKETREC_SERVE_ROLLOUTS"
 TARGET = "marketrec.serving.server:worker_app"
 #: Model folder manifests: a pipeline's, then a single model's.
 _MANIFESTS = ("pipeline.json", "manifest.json")
@@ -60,6 +61,7 @@ def serve(
     workers: int = 1,
     store_prefix: str | None = None,
     experiments: str | Path | None = None,
+    rollouts: str | Path | None = None,
 ) -> None:
     """Serve CONTRACT §6 until interrupted. `store`: event-log URL (default SQLite in
     MODEL/state/events.sqlite; `redis://HOST:PORT/DB`); `store_prefix`: the Redis keys'
@@ -91,6 +93,13 @@ def serve(
 
         load_experiments(experiments)  # a bad file fails here, once, not in each worker
         os.environ[ENV_EXPERIMENTS] = str(Path(experiments).resolve())
+    if rollouts is None:
+        os.environ.pop(ENV_ROLLOUTS, None)
+    else:
+        from marketrec.experiments.rollout import RolloutStore
+
+        RolloutStore(rollouts).load()  # an unreadable state file fails here
+        os.environ[ENV_ROLLOUTS] = str(Path(rollouts).resolve())
     for name in _THREAD_VARS:
         os.environ.setdefault(name, "1")
 
@@ -128,17 +137,20 @@ def worker_app() -> FastAPI:
         prefix=os.environ.get(ENV_STORE_PREFIX) or DEFAULT_REDIS_PREFIX,
     )
     log.info("worker %d: model %s loaded", os.getpid(), live.version)
-    experiments = os.environ.get(ENV_EXPERIMENTS)
-    if not experiments:
+    experiments, rollouts = os.environ.get(ENV_EXPERIMENTS), os.environ.get(ENV_ROLLOUTS)
+    if not experiments and not rollouts:
         return create_app(live, owns_live=True)
-    from marketrec.experiments.assignment import Assigner
+    from marketrec.experiments.assignment import ExperimentConfig, load_experiments
     from marketrec.experiments.exposures import EXPOSURE_FOLDER, ExposureLog
+    from marketrec.experiments.rollout import LiveAssigner, RolloutStore
     from marketrec.online.live import STATE_FOLDER
 
-    exposures = ExposureLog(Path(model) / STATE_FOLDER / EXPOSURE_FOLDER)
-    return create_app(
-        live, owns_live=True, experiments=Assigner.from_file(experiments), exposures=exposures
+    assigner = LiveAssigner(
+        load_experiments(experiments) if experiments else ExperimentConfig(),
+        RolloutStore(rollouts) if rollouts else None,
     )
+    exposures = ExposureLog(Path(model) / STATE_FOLDER / EXPOSURE_FOLDER)
+    return create_app(live, owns_live=True, experiments=assigner, exposures=exposures)
 
 
 def single_threaded() -> None:
