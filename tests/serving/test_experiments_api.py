@@ -173,5 +173,15 @@ def test_the_service_follows_a_rollout_state_file(model_folder: Path, tmp_path: 
         store.start("explore", VariantSettings(exploration_share=0.5), ("staff-1",))
         assert variants("staff-1") == [{"experiment": "rollout:explore", "variant": "new"}]
         assert variants("u03") == [{"experiment": "rollout:explore", "variant": "control"}]
-        store.rollback("explore", "pager")
+        promoted = client.post("/admin/rollouts/explore/promote", json={"regions": ["north"]})
+        assert promoted.status_code == 200 and promoted.json()["stage"] == "region"
+        again = client.post("/admin/rollouts/explore/promote", json={"percent": 5})
+        assert again.status_code == 400 and "only ramps up" in again.json()["error"]
+        unknown = client.post("/admin/rollouts/ghost/rollback", json={})
+        assert unknown.status_code == 400 and "ghost" in unknown.json()["error"]
+        wrong = client.post("/admin/rollouts/explore/promote", json={"percent": "lots"})
+        assert wrong.status_code == 400
+        back = client.post("/admin/rollouts/explore/rollback", json={"reason": "pager"})
+        assert back.status_code == 200 and back.json()["stage"] == "rolled_back"
         assert variants("staff-1") == []  # the next request already follows the file
+        assert client.get("/admin/rollouts").json()["explore"]["history"][-1]["reason"] == "pager"

@@ -26,14 +26,14 @@ from typing import Annotated, Any
 from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from marketrec import __version__
 from marketrec.core.errors import ConfigError, MarketrecError, RecordError
 from marketrec.experiments.assignment import Assigner, Assignment, RequestContext
 from marketrec.experiments.exposures import ExposureLog
-from marketrec.experiments.rollout import LiveAssigner
+from marketrec.experiments.rollout import LiveAssigner, RolloutStore
 from marketrec.online.live import LiveRecommender, NotReadyError, UnknownItemError
 from marketrec.online.log import EventLogError
 from marketrec.online.records import EventIn, ItemUpdate, UserUpdate
@@ -252,6 +252,9 @@ def create_app(
         """Delist an item: never recommended again."""
         return {"id": item_id, "offset": live.delete_item(item_id)}
 
+    if isinstance(experiments, LiveAssigner) and experiments.rollouts is not None:
+        _add_rollout_routes(app, experiments.rollouts)
+
     @app.put(
         "/v1/users/{user_id}",
         response_model=Written,
@@ -334,6 +337,37 @@ def _request_id(request: Request) -> str:
 # --------------------------------------------------------------------------- errors
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+class PromoteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    percent: float | None = Field(default=None, gt=0, le=100)
+    regions: list[str] = Field(default_factory=list)
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="manual (admin endpoint)", max_length=500)
+
+
+def _add_rollout_routes(app: FastAPI, store: RolloutStore) -> None:
+    """The admin endpoints of staged rollouts (the same operations as `marketrec rollout`;
+    no authentication of their own: keep /admin behind the deployment's access control)."""
+
+    @app.get("/admin/rollouts", responses=_ERRORS)
+    def rollouts() -> dict[str, Any]:
+        """Every rollout with its stage and history."""
+        return {name: r.model_dump(mode="json") for name, r in store.load().items()}
+
+    @app.post("/admin/rollouts/{name}/promote", responses=_ERRORS)
+    def promote(name: Annotated[str, Path(**_ID)], body: PromoteBody) -> dict[str, Any]:
+        """To the next stage or up the current one's ramp."""
+        return store.promote(name, body.percent, tuple(body.regions)).model_dump(mode="json")
+
+    @app.post("/admin/rollouts/{name}/rollback", responses=_ERRORS)
+    def rollback(name: Annotated[str, Path(**_ID)], body: RollbackBody) -> dict[str, Any]:
+        """Stop the rollout: nobody gets the new settings from the next request on."""
+        return store.rollback(name, body.reason).model_dump(mode="json")
 
 
 def _add_error_handlers(app: FastAPI) -> None:
