@@ -42,25 +42,21 @@ from marketrec.models.registry import create
 from marketrec.online.finetune import fine_tune
 from marketrec.online.live import LiveRecommender
 from marketrec.online.log import SQLiteEventLog
-from marketrec.online.records import EVENT_FIELDS
+from marketrec.online.records import parse_event_payloads
 from marketrec.online.retrain import retrain
 from marketrec.pipeline.config import PipelineConfig
 from marketrec.pipeline.ranking_stage import RankingParams
 from marketrec.pipeline.recommender import Recommender
+from streaming import _event_objects
 
 log = logging.getLogger("finetune-benchmark")
 
 
 def payloads(events: pl.DataFrame) -> list[tuple[str, str, dict]]:
-    """Event rows as the log's event records (what `POST /v1/events` appends)."""
-    frame = events.select(
-        [c for c in EVENT_FIELDS if c in events.columns and c != "ts"]
-        + [(pl.col("ts").dt.epoch("us").cast(pl.Float64) / 1e6).alias("ts")]
-    )
-    return [
-        ("event", row["user_id"], {k: v for k, v in row.items() if v is not None})
-        for row in frame.iter_rows(named=True)
-    ]
+    """Event rows as the log's event records, through the conversion `POST /v1/events`
+    applies (CONTRACT §5 objects, validated)."""
+    parsed = parse_event_payloads(_event_objects(events), now=time.time())
+    return [("event", p["user_id"], p) for p in parsed]
 
 
 def evaluate(

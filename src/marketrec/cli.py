@@ -562,15 +562,9 @@ def _read_user_list(path: str) -> list[str]:
 
 
 def cmd_experiment_report(args: argparse.Namespace) -> None:
-    from datetime import timedelta
+    from marketrec.experiments.report import write_report
 
-    from marketrec.experiments.exposures import read_exposures
-    from marketrec.experiments.report import analyse, attribute, write_report
-
-    exposures = read_exposures(args.exposures)
-    events = _read_parquet(Path(args.events))
-    table = attribute(exposures, events, window=timedelta(hours=args.window_hours))
-    result = analyse(table, args.experiment, args.control)
+    result = _experiment_result(args, args.experiment, args.control)
     as_json, page = write_report(result, Path(args.out))
     srm = result["sample_ratio"]
     console.print(
@@ -580,9 +574,22 @@ def cmd_experiment_report(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_rollout(args: argparse.Namespace) -> None:
+def _experiment_result(args: argparse.Namespace, experiment: str, control: str) -> Any:
+    """`--exposures`, `--events` and `--window-hours` attributed and analysed."""
     from datetime import timedelta
 
+    from marketrec.experiments.exposures import read_exposures
+    from marketrec.experiments.report import analyse, attribute
+
+    table = attribute(
+        read_exposures(args.exposures),
+        _read_parquet(Path(args.events)),
+        window=timedelta(hours=args.window_hours),
+    )
+    return analyse(table, experiment, control)
+
+
+def cmd_rollout(args: argparse.Namespace) -> None:
     from marketrec.experiments.assignment import VariantSettings
     from marketrec.experiments.rollout import RolloutStore, guard
 
@@ -602,15 +609,7 @@ def cmd_rollout(args: argparse.Namespace) -> None:
     elif args.action == "rollback":
         rollout = store.rollback(args.name, args.reason)
     elif args.action == "guard":
-        from marketrec.experiments.exposures import read_exposures
-        from marketrec.experiments.report import analyse, attribute
-
-        table = attribute(
-            read_exposures(args.exposures),
-            _read_parquet(Path(args.events)),
-            window=timedelta(hours=args.window_hours),
-        )
-        result = analyse(table, f"rollout:{args.name}", "control")
+        result = _experiment_result(args, f"rollout:{args.name}", "control")
         rollout, violations = guard(store, args.name, result)
         if violations:
             console.print(f"guardrail violated: {'; '.join(violations)}: rolled back")

@@ -138,8 +138,9 @@ class RolloutStore:
         internal_users: tuple[str, ...],
         guardrails: tuple[str, ...] = DEFAULT_GUARDRAILS,
     ) -> Rollout:
-        if name in self.load() and self.get(name).active:
-            raise ConfigError(f"rollout '{name}' is already running (stage {self.get(name).stage})")
+        running = self.load().get(name)
+        if running is not None and running.active:
+            raise ConfigError(f"rollout '{name}' is already running (stage {running.stage})")
         if not internal_users:
             raise ConfigError("a rollout starts in staging: name at least one internal user")
         if settings.model_version is not None:
