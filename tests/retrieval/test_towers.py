@@ -91,3 +91,20 @@ def test_item_tower_masks_in_one_pass_equal_separate_passes() -> None:
             [torch.nn.functional.normalize(tower.mlp(x), dim=-1), tower.bias(x)], dim=-1
         )
         torch.testing.assert_close(joint, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_item_tower_loads_weights_saved_before_the_untrained_shift() -> None:
+    from marketrec.retrieval.towers import ItemTower, TowerSizes
+
+    sizes = TowerSizes(50, 6, 3, 4, 5, 12, 10, 2, (), 0, 2)
+    saved = ItemTower(sizes, dim=8, dropout=0.0, sparse_ids=False)
+    saved.untrained_shift.fill_(-0.5)
+    state = saved.state_dict()
+    assert float(state["untrained_shift"]) == -0.5
+    old = {k: v for k, v in state.items() if k != "untrained_shift"}
+    loaded = ItemTower(sizes, dim=8, dropout=0.0, sparse_ids=False)
+    loaded.untrained_shift.fill_(3.0)
+    loaded.load_state_dict(old)  # strict: an older folder has no shift, which means 0
+    assert float(loaded.untrained_shift) == 0.0
+    loaded.load_state_dict(state)
+    assert float(loaded.untrained_shift) == -0.5

@@ -86,6 +86,15 @@ class ItemTower(nn.Module):
         self.trend_level = nn.Linear(len(SHARE_WINDOWS_DAYS), dim)
         self.mlp = _mlp(12 * dim, 2 * dim, dim, dropout)
         self.bias = nn.Linear(12 * dim, 1)
+        #: added to the bias of items never trained on when they are served (see
+        #: `calibrate_untrained` in training.py): their content-only scores sit on another
+        #: scale than trained items' id-and-content ones
+        self.register_buffer("untrained_shift", torch.zeros(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # model folders saved before the calibration existed: no shift
+        state_dict.setdefault(prefix + "untrained_shift", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, f: dict[str, Tensor], id_mask: Tensor) -> Tensor:
         """f: item feature tensors of shape (B,) or (B, tags)/(B, text_dim) → (B, D + 1):
