@@ -14,7 +14,7 @@ from marketrec.core.errors import ModelError
 from marketrec.data.schema import Dataset, make_dataset, validate_events, validate_items
 from marketrec.models.registry import create
 from marketrec.pipeline.ranking_stage import RankingParams
-from marketrec.pipeline.recommender import Recommender
+from marketrec.pipeline.recommender import Recommender, load_recommender
 
 TINY_TOWER = {
     "text_encoder": "hashed",
@@ -263,3 +263,13 @@ def test_the_serving_index_follows_live_updates(indexed: Recommender, market: Da
     indexed.delist(["fresh-toy", "i00"])
     gone = indexed.recommend(everyone, 14).get_column("item_id").to_list()
     assert not {"fresh-toy", "i00"} & set(gone)
+
+
+def test_a_loaded_model_moves_a_trained_user_to_another_region(
+    model: Recommender, tmp_path
+) -> None:
+    # a saved folder's arrays came back read-only: PUT /v1/users for a trained user failed
+    loaded = load_recommender(model.save(tmp_path / "saved"))
+    loaded.upsert_users(pl.DataFrame({"user_id": ["u00"], "region": ["south"]}))
+    row = loaded.retrieval.user_rows(pl.Series(["u00"]))
+    assert loaded.retrieval.regions_of(row)[0] == loaded.retrieval.region_names.index("south")

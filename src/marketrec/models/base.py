@@ -771,7 +771,8 @@ class CollaborativeRecommender:
     def restore(self, folder: Path, manifest: dict[str, Any]) -> Self:
         users = pl.read_parquet(folder / "users.parquet")
         self._users = IdVocab(users.get_column("user_id").alias("id"))
-        self._user_region = users.get_column("region_idx").to_numpy()
+        # writable: a profile update (PUT /v1/users) moves a trained user to another region
+        self._user_region = users.get_column("region_idx").to_numpy(writable=True)
         self._items = IdVocab(
             pl.read_parquet(folder / "items.parquet").get_column("item_id").alias("id")
         )
