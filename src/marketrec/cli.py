@@ -574,6 +574,116 @@ def cmd_experiment_report(args: argparse.Namespace) -> None:
     )
 
 
+def _named(values: list[str] | None, what: str) -> dict[str, str]:
+    """NAME=VALUE pairs, names unique."""
+    out: dict[str, str] = {}
+    for text in values or []:
+        name, sep, value = text.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(f"{what}: expected NAME=VALUE, got '{text}'")
+        if name in out:
+            raise ConfigError(f"{what}: '{name}' given twice")
+        out[name] = value
+    return out
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    import dataclasses
+    from contextlib import ExitStack
+
+    from rich.progress import Progress
+
+    from marketrec.data.schema import load_dataset
+    from marketrec.data.synthetic.truth import GROUND_TRUTH_DIR, GroundTruth
+    from marketrec.experiments.assignment import load_experiments
+    from marketrec.experiments.exposures import ExposureLog, read_exposures
+    from marketrec.experiments.report import analyse, attribute, write_report
+    from marketrec.experiments.simulator import (
+        HttpArm,
+        SimulationConfig,
+        Simulator,
+        judge,
+        start_of,
+        truth_summary,
+    )
+    from marketrec.serving.process import ServiceProcess
+
+    models, urls = _named(args.arm, "--arm"), _named(args.url, "--url")
+    names = [*models, *urls]
+    if len(names) < 2 or len(set(names)) < len(names):
+        raise ConfigError("simulate: give two or more arms with distinct names (--arm/--url)")
+    for name, folder in models.items():
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--arm {name}: model folder '{folder}' not found")
+    world = Path(args.world)
+    if not (world / GROUND_TRUTH_DIR).is_dir():
+        raise ConfigError(
+            f"{world}: no {GROUND_TRUTH_DIR}/ folder; simulate needs a world written by "
+            "`marketrec generate` (its users' true tastes decide their clicks)"
+        )
+    data, truth = load_dataset(world), GroundTruth.load(world / GROUND_TRUTH_DIR)
+    control = args.control or names[0]
+    if control not in names:
+        raise ConfigError(f"--control '{control}' is not an arm ({', '.join(names)})")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = args.start or start_of(data)
+    config = SimulationConfig(
+        start=start, days=args.days, users=args.users, k=args.k, seed=args.seed
+    )
+    experiments = load_experiments(args.experiments) if args.experiments else None
+    if experiments is not None:
+        config = dataclasses.replace(config, experiment=experiments.experiments[0].name)
+    with ExitStack() as stack:
+        servers = {}
+        for name, folder in models.items():
+            store = ["--store", f"sqlite:///{(out / 'stores' / f'{name}.sqlite').resolve()}"]
+            (out / "stores").mkdir(exist_ok=True)
+            server = ServiceProcess(Path(folder), store, out / "logs" / f"{name}.log")
+            stack.callback(server.stop)
+            servers[name] = server
+        with console.status(f"starting {len(servers)} service(s)…"):
+            for server in servers.values():
+                server.wait_ready()
+        arms = {name: HttpArm(name, s.url) for name, s in servers.items()}
+        arms |= {name: HttpArm(name, url) for name, url in urls.items()}
+        arms = {name: arms[name] for name in names}  # control first, as given
+        exposures = ExposureLog(out / "exposures")
+        stack.callback(exposures.close)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"simulating {args.days:g} day(s)", total=1.0)
+            simulator = Simulator(
+                data,
+                truth,
+                arms,
+                config,
+                experiments,
+                exposures,
+                progress=lambda done: bar.update(task, completed=done),
+            )
+            result = simulator.run()
+        exposures.close()
+    result.events.write_parquet(out / "events.parquet")
+    listed = data.items.filter(pl.col("created_at") >= start).get_column("item_id").to_list()
+    truth_block = truth_summary(result, control, data.items.height, set(listed))
+    analysis = analyse(
+        attribute(read_exposures(out / "exposures"), result.events), config.experiment, control
+    )
+    analysis["truth"] = truth_block | {"verdicts": judge(analysis, truth_block)}
+    as_json, page = write_report(analysis, out)
+    lines = [
+        f"{result.seconds:.0f} s, {len(result.sessions):,} sessions, "
+        f"{result.events.height:,} events → {as_json}, {page}"
+    ]
+    for arm, verdict in analysis["truth"]["verdicts"].items():
+        lines.append(
+            f"{arm} vs {control}: CTR difference estimated {verdict['estimated']:+.4f} "
+            f"[{verdict['low']:+.4f}, {verdict['high']:+.4f}], true {verdict['true']:+.4f}"
+            f" ({'covered' if verdict['covered'] else 'NOT covered'})"
+        )
+    console.print("\n".join(lines))
+
+
 def _experiment_result(args: argparse.Namespace, experiment: str, control: str) -> Any:
     """`--exposures`, `--events` and `--window-hours` attributed and analysed."""
     from datetime import timedelta
@@ -910,6 +1020,44 @@ def build_parser() -> argparse.ArgumentParser:
             r.add_argument("--events", required=True, help="Parquet of events")
             r.add_argument("--window-hours", type=_positive_float, default=24.0)
         r.set_defaults(run=cmd_rollout)
+
+    p = sub.add_parser(
+        "simulate",
+        help="A/B test recommenders on simulated users of a generated world, through the "
+        "live HTTP service; the true effect beside the estimate",
+    )
+    p.add_argument("world", help="a folder written by `marketrec generate` (with ground_truth/)")
+    p.add_argument(
+        "--arm",
+        action="append",
+        metavar="NAME=MODEL",
+        help="an arm served from a model folder (a `marketrec serve` is started for it, "
+        "with a fresh SQLite store in OUT/stores/); repeat for each arm",
+    )
+    p.add_argument(
+        "--url",
+        action="append",
+        metavar="NAME=URL",
+        help="an arm already served at URL (e.g. with a Redis store)",
+    )
+    p.add_argument("--out", required=True, help="folder for exposures, events and the report")
+    p.add_argument("--control", help="the control arm (default: the first given)")
+    p.add_argument("--days", type=_positive_float, default=3.0)
+    p.add_argument("--users", type=_positive_int, default=2_000)
+    p.add_argument("--k", type=_positive_int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--start",
+        type=_timestamp,
+        help="simulated start (ISO 8601; default: where `marketrec split` cuts by default, "
+        "the 0.8 quantile of event time)",
+    )
+    p.add_argument(
+        "--experiments",
+        help="assignment (TOML/JSON, as for serve --experiments; its first experiment's "
+        "variants are the arms' names); default: the arms in equal shares",
+    )
+    p.set_defaults(run=cmd_simulate)
 
     p = sub.add_parser("evaluate", help="offline top-K metrics on a split folder")
     p.add_argument("split", help="folder written by `marketrec split` (train/ and test/)")

@@ -272,6 +272,7 @@ def _html(result: dict[str, Any]) -> str:
         if srm["mismatch"]
         else f"<p>Sample ratio check passed (p = {srm['p_value']:.2g}).</p>"
     )
+    truth = _truth_html(result.get("truth"))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Experiment {name}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
@@ -289,8 +290,33 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}.bad{{color:#b0
 <img alt="effects" src="data:image/png;base64,{_effects_plot(result)}">
 <h2>CTR lift per region</h2>
 <img alt="regions" src="data:image/png;base64,{_regions_plot(result)}">
+{truth}
 </body></html>
 """
+
+
+def _truth_html(truth: dict[str, Any] | None) -> str:
+    """The simulator's ground truth beside the estimates (`marketrec simulate`)."""
+    if not truth:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(arm)}</td><td>{v['true']:+.4g}</td><td>{v['estimated']:+.4g}</td>"
+        f"<td>[{v['low']:+.4g}, {v['high']:+.4g}]</td><td>{'yes' if v['covered'] else 'no'}</td>"
+        "</tr>"
+        for arm, v in truth.get("verdicts", {}).items()
+    )
+    arms = "".join(
+        f"<tr><td>{html.escape(arm)}</td><td>{truth['true_ctr'][arm]:.4g}</td>"
+        f"<td>{a['sessions']:,}</td><td>{a['coverage']:.2%}</td><td>{a['new_item_share']:.2%}</td>"
+        "</tr>"
+        for arm, a in truth.get("arms", {}).items()
+    )
+    return f"""<h2>Ground truth (simulation)</h2>
+<table><tr><th>arm</th><th>true CTR</th><th>sessions served</th><th>catalogue coverage</th>
+<th>new items' share of slots</th></tr>{arms}</table>
+<h3>CTR difference against control: true vs estimated</h3>
+<table><tr><th>arm</th><th>true</th><th>estimated</th><th>95 % interval</th>
+<th>covers the truth</th></tr>{rows}</table>"""
 
 
 def _png(figure: Any) -> str:
