@@ -598,6 +598,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from marketrec.experiments.assignment import load_experiments
     from marketrec.experiments.exposures import ExposureLog, read_exposures
     from marketrec.experiments.report import analyse, attribute, write_report
+    from marketrec.experiments.rollout import RolloutStore
     from marketrec.experiments.simulator import (
         HttpArm,
         SimulationConfig,
@@ -612,6 +613,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     names = [*models, *urls]
     if len(names) < 2 or len(set(names)) < len(names):
         raise ConfigError("simulate: give two or more arms with distinct names (--arm/--url)")
+    if args.rollout and len(names) != 2:
+        raise ConfigError("simulate --rollout: give two arms, the current version first")
     for name, folder in models.items():
         if not Path(folder).is_dir():
             raise ConfigError(f"--arm {name}: model folder '{folder}' not found")
@@ -650,6 +653,11 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         arms = {name: arms[name] for name in names}  # control first, as given
         exposures = ExposureLog(out / "exposures")
         stack.callback(exposures.close)
+        staged = None
+        if args.rollout:
+            staged = _staged_rollout(args, config, data, truth, names, out)
+            experiments = None
+            config = dataclasses.replace(config, experiment=f"rollout:{args.rollout}")
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"simulating {args.days:g} day(s)", total=1.0)
             simulator = Simulator(
@@ -660,28 +668,75 @@ def cmd_simulate(args: argparse.Namespace) -> None:
                 experiments,
                 exposures,
                 progress=lambda done: bar.update(task, completed=done),
+                router=staged.router if staged else None,
+                after_day=staged.after_day if staged else None,
             )
             result = simulator.run()
         exposures.close()
     result.events.write_parquet(out / "events.parquet")
     listed = data.items.filter(pl.col("created_at") >= start).get_column("item_id").to_list()
     truth_block = truth_summary(result, control, data.items.height, set(listed))
-    analysis = analyse(
-        attribute(read_exposures(out / "exposures"), result.events), config.experiment, control
-    )
-    analysis["truth"] = truth_block | {"verdicts": judge(analysis, truth_block)}
+    table = attribute(read_exposures(out / "exposures"), result.events)
+    if staged is not None:  # the rollout's variants are new/control, not the arms' names
+        analysis = analyse(table, config.experiment, "control")
+        true = truth_block["true_ctr_difference"][staged.candidate]
+        verdicts = judge(analysis, {"true_ctr_difference": {"new": true}})
+        rollout = RolloutStore(out / "rollouts.json").get(args.rollout)
+        analysis["rollout"] = {
+            "stage": rollout.stage,
+            "days": staged.log,
+            "history": [h.model_dump() for h in rollout.history],
+        }
+    else:
+        analysis = analyse(table, config.experiment, control)
+        verdicts = judge(analysis, truth_block)
+    analysis["truth"] = truth_block | {"verdicts": verdicts}
     as_json, page = write_report(analysis, out)
     lines = [
         f"{result.seconds:.0f} s, {len(result.sessions):,} sessions, "
         f"{result.events.height:,} events → {as_json}, {page}"
     ]
     for arm, verdict in analysis["truth"]["verdicts"].items():
+        arm = f"{staged.candidate} (new)" if staged is not None else arm
         lines.append(
             f"{arm} vs {control}: CTR difference estimated {verdict['estimated']:+.4f} "
             f"[{verdict['low']:+.4f}, {verdict['high']:+.4f}], true {verdict['true']:+.4f}"
             f" ({'covered' if verdict['covered'] else 'NOT covered'})"
         )
+    if staged is not None:
+        final = analysis["rollout"]
+        lines.append(f"rollout '{args.rollout}': {final['stage']}")
+        lines += [f"  {h['stage']} {h['percent']:g} % ({h['reason']})" for h in final["history"]]
     console.print("\n".join(lines))
+
+
+def _staged_rollout(
+    args: argparse.Namespace, config: Any, data: Any, truth: Any, names: list[str], out: Path
+) -> Any:
+    """The `--rollout` driver: `--internal-users` of the simulated users signed up before
+    the start, and the region stage in `--rollout-region` (default: the most common)."""
+    from marketrec.experiments.rollout import RolloutStore
+    from marketrec.experiments.simulator import StagedRollout, population
+
+    users = population(data, config, {str(u) for u in truth.user_ids})
+    start = config.start.timestamp()
+    before = [u for u, s in zip(users["user_id"], users["signup"], strict=True) if s < start]
+    internal = tuple(before[: args.internal_users])
+    regions = [r for r in users["region"] if r]
+    region = args.rollout_region or (max(set(regions), key=regions.count) if regions else None)
+    if not internal or region is None:
+        raise ConfigError("simulate --rollout: no simulated user signed up before the start")
+    state = out / "rollouts.json"
+    state.unlink(missing_ok=True)
+    return StagedRollout(
+        RolloutStore(state),
+        args.rollout,
+        names[0],
+        names[1],
+        internal,
+        (region,),
+        out / "exposures",
+    )
 
 
 def _experiment_result(args: argparse.Namespace, experiment: str, control: str) -> Any:
@@ -1057,6 +1112,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="assignment (TOML/JSON, as for serve --experiments; its first experiment's "
         "variants are the arms' names); default: the arms in equal shares",
     )
+    p.add_argument(
+        "--rollout",
+        metavar="NAME",
+        help="instead of an A/B split, a staged rollout of the second arm over the first: "
+        "staging (internal users) on day 1, one region at 50 %% on day 2, everyone at 50 %% "
+        "on day 3, completed from day 4; the guardrails (CTR, conversion) are checked every "
+        "simulated day and roll it back when significantly worse",
+    )
+    p.add_argument("--internal-users", type=_positive_int, default=20)
+    p.add_argument("--rollout-region", help="the region stage's region (default: the largest)")
     p.set_defaults(run=cmd_simulate)
 
     p = sub.add_parser("evaluate", help="offline top-K metrics on a split folder")

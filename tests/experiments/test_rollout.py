@@ -61,10 +61,16 @@ def test_rollback_by_hand_and_by_guardrail(tmp_path: Path) -> None:
     assigner = LiveAssigner(ExperimentConfig(), store)
     store.start("explore", NEW, ("staff-1",))
     store.promote("explore", 30.0, ("north",))
+    users = {"users_control": 400, "users_treatment": 120}
     fine = {"effects": {"new": [{"metric": "ctr", "relative": 0.01, "low": -0.01, "high": 0.02}]}}
+    fine["effects"]["new"][0] |= users
     rollout, violations = guard(store, "explore", fine)
     assert not violations and rollout.stage == "region"
     bad = {"effects": {"new": [{"metric": "ctr", "relative": -0.2, "low": -0.03, "high": -0.01}]}}
+    few = {"effects": {"new": [bad["effects"]["new"][0] | users | {"users_treatment": 2}]}}
+    rollout, violations = guard(store, "explore", few)  # two users: no verdict yet
+    assert not violations and rollout.stage == "region"
+    bad["effects"]["new"][0] |= users
     rollout, violations = guard(store, "explore", bad)
     assert rollout.stage == "rolled_back" and "ctr -20.0%" in violations[0]
     assert "guardrail" in rollout.history[-1].reason
@@ -81,6 +87,9 @@ def test_a_rollout_refuses_a_model_version_and_needs_internal_users(tmp_path: Pa
         store.start("x", NEW, ())
     with pytest.raises(ConfigError, match="hot swap"):
         store.start("x", VariantSettings(model_version="v2@1"), ("staff-1",))
+    # behind a router that sends each variant to its own deployment (the simulator)
+    routed = store.start("x", VariantSettings(model_version="v2@1"), ("staff-1",), routed=True)
+    assert routed.settings.model_version == "v2@1"
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not a rollout state file"):
         RolloutStore(tmp_path / "broken.json").load()

@@ -15,17 +15,21 @@ import pytest
 from fastapi.testclient import TestClient
 
 from marketrec.cli import main
+from marketrec.data.schema import make_dataset
 from marketrec.data.split import split_global
 from marketrec.data.synthetic import SyntheticConfig, generate_marketplace, write_marketplace
 from marketrec.experiments.exposures import ExposureLog, read_exposures
 from marketrec.experiments.report import analyse, attribute
+from marketrec.experiments.rollout import RolloutStore
 from marketrec.experiments.simulator import (
     Behaviour,
     SimulationConfig,
     Simulator,
+    StagedRollout,
     TruthModel,
     examine_probability,
     judge,
+    population,
     start_of,
     truth_summary,
 )
@@ -184,3 +188,53 @@ def test_simulate_command_names_bad_input(folders, tmp_path, capsys) -> None:
     assert "two or more arms" in capsys.readouterr().err
     assert main([*args, "--arm", "a", "--arm", "b=x"]) != 0
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def shuffled_popularity(train, folder: Path) -> Path:
+    """A deliberately bad model: popularity learned on events whose item ids were permuted
+    (the kind of join bug that ships a model recommending the wrong items)."""
+    ids = train.items.get_column("item_id").to_list()
+    perm = dict(zip(ids, np.random.default_rng(0).permutation(ids).tolist(), strict=True))
+    events = train.events.with_columns(pl.col("item_id").replace_strict(perm, default=None))
+    broken = make_dataset(events, train.items, train.users)
+    return Recommender(create("region-popularity"), PipelineConfig()).fit(broken).save(folder)
+
+
+def test_a_bad_model_is_rolled_back_by_its_guardrail(world, folders, tmp_path) -> None:
+    data, truth = world
+    bad = shuffled_popularity(split_global(data, quantile=0.8).train, tmp_path / "bad")
+    arms = {
+        "current": ClientArm("current", serve(folders["knn"], tmp_path / "current.sqlite")),
+        "candidate": ClientArm("candidate", serve(bad, tmp_path / "candidate.sqlite")),
+    }
+    config = SimulationConfig(start=start_of(data), days=4.0, users=900, seed=2)
+    users = population(data, config, {str(u) for u in truth.user_ids})
+    internal = tuple(users["user_id"][:60])
+    store = RolloutStore(tmp_path / "rollouts.json")
+    region = max(set(users["region"]), key=users["region"].count)
+    staged = StagedRollout(
+        store, "broken", "current", "candidate", internal, (region,), tmp_path / "exposures"
+    )
+    exposures = ExposureLog(tmp_path / "exposures")
+    Simulator(
+        data,
+        truth,
+        arms,
+        config,
+        exposures=exposures,
+        router=staged.router,
+        after_day=staged.after_day,
+    ).run()
+    exposures.close()
+    rollout = store.get("broken")
+    assert rollout.stage == "rolled_back"
+    assert rollout.history[-1].reason.startswith("guardrail: ctr")
+    # it never reached everyone: rolled back in staging or in the region stage
+    assert all(change.stage != "global" for change in rollout.history)
+    # once rolled back, nobody was routed to the candidate any more
+    shown = read_exposures(tmp_path / "exposures")
+    stopped = staged.log[[e["now"][0] for e in staged.log].index("rolled_back")]
+    after = shown.filter(
+        pl.col("ts").dt.epoch("s") > config.start.timestamp() + 86_400 * (stopped["day"] + 1)
+    )
+    assert after.height == 0 or set(after.get_column("variant")) == {"control"}

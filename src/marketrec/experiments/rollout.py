@@ -137,13 +137,17 @@ class RolloutStore:
         settings: VariantSettings,
         internal_users: tuple[str, ...],
         guardrails: tuple[str, ...] = DEFAULT_GUARDRAILS,
+        routed: bool = False,
     ) -> Rollout:
+        """`routed`: a router in front of the services sends each variant to its own
+        deployment (`marketrec simulate --rollout`), so the new version may be another
+        model; a service reading the state file itself serves one model only."""
         running = self.load().get(name)
         if running is not None and running.active:
             raise ConfigError(f"rollout '{name}' is already running (stage {running.stage})")
         if not internal_users:
             raise ConfigError("a rollout starts in staging: name at least one internal user")
-        if settings.model_version is not None:
+        if settings.model_version is not None and not routed:
             raise ConfigError(
                 "a rollout changes settings within one service; a new model version reaches "
                 "the workers through `marketrec retrain`/`finetune` (hot swap), not a rollout"
@@ -227,11 +231,21 @@ class LiveAssigner:
         return self._assigner
 
 
-def guardrail_violations(rollout: Rollout, result: dict[str, Any]) -> list[str]:
+#: users each variant needs before a guardrail may fire: with a handful of users the
+#: intervals are not to be trusted (no clicks at all gives a zero variance, an interval of
+#: one point below zero: the simulator's staging day with two internal users did that)
+MIN_GUARD_USERS = 50
+
+
+def guardrail_violations(
+    rollout: Rollout, result: dict[str, Any], min_users: int = MIN_GUARD_USERS
+) -> list[str]:
     """Guardrail metrics significantly worse for the new version in an `analyse` result
-    (control = "control", treatment = "new")."""
+    (control = "control", treatment = "new"), once both have `min_users` users."""
     out = []
     for effect in result.get("effects", {}).get("new", []):
+        if min(effect["users_control"], effect["users_treatment"]) < min_users:
+            continue
         if effect["metric"] in rollout.guardrails and effect["high"] < 0:
             out.append(
                 f"{effect['metric']} {effect['relative']:+.1%} "
@@ -240,10 +254,12 @@ def guardrail_violations(rollout: Rollout, result: dict[str, Any]) -> list[str]:
     return out
 
 
-def guard(store: RolloutStore, name: str, result: dict[str, Any]) -> tuple[Rollout, list[str]]:
+def guard(
+    store: RolloutStore, name: str, result: dict[str, Any], min_users: int = MIN_GUARD_USERS
+) -> tuple[Rollout, list[str]]:
     """Roll `name` back when its guardrails are violated in `result`."""
     rollout = store.get(name)
-    violations = guardrail_violations(rollout, result)
+    violations = guardrail_violations(rollout, result, min_users)
     if violations and rollout.active:
         rollout = store.rollback(name, "guardrail: " + "; ".join(violations))
     return rollout, violations
@@ -251,6 +267,7 @@ def guard(store: RolloutStore, name: str, result: dict[str, Any]) -> tuple[Rollo
 
 __all__ = [
     "DEFAULT_GUARDRAILS",
+    "MIN_GUARD_USERS",
     "LiveAssigner",
     "Rollout",
     "RolloutStore",

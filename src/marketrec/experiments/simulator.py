@@ -44,11 +44,15 @@ from marketrec.data.schema import Dataset
 from marketrec.data.synthetic.truth import GroundTruth
 from marketrec.experiments.assignment import (
     Assigner,
+    Assignment,
     ExperimentConfig,
     RequestContext,
+    VariantSettings,
     parse_experiments,
 )
-from marketrec.experiments.exposures import ExposureLog
+from marketrec.experiments.exposures import ExposureLog, read_exposures
+from marketrec.experiments.report import analyse, attribute
+from marketrec.experiments.rollout import LiveAssigner, RolloutStore, guard
 
 DAY = 86_400.0
 _USER_ATTRIBUTES = ("age", "gender", "signup_channel")
@@ -245,9 +249,15 @@ class SimulationResult:
         }
 
 
+class Assigns(Protocol):
+    def assign(self, context: RequestContext) -> list[Assignment]: ...
+
+
 class Simulator:
     """Runs `SimulationConfig` against `arms` (name → Arm), assigning users by `experiments`
-    (one experiment named `config.experiment` whose variants are the arms' names)."""
+    (one experiment named `config.experiment` whose variants are the arms' names), or by
+    `router` (its assigner, and which arm serves a request's assignments: a staged rollout,
+    `StagedRollout`). `after_day(day, result so far)` runs at the end of each simulated day."""
 
     def __init__(
         self,
@@ -258,16 +268,25 @@ class Simulator:
         experiments: ExperimentConfig | None = None,
         exposures: ExposureLog | None = None,
         progress: Callable[[float], None] | None = None,
+        router: tuple[Assigns, Callable[[list[Assignment]], str]] | None = None,
+        after_day: Callable[[int, SimulationResult], None] | None = None,
     ) -> None:
         self.data, self.truth, self.arms, self.config = data, truth, dict(arms), config
-        if experiments is None:
-            experiments = equal_split(config.experiment, list(arms))
-        self.assigner = Assigner(experiments)
-        names = {v.name for e in experiments.experiments for v in e.variants}
-        if not names <= set(arms):
-            raise ConfigError(f"variants without an arm: {sorted(names - set(arms))}")
+        self.assigner: Assigns
+        if router is not None:
+            self.assigner, self.route = router
+        else:
+            if experiments is None:
+                experiments = equal_split(config.experiment, list(arms))
+            self.assigner = Assigner(experiments)
+            names = {v.name for e in experiments.experiments for v in e.variants}
+            if not names <= set(arms):
+                raise ConfigError(f"variants without an arm: {sorted(names - set(arms))}")
+            self.route = self._by_variant
         self.exposures = exposures
         self.progress = progress
+        self.after_day = after_day
+        self.days_done: list[float] = []
         self.model = TruthModel(data, truth, config.behaviour, config.seed)
         self.rng = np.random.default_rng(config.seed)
 
@@ -286,6 +305,7 @@ class Simulator:
         events: list[dict[str, Any]] = []
         catalogue = self._catalogue_changes(t0, end)
         examine = examine_probability(cfg.k)
+        self.days_done = []
         day = t0
         while day < end:
             day_end = min(day + DAY, end)
@@ -317,16 +337,19 @@ class Simulator:
                 sessions.append(outcome)
                 events += caused
             day = day_end
+            if self.after_day is not None:
+                so_far = SimulationResult(sessions, _frame(events), time.perf_counter() - started)
+                self.after_day(len(self.days_done), so_far)
+            self.days_done.append(day)
             if self.progress:
                 self.progress((day - t0) / (end - t0))
-        frame = (
-            pl.DataFrame(events).with_columns(
-                pl.from_epoch(pl.col("ts"), time_unit="s").dt.replace_time_zone("UTC")
-            )
-            if events
-            else pl.DataFrame(schema={"user_id": pl.String, "item_id": pl.String})
-        )
-        return SimulationResult(sessions, frame, time.perf_counter() - started)
+        return SimulationResult(sessions, _frame(events), time.perf_counter() - started)
+
+    def _by_variant(self, assignments: list[Assignment]) -> str:
+        mine = [a for a in assignments if a.experiment == self.config.experiment]
+        if not mine:
+            raise ConfigError(f"a user falls outside experiment '{self.config.experiment}'")
+        return mine[0].variant
 
     # ------------------------------------------------------------------ one session
     def _session(
@@ -340,10 +363,8 @@ class Simulator:
     ) -> tuple[SessionOutcome, list[dict[str, Any]]]:
         cfg, b = self.config, self.config.behaviour
         context = RequestContext(user_id=user, region=region, device=device, is_new_user=is_new)
-        assignments = [a for a in self.assigner.assign(context) if a.experiment == cfg.experiment]
-        if not assignments:
-            raise ConfigError(f"user {user} falls outside experiment '{cfg.experiment}'")
-        served = assignments[0].variant
+        assignments = self.assigner.assign(context)
+        served = self.route(assignments)
         lists: dict[str, list[str]] = {}
         request_id = ""
         for name, arm in self.arms.items():
@@ -357,7 +378,7 @@ class Simulator:
             probabilities[name] = p
             expected[name] = float((examine[: len(items)] * p).sum())
         shown = lists[served]
-        if self.exposures is not None:
+        if self.exposures is not None and assignments:
             self.exposures.record(request_id, user, assignments, shown, region, ts=at)
         looked = self.rng.random(len(shown)) < examine[: len(shown)]
         clicked = looked & (self.rng.random(len(shown)) < probabilities[served])
@@ -401,28 +422,7 @@ class Simulator:
 
     # ------------------------------------------------------------------ the world
     def _population(self, t0: float, end: float) -> dict[str, list[Any]]:
-        users = self.data.users
-        signup = (
-            _epoch(users.get_column("signup_at"), -np.inf)
-            if "signup_at" in users.columns
-            else np.full(users.height, -np.inf)
-        )
-        ids = users.get_column("user_id").to_list()
-        eligible = np.flatnonzero(signup < end)
-        eligible = np.array([j for j in eligible if ids[j] in self.model.user_row])
-        if len(eligible) == 0:
-            raise ConfigError("no user of the world signs up before the simulation ends")
-        pick = np.sort(
-            self.rng.choice(eligible, min(self.config.users, len(eligible)), replace=False)
-        )
-        regions = (
-            users.get_column("region").to_list() if "region" in users.columns else [None] * len(ids)
-        )
-        return {
-            "user_id": [ids[j] for j in pick],
-            "region": [regions[j] for j in pick],
-            "signup": [float(signup[j]) for j in pick],
-        }
+        return population(self.data, self.config, set(self.model.user_row))
 
     def _catalogue_changes(self, t0: float, end: float) -> list[tuple[float, str, Any]]:
         items = self.data.items
@@ -460,6 +460,120 @@ class Simulator:
         body["signup_at"] = at
         for arm in self.arms.values():
             arm.call("PUT", f"/v1/users/{quote(user)}", body)
+
+
+def population(data: Dataset, config: SimulationConfig, known: set[str]) -> dict[str, list[Any]]:
+    """The simulated users: `config.users` of the world's users (those in the ground truth,
+    `known`) signed up before the end, drawn with the config's seed (the same every call);
+    their region and sign-up time (epoch seconds; -inf when unknown)."""
+    users = data.users
+    end = config.start.timestamp() + config.days * DAY
+    signup = (
+        _epoch(users.get_column("signup_at"), -np.inf)
+        if "signup_at" in users.columns
+        else np.full(users.height, -np.inf)
+    )
+    ids = users.get_column("user_id").to_list()
+    eligible = np.array([j for j in np.flatnonzero(signup < end) if ids[j] in known], dtype=int)
+    if len(eligible) == 0:
+        raise ConfigError("no user of the world signs up before the simulation ends")
+    rng = np.random.default_rng([config.seed, 17])
+    pick = np.sort(rng.choice(eligible, min(config.users, len(eligible)), replace=False))
+    regions = (
+        users.get_column("region").to_list() if "region" in users.columns else [None] * len(ids)
+    )
+    return {
+        "user_id": [ids[j] for j in pick],
+        "region": [regions[j] for j in pick],
+        "signup": [float(signup[j]) for j in pick],
+    }
+
+
+def _frame(events: list[dict[str, Any]]) -> pl.DataFrame:
+    if not events:
+        return pl.DataFrame(
+            schema={
+                "user_id": pl.String,
+                "item_id": pl.String,
+                "event": pl.String,
+                "ts": pl.Datetime("us", "UTC"),
+                "value": pl.Float64,
+            }
+        )
+    return pl.DataFrame(events).with_columns(
+        pl.from_epoch(pl.col("ts"), time_unit="s").dt.replace_time_zone("UTC")
+    )
+
+
+_PLAN = (("region", 50.0), ("global", 50.0), ("completed", 100.0))
+
+
+class StagedRollout:
+    """A staged rollout of `candidate` over `current` (two arms), driven day by day: the
+    router sends a request to `candidate` when the rollout's stage gives its user the new
+    version (`RolloutStore`'s experiment: internal users in staging, a share of the listed
+    regions, then of everyone), else to `current`; after each day the guardrails are
+    checked on the exposures and events so far (`guard`: CTR or conversion significantly
+    worse rolls it back), and if they hold the rollout takes the day's step of `plan`:
+    ("region", percent) in `regions`, ("global", percent) or ("completed", 100).
+    """
+
+    def __init__(
+        self,
+        store: RolloutStore,
+        name: str,
+        current: str,
+        candidate: str,
+        internal_users: tuple[str, ...],
+        regions: tuple[str, ...],
+        exposures: Path,
+        plan: tuple[tuple[str, float], ...] = _PLAN,
+    ) -> None:
+        self.store, self.name, self.exposures = store, name, exposures
+        self.current, self.candidate = current, candidate
+        self.regions, self.plan = regions, plan
+        store.start(name, VariantSettings(model_version=candidate), internal_users, routed=True)
+        self.assigner = LiveAssigner(ExperimentConfig(experiments=()), store)
+        self.log: list[dict[str, Any]] = []
+
+    @property
+    def router(self) -> tuple[Assigns, Callable[[list[Assignment]], str]]:
+        return self.assigner, self._route
+
+    def _route(self, assignments: list[Assignment]) -> str:
+        experiment = f"rollout:{self.name}"
+        new = any(a.experiment == experiment and a.variant == "new" for a in assignments)
+        return self.candidate if new else self.current
+
+    def after_day(self, day: int, so_far: SimulationResult) -> None:
+        rollout = self.store.get(self.name)
+        if not rollout.active:
+            return
+        violations: list[str] = []
+        entry: dict[str, Any] = {"day": day, "stage": rollout.stage}
+        try:
+            table = attribute(read_exposures(self.exposures), so_far.events)
+            result = analyse(table, f"rollout:{self.name}", "control")
+            rollout, violations = guard(self.store, self.name, result)
+            ctr = next(e for e in result["effects"].get("new", []) if e["metric"] == "ctr")
+            entry["ctr"] = {k: ctr[k] for k in ("difference", "low", "high")}
+        except (ConfigError, StopIteration) as exc:  # one variant has no exposures yet
+            entry["analysis"] = f"skipped: {exc}"
+        entry["violations"] = violations
+        if rollout.active and day < len(self.plan):
+            stage, percent = self.plan[day]
+            if stage == "region":
+                rollout = self.store.promote(self.name, percent, self.regions)
+            elif stage == "global":
+                if rollout.stage == "region":
+                    rollout = self.store.promote(self.name)
+                if percent > rollout.percent:
+                    rollout = self.store.promote(self.name, percent)
+            else:
+                while rollout.active:
+                    rollout = self.store.promote(self.name)
+        entry["now"] = (rollout.stage, rollout.percent)
+        self.log.append(entry)
 
 
 def equal_split(experiment: str, arms: list[str]) -> ExperimentConfig:
@@ -598,10 +712,12 @@ __all__ = [
     "SimulationConfig",
     "SimulationResult",
     "Simulator",
+    "StagedRollout",
     "TruthModel",
     "equal_split",
     "examine_probability",
     "judge",
+    "population",
     "start_of",
     "truth_summary",
     "write_events",
