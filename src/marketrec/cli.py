@@ -744,19 +744,23 @@ def _experiment_result(args: argparse.Namespace, experiment: str, control: str) 
     from datetime import timedelta
 
     from marketrec.experiments.exposures import read_exposures
-    from marketrec.experiments.report import analyse, attribute
+    from marketrec.experiments.report import analyse, attribute, pre_period_revenue
 
-    table = attribute(
-        read_exposures(args.exposures),
-        _read_parquet(Path(args.events)),
-        window=timedelta(hours=args.window_hours),
-    )
-    return analyse(table, experiment, control)
+    exposures = read_exposures(args.exposures)
+    events = _read_parquet(Path(args.events))
+    table = attribute(exposures, events, window=timedelta(hours=args.window_hours))
+    cuped_days = getattr(args, "cuped_days", None)
+    pre = None
+    if cuped_days:
+        mine = exposures.filter(pl.col("experiment") == experiment)
+        pre = pre_period_revenue(mine, events, cuped_days)
+    resamples = getattr(args, "bootstrap", None) or 0
+    return analyse(table, experiment, control, pre_revenue=pre, bootstrap_resamples=resamples)
 
 
 def cmd_rollout(args: argparse.Namespace) -> None:
     from marketrec.experiments.assignment import VariantSettings
-    from marketrec.experiments.rollout import RolloutStore, guard
+    from marketrec.experiments.rollout import RolloutStore
 
     store = RolloutStore(args.state)
     if args.action == "start":
@@ -774,17 +778,36 @@ def cmd_rollout(args: argparse.Namespace) -> None:
     elif args.action == "rollback":
         rollout = store.rollback(args.name, args.reason)
     elif args.action == "guard":
-        result = _experiment_result(args, f"rollout:{args.name}", "control")
-        rollout, violations = guard(store, args.name, result)
-        if violations:
-            console.print(f"guardrail violated: {'; '.join(violations)}: rolled back")
-        else:
-            console.print("guardrails hold")
+        rollout = _guard(args, store)
     else:
         for rollout in store.load().values():
             console.print(_rollout_line(rollout))
         return
     console.print(_rollout_line(rollout))
+
+
+def _guard(args: argparse.Namespace, store: Any) -> Any:
+    """One guardrail check, or with `--every` one per period until the rollout ends
+    (completed or rolled back): the rollout stops by itself when a guardrail degrades."""
+    from marketrec.experiments.rollout import guard
+
+    while True:
+        try:
+            result = _experiment_result(args, f"rollout:{args.name}", "control")
+        except ConfigError as exc:  # no exposures of the rollout yet
+            if not args.every:
+                raise
+            console.print(f"waiting: {exc}")
+            rollout = store.get(args.name)
+        else:
+            rollout, violations = guard(store, args.name, result)
+            if violations:
+                console.print(f"guardrail violated: {'; '.join(violations)}: rolled back")
+            else:
+                console.print("guardrails hold")
+        if not args.every or not rollout.active:
+            return rollout
+        time.sleep(args.every)
 
 
 def _rollout_line(rollout: Any) -> str:
@@ -1042,6 +1065,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=24.0,
         help="an event counts for the latest exposure of its item this many hours before it",
     )
+    e.add_argument(
+        "--bootstrap",
+        type=_positive_int,
+        metavar="RESAMPLES",
+        help="also bootstrap intervals (resampling users) of the per-user metrics",
+    )
+    e.add_argument(
+        "--cuped-days",
+        type=_positive_float,
+        metavar="DAYS",
+        help="CUPED: adjust revenue per user by each user's purchases in the DAYS before the "
+        "experiment's first exposure (from --events)",
+    )
     e.add_argument("--out", required=True, help="folder for report.json and report.html")
     e.set_defaults(run=cmd_experiment_report)
 
@@ -1074,6 +1110,12 @@ def build_parser() -> argparse.ArgumentParser:
             r.add_argument("--exposures", required=True, help="the service's exposure folder")
             r.add_argument("--events", required=True, help="Parquet of events")
             r.add_argument("--window-hours", type=_positive_float, default=24.0)
+            r.add_argument(
+                "--every",
+                type=_positive_float,
+                metavar="SECONDS",
+                help="keep checking every SECONDS until the rollout completes or is rolled back",
+            )
         r.set_defaults(run=cmd_rollout)
 
     p = sub.add_parser(

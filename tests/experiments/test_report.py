@@ -148,3 +148,32 @@ def test_the_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     missing[4] = str(tmp_path / "nothing.parquet")
     assert main(missing) != 0
     assert "nothing.parquet" in capsys.readouterr().err
+
+
+def test_bootstrap_and_cuped_options(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    exposures = pl.DataFrame(
+        [
+            exposure(f"r{i}", 100 + i, f"u{i}", ("control", "treatment")[i % 2], ["a", "b"])
+            for i in range(200)
+        ]
+    )
+    spend = rng.gamma(2.0, 10.0, 200)
+    rows = [event(50, f"u{i}", "x", "purchase", float(spend[i])) for i in range(200)]
+    # experiment-period revenue follows pre-period spend: CUPED takes most of its variance
+    rows += [event(100 + i + 1, f"u{i}", "a", "click") for i in range(200)]
+    rows += [
+        event(100 + i + 2, f"u{i}", "a", "purchase", float(spend[i] + rng.normal(0, 2)))
+        for i in range(200)
+    ]
+    events = pl.DataFrame(rows)
+    exposures.write_parquet(tmp_path / "exposures.parquet")
+    events.write_parquet(tmp_path / "events.parquet")
+    argv = ["experiment", "report", "ranker-v2", "--exposures", str(tmp_path / "exposures.parquet")]
+    argv += ["--events", str(tmp_path / "events.parquet"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--bootstrap", "300", "--cuped-days", "7"]) == 0
+    effects = json.loads((tmp_path / "out" / "report.json").read_text())["effects"]["treatment"]
+    by_name = {e["metric"]: e for e in effects}
+    assert "revenue_per_user (bootstrap)" in by_name
+    plain, adjusted = by_name["revenue_per_user"], by_name["revenue_per_user (CUPED)"]
+    assert adjusted["high"] - adjusted["low"] < 0.5 * (plain["high"] - plain["low"])

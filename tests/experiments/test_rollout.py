@@ -111,3 +111,43 @@ def test_the_rollout_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["rollout", "start", "other", *state, "--internal-users", "a",
                  "--exploration-share", "3"]) != 0  # fmt: skip
     assert "rollout settings" in capsys.readouterr().err
+
+
+def test_the_guard_command_rolls_back_by_itself(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    state = ["--state", str(tmp_path / "rollouts.json")]
+    store = RolloutStore(tmp_path / "rollouts.json")
+    store.start("explore", NEW, ("staff-1",))
+    store.promote("explore", 50.0, ("north",))
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    shown = [
+        {
+            "request_id": f"r{i}",
+            "ts": t0 + timedelta(minutes=i),
+            "user_id": f"u{i}",
+            "experiment": "rollout:explore",
+            "variant": ("new", "control")[i % 2],
+            "region": "north",
+            "items": ["a", "b"],
+        }
+        for i in range(240)
+    ]
+    # control users click, users on the new settings never do
+    clicks = [
+        {"ts": t0 + timedelta(minutes=i, seconds=30), "user_id": f"u{i}", "item_id": "a",
+         "event": "click", "value": None}
+        for i in range(1, 240, 2)
+    ]  # fmt: skip
+    pl.DataFrame(shown).write_parquet(tmp_path / "exposures.parquet")
+    pl.DataFrame(clicks).write_parquet(tmp_path / "events.parquet")
+    data = ["--exposures", str(tmp_path / "exposures.parquet")]
+    data += ["--events", str(tmp_path / "events.parquet")]
+    assert main(["rollout", "guard", "explore", *state, *data, "--every", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "guardrail violated: ctr" in out and "rolled_back" in out
+    assert store.get("explore").stage == "rolled_back"

@@ -32,6 +32,7 @@ import polars as pl
 from marketrec.core.errors import ConfigError
 from marketrec.experiments.analysis import (
     Effect,
+    bootstrap,
     cuped,
     ratio_delta,
     sample_ratio,
@@ -115,10 +116,12 @@ def analyse(
     control: str,
     planned: dict[str, float] | None = None,
     pre_revenue: pl.DataFrame | None = None,
+    bootstrap_resamples: int = 0,
 ) -> dict[str, Any]:
     """Per-variant summaries and effects against `control` for one experiment of
     `attribute`'s table. `planned`: the variants' allocations (for the sample-ratio check;
-    default equal); `pre_revenue`: (user_id, pre_revenue) for CUPED."""
+    default equal); `pre_revenue`: (user_id, pre_revenue) for CUPED; `bootstrap_resamples`:
+    also percentile intervals of the per-user metrics from resampling users."""
     rows = table.filter(pl.col("experiment") == experiment)
     if rows.height == 0:
         raise ConfigError(f"no exposures for experiment '{experiment}'")
@@ -136,7 +139,10 @@ def analyse(
     srm = sample_ratio({v: int(counts.get(v, 0)) for v in shares}, shares)
     summaries = {v: _summary(rows.filter(pl.col("variant") == v)) for v in variants}
     effects = {
-        v: [asdict(e) | {"relative": e.relative} for e in _effects(rows, control, v)]
+        v: [
+            asdict(e) | {"relative": e.relative}
+            for e in _effects(rows, control, v, bootstrap_resamples)
+        ]
         for v in variants
         if v != control
     }
@@ -194,7 +200,7 @@ def _ctr(rows: pl.DataFrame, control: str, variant: str) -> Effect:
     )
 
 
-def _effects(rows: pl.DataFrame, control: str, variant: str) -> list[Effect]:
+def _effects(rows: pl.DataFrame, control: str, variant: str, resamples: int = 0) -> list[Effect]:
     shown = pl.col("items_shown").cast(pl.Float64)
     carts = ratio_delta(
         "add_to_cart_rate",
@@ -212,6 +218,16 @@ def _effects(rows: pl.DataFrame, control: str, variant: str) -> list[Effect]:
     effects += [
         welch(name, _column(rows, control, e), _column(rows, variant, e)) for name, e in per_user
     ]
+    if resamples > 0:
+        effects += [
+            bootstrap(
+                f"{name} (bootstrap)",
+                _column(rows, control, e),
+                _column(rows, variant, e),
+                resamples=resamples,
+            )
+            for name, e in per_user
+        ]
     if "pre_revenue" in rows.columns:
         both = rows.filter(pl.col("variant").is_in([control, variant]))
         adjusted = both.with_columns(
@@ -232,6 +248,28 @@ def _effects(rows: pl.DataFrame, control: str, variant: str) -> list[Effect]:
 
 
 # --------------------------------------------------------------------------- output
+def pre_period_revenue(exposures: pl.DataFrame, events: pl.DataFrame, days: float) -> pl.DataFrame:
+    """(user_id, pre_revenue): each exposed user's purchase value in the `days` before the
+    experiment's first exposure (0 without purchases): the CUPED covariate, behaviour the
+    experiment cannot have changed."""
+    if exposures.height == 0:
+        return pl.DataFrame(schema={"user_id": pl.String, "pre_revenue": pl.Float64})
+    first = exposures.get_column("ts").min()
+    since = first - timedelta(days=days)
+    value = pl.col("value") if "value" in events.columns else pl.lit(0.0)
+    spent = (
+        events.filter(
+            (pl.col("event") == "purchase") & (pl.col("ts") >= since) & (pl.col("ts") < first)
+        )
+        .group_by("user_id")
+        .agg(value.cast(pl.Float64).fill_null(0.0).sum().alias("pre_revenue"))
+    )
+    users = exposures.select("user_id").unique()
+    return users.join(spent, on="user_id", how="left").with_columns(
+        pl.col("pre_revenue").fill_null(0.0)
+    )
+
+
 def write_report(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """`out`/report.json and `out`/report.html (plots inline, so the file stands alone)."""
     out.mkdir(parents=True, exist_ok=True)
