@@ -7,6 +7,7 @@ Bad input never shows a traceback: errors the user can fix print one line
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -290,6 +291,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         store_prefix=args.store_prefix,
         experiments=args.experiments,
         rollouts=args.rollouts,
+        exposures=args.exposures,
     )
 
 
@@ -610,6 +612,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from marketrec.serving.process import ServiceProcess
 
     models, urls = _named(args.arm, "--arm"), _named(args.url, "--url")
+    arm_settings = _arm_settings(args.arm_settings, models)
     names = [*models, *urls]
     if len(names) < 2 or len(set(names)) < len(names):
         raise ConfigError("simulate: give two or more arms with distinct names (--arm/--url)")
@@ -642,6 +645,12 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         for name, folder in models.items():
             store = ["--store", f"sqlite:///{(out / 'stores' / f'{name}.sqlite').resolve()}"]
             (out / "stores").mkdir(exist_ok=True)
+            if name in arm_settings:  # the arm's settings for all its users, through serve
+                file = out / "settings" / f"{name}.json"
+                file.parent.mkdir(exist_ok=True)
+                file.write_text(json.dumps(arm_settings[name]))
+                store += ["--experiments", str(file)]
+                store += ["--exposures", str(out / "service-exposures" / name)]
             server = ServiceProcess(Path(folder), store, out / "logs" / f"{name}.log")
             stack.callback(server.stop)
             servers[name] = server
@@ -708,6 +717,26 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         lines.append(f"rollout '{args.rollout}': {final['stage']}")
         lines += [f"  {h['stage']} {h['percent']:g} % ({h['reason']})" for h in final["history"]]
     console.print("\n".join(lines))
+
+
+def _arm_settings(values: list[str] | None, models: dict[str, str]) -> dict[str, Any]:
+    """`--arm-settings NAME=key=value,key=value` → an experiments file per arm with one
+    variant for all its users carrying those pipeline settings."""
+    from marketrec.experiments.assignment import VariantSettings
+
+    out = {}
+    for name, text in _named(values, "--arm-settings").items():
+        if name not in models:
+            raise ConfigError(f"--arm-settings {name}: not an --arm started from a model folder")
+        pairs = dict(part.partition("=")[::2] for part in text.split(","))
+        try:
+            settings = VariantSettings.model_validate(pairs)
+        except ValueError as exc:  # pydantic's ValidationError
+            raise ConfigError(f"--arm-settings {name}: {exc}") from None
+        variant = {"name": "all", "allocation": 100.0}
+        variant["settings"] = settings.model_dump(exclude_none=True)
+        out[name] = {"experiments": [{"name": f"arm:{name}", "variants": [variant]}]}
+    return out
 
 
 def _staged_rollout(
@@ -987,6 +1016,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="staged rollouts' state file (`marketrec rollout`): re-read when it changes",
     )
+    p.add_argument(
+        "--exposures",
+        metavar="DIR",
+        help="where exposures are logged (default MODEL/state/exposures/)",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(
@@ -1161,6 +1195,14 @@ def build_parser() -> argparse.ArgumentParser:
         "staging (internal users) on day 1, one region at 50 %% on day 2, everyone at 50 %% "
         "on day 3, completed from day 4; the guardrails (CTR, conversion) are checked every "
         "simulated day and roll it back when significantly worse",
+    )
+    p.add_argument(
+        "--arm-settings",
+        action="append",
+        metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+        help="pipeline settings for every request of an --arm (candidates, "
+        "diversity_strength, exploration_share): A/B tests of settings, e.g. "
+        "--arm base=M --arm diverse=M --arm-settings diverse=diversity_strength=0.6",
     )
     p.add_argument("--internal-users", type=_positive_int, default=20)
     p.add_argument("--rollout-region", help="the region stage's region (default: the largest)")

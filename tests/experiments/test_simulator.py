@@ -238,3 +238,20 @@ def test_a_bad_model_is_rolled_back_by_its_guardrail(world, folders, tmp_path) -
         pl.col("ts").dt.epoch("s") > config.start.timestamp() + 86_400 * (stopped["day"] + 1)
     )
     assert after.height == 0 or set(after.get_column("variant")) == {"control"}
+
+
+def test_simulate_command_tests_settings(folders, tmp_path, capsys) -> None:
+    write_marketplace(tmp_path / "world", WORLD)
+    out = tmp_path / "run"
+    args = ["simulate", str(tmp_path / "world"), "--out", str(out), "--days", "1"]
+    args += ["--users", "150", "--arm", f"base={folders['knn']}"]
+    args += ["--arm", f"explore={folders['knn']}"]
+    args += ["--arm-settings", "explore=exploration_share=0.5,candidates=50"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    arms = report["truth"]["arms"]
+    # half the slots explore new listings, where the base arm shows almost none
+    assert arms["explore"]["new_item_share"] > arms["base"]["new_item_share"]
+    assert json.loads((out / "settings" / "explore.json").read_text())["experiments"]
+    assert main([*args[:-1], "explore=exploration_share=7"]) != 0
+    assert "--arm-settings explore" in capsys.readouterr().err

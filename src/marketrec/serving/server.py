@@ -29,6 +29,7 @@ ENV_STORE = "MARKETREC_SERVE_STORE"
 ENV_STORE_PREFIX = "MARKETREC_SERVE_STORE_PREFIX"
 ENV_EXPERIMENTS = "MARKETREC_SERVE_EXPERIMENTS"
 ENV_ROLLOUTS = "MARKETREC_SERVE_ROLLOUTS"
+ENV_EXPOSURES = "MARKETREC_SERVE_EXPOSURES"
 TARGET = "marketrec.serving.server:worker_app"
 #: Model folder manifests: a pipeline's, then a single model's.
 _MANIFESTS = ("pipeline.json", "manifest.json")
@@ -62,8 +63,10 @@ def serve(
     store_prefix: str | None = None,
     experiments: str | Path | None = None,
     rollouts: str | Path | None = None,
+    exposures: str | Path | None = None,
 ) -> None:
-    """Serve CONTRACT §6 until interrupted. `store`: event-log URL (default SQLite in
+    """Serve CONTRACT §6 until interrupted. `exposures`: the folder for experiment exposures
+    (default MODEL/state/exposures). `store`: event-log URL (default SQLite in
     MODEL/state/events.sqlite; `redis://HOST:PORT/DB`); `store_prefix`: the Redis keys'
     prefix (default `marketrec:`), so several deployments or tests share one database."""
     from marketrec.online.live import STATE_FOLDER
@@ -100,6 +103,10 @@ def serve(
 
         RolloutStore(rollouts).load()  # an unreadable state file fails here
         os.environ[ENV_ROLLOUTS] = str(Path(rollouts).resolve())
+    if exposures is None:
+        os.environ.pop(ENV_EXPOSURES, None)
+    else:
+        os.environ[ENV_EXPOSURES] = str(Path(exposures).resolve())
     for name in _THREAD_VARS:
         os.environ.setdefault(name, "1")
 
@@ -149,7 +156,8 @@ def worker_app() -> FastAPI:
         load_experiments(experiments) if experiments else ExperimentConfig(),
         RolloutStore(rollouts) if rollouts else None,
     )
-    exposures = ExposureLog(Path(model) / STATE_FOLDER / EXPOSURE_FOLDER)
+    folder = os.environ.get(ENV_EXPOSURES) or Path(model) / STATE_FOLDER / EXPOSURE_FOLDER
+    exposures = ExposureLog(folder)
     return create_app(live, owns_live=True, experiments=assigner, exposures=exposures)
 
 
