@@ -124,6 +124,55 @@ def one_run(
     }
 
 
+def many_aa(
+    runs: int, folder: Path, data: Any, truth: GroundTruth, days: float, users: int, workdir: Path
+) -> list[dict[str, Any]]:
+    """`runs` A/A tests against one pair of services of the same model, started once (a run
+    is a few seconds, a start several): each run has its own salt, seed and exposure log;
+    both services hear the same events, so the arms stay identical."""
+    root = Path(tempfile.mkdtemp(prefix="aa-", dir=workdir))
+    servers = {
+        name: ServiceProcess(
+            folder, ["--store", f"sqlite:///{root / name}.sqlite"], root / f"{name}.log"
+        )
+        for name in ("a", "b")
+    }
+    out = []
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        arms = {n: HttpArm(n, s.url) for n, s in servers.items()}
+        for run in range(runs):
+            experiments = parse_experiments(
+                {
+                    "experiments": [
+                        {
+                            "name": "simulation",
+                            "salt": f"aa-{run}",
+                            "variants": [
+                                {"name": "a", "allocation": 50},
+                                {"name": "b", "allocation": 50},
+                            ],
+                        }
+                    ]
+                }
+            )
+            exposures = ExposureLog(root / f"exposures-{run}")
+            config = SimulationConfig(start=start_of(data), days=days, users=users, seed=run)
+            result = Simulator(data, truth, arms, config, experiments, exposures).run()
+            exposures.close()
+            true = truth_summary(result, "a", data.items.height, set())
+            rows = attribute(read_exposures(root / f"exposures-{run}"), result.events)
+            verdict = judge(analyse(rows, "simulation", "a"), true)["b"]
+            out.append(verdict | {"sessions": len(result.sessions), "seconds": result.seconds})
+            if run % 20 == 0:
+                log.info("A/A %d: %s", run, out[-1])
+    finally:
+        for server in servers.values():
+            server.stop()
+    return out
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| run | sessions | users | true CTR difference | estimated | 95 % interval | covered "
@@ -148,6 +197,14 @@ def main() -> int:
     parser.add_argument("--world-users", type=int, default=20_000)
     parser.add_argument("--world-items", type=int, default=2_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/marketrec-bench-simulate"))
+    parser.add_argument(
+        "--many-aa",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="instead: RUNS A/A tests of the popularity model on one pair of services "
+        "(section simulate_aa)",
+    )
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -156,6 +213,8 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     world, folders, fit_seconds = build(args.workdir, args.world_users, args.world_items)
     data, truth = load_dataset(world), GroundTruth.load(world / GROUND_TRUTH_DIR)
+    if args.many_aa:
+        return many_aa_section(args, folders["popularity"], data, truth, started)
     ab, aa = [], []
     for run in range(args.runs):
         ab.append(one_run(run, folders, data, truth, args.days, args.users, args.workdir))
@@ -207,6 +266,36 @@ world says), assignment salt and behaviour seed per run.
     print(body)
     if args.write:
         write_section(args.write, "simulate", body)
+    return 0
+
+
+def many_aa_section(
+    args: argparse.Namespace, folder: Path, data: Any, truth: GroundTruth, started: float
+) -> int:
+    rows = many_aa(args.many_aa, folder, data, truth, args.days, args.users, args.workdir)
+    positives = np.mean([r["low"] > 0 or r["high"] < 0 for r in rows])
+    sessions = np.mean([r["sessions"] for r in rows])
+    seconds = time.perf_counter() - started
+    command = (
+        f".venv/bin/python benchmarks/simulate.py --many-aa {args.many_aa} --users {args.users} "
+        f"--days {args.days:g} --world-users {args.world_users} --world-items "
+        f"{args.world_items} --write docs/benchmarks.md"
+    )
+    body = f"""## Simulated A/A tests through the live service
+
+Command: `{command}` ({datetime.now(UTC):%Y-%m-%d}, {seconds:.0f} s in all).
+
+{len(rows)} A/A tests of the per-region popularity model against itself, through two
+`marketrec serve` processes of it started once (both hear every event, so the arms stay the
+same), {args.users:,} simulated users over {args.days:g} day(s) per test (mean
+{sessions:,.0f} sessions), a new assignment salt and behaviour seed per test; CTR by the
+delta method with the user as the unit. False-positive rate at α = 0.05: **{positives:.3f}**
+(target 0.02–0.08; {sum(r["low"] > 0 or r["high"] < 0 for r in rows)} of {len(rows)}
+intervals exclude 0).
+"""
+    print(body)
+    if args.write:
+        write_section(args.write, "simulate_aa", body)
     return 0
 
 
