@@ -60,6 +60,11 @@ class ServiceProcess:
             time.sleep(0.1)
         raise ConfigError(f"marketrec serve not ready after {timeout:.0f} s: {self.log()}")
 
+    def kill(self) -> None:
+        """`kill -9` of the server and its workers, at once."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
     def stop(self) -> None:
         if self.process.poll() is not None:
             return
@@ -67,9 +72,9 @@ class ServiceProcess:
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+            self.kill()
 
-    def log(self, tail: int = 2000) -> str:
+    def log(self, tail: int | None = 2000) -> str:
+        """The server's output (its last `tail` characters; None: all of it)."""
         text = self.output.read_text(errors="replace") if self.output.exists() else ""
-        return text[-tail:]
+        return text if tail is None else text[-tail:]
