@@ -22,6 +22,7 @@ from marketrec.experiments.exposures import ExposureLog, read_exposures
 from marketrec.experiments.report import analyse, attribute
 from marketrec.experiments.rollout import RolloutStore
 from marketrec.experiments.simulator import (
+    ArmError,
     Behaviour,
     SimulationConfig,
     Simulator,
@@ -51,7 +52,8 @@ class ClientArm:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         response = self.client.request(method, path, json=body)
-        assert response.status_code < 400, (method, path, response.text)
+        if response.status_code >= 400:
+            raise ArmError(f"{method} {path}: {response.text}", response.status_code)
         return response.json() if response.content else None
 
 

@@ -24,7 +24,6 @@ true CTR lift, against which the A/B estimate (user as the unit, delta method) i
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import math
@@ -89,6 +88,14 @@ class SimulationConfig:
     behaviour: Behaviour = field(default_factory=Behaviour)
 
 
+class ArmError(ConfigError):
+    """An arm answered a request with an HTTP error."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Arm(Protocol):
     """One recommender under test, reached through the HTTP API (CONTRACT §6)."""
 
@@ -123,8 +130,9 @@ class HttpArm:
                 if attempt == 2:
                     raise
         if response.status >= 400:
-            raise ConfigError(
-                f"arm '{self.name}': {method} {path} answered {response.status}: {data[:300]!r}"
+            raise ArmError(
+                f"arm '{self.name}': {method} {path} answered {response.status}: {data[:300]!r}",
+                response.status,
             )
         return json.loads(data) if data else None
 
@@ -449,9 +457,11 @@ class Simulator:
                 arm.call("PUT", f"/v1/items/{quote(what['item_id'])}", entry)
         else:
             for arm in self.arms.values():
-                # an arm that never knew the item (trained before its listing) says 404
-                with contextlib.suppress(ConfigError):
+                try:
                     arm.call("DELETE", f"/v1/items/{quote(what)}")
+                except ArmError as exc:
+                    if exc.status != 404:  # 404: the arm never knew the item
+                        raise
 
     def _put_user(self, user: str, at: float) -> None:
         row = self.data.users.filter(pl.col("user_id") == user).to_dicts()[0]
