@@ -712,6 +712,13 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             f"[{verdict['low']:+.4f}, {verdict['high']:+.4f}], true {verdict['true']:+.4f}"
             f" ({'covered' if verdict['covered'] else 'NOT covered'})"
         )
+        revenue = verdict.get("revenue_per_user")
+        if revenue:
+            lines.append(
+                f"  revenue per user: estimated {revenue['estimated']:+.3f} "
+                f"[{revenue['low']:+.3f}, {revenue['high']:+.3f}], true {revenue['true']:+.3f}"
+                f" ({'covered' if revenue['covered'] else 'NOT covered'})"
+            )
     if staged is not None:
         final = analysis["rollout"]
         lines.append(f"rollout '{args.rollout}': {final['stage']}")

@@ -148,6 +148,11 @@ def test_every_arm_hears_every_event_and_the_truth_is_paired(world, folders, tmp
     assert verdicts["knn"]["true"] == pytest.approx(
         truth_block["true_ctr"]["knn"] - truth_block["true_ctr"]["popularity"]
     )
+    revenue = truth_block["true_revenue_per_user"]
+    assert verdicts["knn"]["revenue_per_user"]["true"] == pytest.approx(
+        revenue["knn"] - revenue["popularity"]
+    )
+    assert all(v > 0 for v in revenue.values())
     for arm in truth_block["arms"].values():
         assert 0 < arm["coverage"] <= 1
     for client in clients.values():

@@ -337,11 +337,17 @@ def _truth_html(truth: dict[str, Any] | None) -> str:
     """The simulator's ground truth beside the estimates (`marketrec simulate`)."""
     if not truth:
         return ""
+    judged = [
+        (f"{arm}: {metric}", v)
+        for arm, verdict in truth.get("verdicts", {}).items()
+        for metric, v in (("CTR", verdict), ("revenue per user", verdict.get("revenue_per_user")))
+        if v is not None
+    ]
     rows = "".join(
-        f"<tr><td>{html.escape(arm)}</td><td>{v['true']:+.4g}</td><td>{v['estimated']:+.4g}</td>"
+        f"<tr><td>{html.escape(name)}</td><td>{v['true']:+.4g}</td><td>{v['estimated']:+.4g}</td>"
         f"<td>[{v['low']:+.4g}, {v['high']:+.4g}]</td><td>{'yes' if v['covered'] else 'no'}</td>"
         "</tr>"
-        for arm, v in truth.get("verdicts", {}).items()
+        for name, v in judged
     )
     arms = "".join(
         f"<tr><td>{html.escape(arm)}</td><td>{truth['true_ctr'][arm]:.4g}</td>"
@@ -352,7 +358,7 @@ def _truth_html(truth: dict[str, Any] | None) -> str:
     return f"""<h2>Ground truth (simulation)</h2>
 <table><tr><th>arm</th><th>true CTR</th><th>sessions served</th><th>catalogue coverage</th>
 <th>new items' share of slots</th></tr>{arms}</table>
-<h3>CTR difference against control: true vs estimated</h3>
+<h3>Differences against control: true vs estimated</h3>
 <table><tr><th>arm</th><th>true</th><th>estimated</th><th>95 % interval</th>
 <th>covers the truth</th></tr>{rows}</table>"""
 

@@ -214,6 +214,14 @@ class TruthModel:
                 p[j] = 0.0
         return p
 
+    def purchase_given_click(self, user: str, items: list[str]) -> np.ndarray:
+        """P(add to cart, then buy | clicked) per item."""
+        z = np.nan_to_num(self.utility(user, items), nan=0.0)
+        slope = self.behaviour.funnel_slope
+        return _sigmoid(self.cart_intercept + slope * z) * _sigmoid(
+            self.purchase_intercept + slope * z
+        )
+
     def available(self, col: int, region: str | None, at: float) -> bool:
         allowed = self.regions[col]
         return (
@@ -238,6 +246,8 @@ class SessionOutcome:
     shown: dict[str, int]
     #: the assigned arm's list, as shown
     items: list[str] = field(default_factory=list)
+    #: per arm, the expected purchase value of its list (true funnel and prices)
+    expected_revenue: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -380,11 +390,14 @@ class Simulator:
             lists[name] = [item["item_id"] for item in body["items"]]
             if name == served:
                 request_id = body["request_id"]
-        expected, probabilities = {}, {}
+        expected, probabilities, revenue = {}, {}, {}
         for name, items in lists.items():
             p = self.model.click_probability(user, region, items, at)
             probabilities[name] = p
             expected[name] = float((examine[: len(items)] * p).sum())
+            buy = p * self.model.purchase_given_click(user, items)
+            values = np.array([self._value(item, region) for item in items])
+            revenue[name] = float((examine[: len(items)] * buy * values).sum())
         shown = lists[served]
         if self.exposures is not None and assignments:
             self.exposures.record(request_id, user, assignments, shown, region, ts=at)
@@ -407,10 +420,7 @@ class Simulator:
             if self.rng.random() >= p_buy:
                 continue
             t += 30.0
-            price = float(self.model.price[self.model.item_row[item]])
-            if region in self.truth.region_names:
-                price *= self.truth.region_multiplier(region)
-            value = round(price, 2)
+            value = round(self._value(item, region), 2)
             caused.append(
                 _event(user, item, "purchase", t, region, device, session_id, value=value)
             )
@@ -425,8 +435,17 @@ class Simulator:
             expected,
             {name: len(items) for name, items in lists.items()},
             shown,
+            revenue,
         )
         return outcome, caused
+
+    def _value(self, item: str, region: str | None) -> float:
+        """What a purchase of `item` earns in `region`: price × the region's multiplier."""
+        col = self.model.item_row.get(item)
+        price = 0.0 if col is None else float(self.model.price[col])
+        if region in self.truth.region_names:
+            price *= self.truth.region_multiplier(region)
+        return price
 
     # ------------------------------------------------------------------ the world
     def _population(self, t0: float, end: float) -> dict[str, list[Any]]:
@@ -611,9 +630,18 @@ def truth_summary(
     (distinct items shown / `catalogue`) and the share of shown slots that went to
     `new_items` (listed during the run)."""
     ctr = result.true_ctr()
+    users = {s.user_id for s in result.sessions}
+    revenue = {
+        arm: sum(s.expected_revenue.get(arm, 0.0) for s in result.sessions) / max(len(users), 1)
+        for arm in ctr
+    }
     out: dict[str, Any] = {
         "sessions": len(result.sessions),
         "true_ctr": ctr,
+        "true_revenue_per_user": revenue,
+        "true_revenue_per_user_difference": {
+            a: v - revenue[control] for a, v in revenue.items() if a != control
+        },
         "true_ctr_difference": {a: v - ctr[control] for a, v in ctr.items() if a != control},
         "true_lift": {
             a: (v / ctr[control] - 1.0) if ctr[control] else math.nan
@@ -634,11 +662,12 @@ def truth_summary(
 
 
 def judge(analysis: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
-    """The A/B estimate of each arm's CTR difference beside the true one: covered when the
-    95 % interval holds the truth."""
+    """The A/B estimate of each arm's CTR difference beside the true one (and of revenue
+    per user, when the truth has it): covered when the 95 % interval holds the truth."""
     verdicts = {}
     for arm, effects in analysis["effects"].items():
-        ctr = next(e for e in effects if e["metric"] == "ctr")
+        by_metric = {e["metric"]: e for e in effects}
+        ctr = by_metric["ctr"]
         true = truth["true_ctr_difference"][arm]
         verdicts[arm] = {
             "estimated": ctr["difference"],
@@ -647,6 +676,16 @@ def judge(analysis: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
             "true": true,
             "covered": ctr["low"] <= true <= ctr["high"],
         }
+        revenue = truth.get("true_revenue_per_user_difference", {}).get(arm)
+        if revenue is not None and "revenue_per_user" in by_metric:
+            e = by_metric["revenue_per_user"]
+            verdicts[arm]["revenue_per_user"] = {
+                "estimated": e["difference"],
+                "low": e["low"],
+                "high": e["high"],
+                "true": revenue,
+                "covered": e["low"] <= revenue <= e["high"],
+            }
     return verdicts
 
 
