@@ -238,7 +238,8 @@ def main() -> int:
     body = f"""## Simulated A/B tests through the live service
 
 Command: `{command}` ({datetime.now(UTC):%Y-%m-%d}, {seconds:.0f} s in all, models fitted in
-{fit_seconds:.0f} s; every run starts fresh `marketrec serve` processes on this machine).
+{fit_seconds:.0f} s (0: reused from the workdir); every run starts fresh `marketrec serve`
+processes on this machine).
 
 World: {args.world_users:,} users, {args.world_items:,} items, 30 days, seed 1, cut at 80 %
 of its events; arms trained on the part before: per-region popularity (control) and the
