@@ -32,13 +32,13 @@ from marketrec.data.schema import load_dataset
 from marketrec.data.split import split_global
 from marketrec.data.synthetic import SyntheticConfig, write_marketplace
 from marketrec.data.synthetic.truth import GROUND_TRUTH_DIR, GroundTruth
-from marketrec.experiments.assignment import parse_experiments
 from marketrec.experiments.exposures import ExposureLog, read_exposures
 from marketrec.experiments.report import analyse, attribute
 from marketrec.experiments.simulator import (
     HttpArm,
     SimulationConfig,
     Simulator,
+    equal_split,
     judge,
     start_of,
     truth_summary,
@@ -92,17 +92,7 @@ def one_run(
         for server in servers.values():
             server.wait_ready()
         names = list(arms)
-        experiments = parse_experiments(
-            {
-                "experiments": [
-                    {
-                        "name": "simulation",
-                        "salt": f"run-{run}",
-                        "variants": [{"name": n, "allocation": 100 / len(names)} for n in names],
-                    }
-                ]
-            }
-        )
+        experiments = equal_split("simulation", names, salt=f"run-{run}")
         exposures = ExposureLog(folder / "exposures")
         config = SimulationConfig(start=start_of(data), days=days, users=users, seed=run)
         http_arms = {n: HttpArm(n, s.url) for n, s in servers.items()}
@@ -143,20 +133,7 @@ def many_aa(
             server.wait_ready()
         arms = {n: HttpArm(n, s.url) for n, s in servers.items()}
         for run in range(runs):
-            experiments = parse_experiments(
-                {
-                    "experiments": [
-                        {
-                            "name": "simulation",
-                            "salt": f"aa-{run}",
-                            "variants": [
-                                {"name": "a", "allocation": 50},
-                                {"name": "b", "allocation": 50},
-                            ],
-                        }
-                    ]
-                }
-            )
+            experiments = equal_split("simulation", ["a", "b"], salt=f"aa-{run}")
             exposures = ExposureLog(root / f"exposures-{run}")
             config = SimulationConfig(start=start_of(data), days=days, users=users, seed=run)
             result = Simulator(data, truth, arms, config, experiments, exposures).run()

@@ -60,6 +60,15 @@ def load_split(folder: str | Path) -> Split:
     return Split(load_dataset(path / "train"), load_dataset(path / "test"), description, moment)
 
 
+def global_cut(data: Dataset, quantile: float | None = 0.8) -> datetime:
+    """The instant P1g cuts at: the `quantile` of event time (the lower value on ties)."""
+    if quantile is None or not 0.0 < quantile < 1.0:
+        raise ConfigError(f"--quantile must be strictly between 0 and 1, got {quantile}")
+    if data.events.height == 0:
+        raise DataError("events.parquet", "no events to split")
+    return data.events.select(pl.col("ts").quantile(quantile, "lower")).item()
+
+
 def split_global(
     data: Dataset, *, quantile: float | None = 0.8, at: datetime | None = None
 ) -> Split:
@@ -68,14 +77,9 @@ def split_global(
     T is `at` when given, else the `quantile` of event time (the lower value on ties), so the
     split is a fixed instant every model is judged at.
     """
-    if at is None:
-        if quantile is None or not 0.0 < quantile < 1.0:
-            raise ConfigError(f"--quantile must be strictly between 0 and 1, got {quantile}")
-        if data.events.height == 0:
-            raise DataError("events.parquet", "no events to split")
-        cut = data.events.select(pl.col("ts").quantile(quantile, "lower")).item()
-    else:
-        cut = at if at.tzinfo else at.replace(tzinfo=UTC)
+    cut = global_cut(data, quantile) if at is None else at
+    if cut.tzinfo is None:
+        cut = cut.replace(tzinfo=UTC)
     events = data.events
     train = events.filter(pl.col("ts") < cut)
     test = events.filter(pl.col("ts") >= cut)

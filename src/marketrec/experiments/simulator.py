@@ -30,7 +30,8 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -39,8 +40,10 @@ import numpy as np
 import polars as pl
 
 from marketrec.core.errors import ConfigError
-from marketrec.data.schema import Dataset
+from marketrec.data.schema import Dataset, epoch_seconds
+from marketrec.data.split import global_cut
 from marketrec.data.synthetic.truth import GroundTruth
+from marketrec.data.synthetic.vectorised import calibrated_intercept, sigmoid
 from marketrec.experiments.assignment import (
     Assigner,
     Assignment,
@@ -179,12 +182,14 @@ class TruthModel:
         self._mean, self._std = float(sample.mean()), max(float(sample.std()), 1e-9)
         z = (sample - self._mean) / self._std
         b = behaviour
-        self.click_intercept = _intercept(z, b.slope, b.click_rate)
+        self.click_intercept = calibrated_intercept(z, b.slope, b.click_rate)
         # the funnel's rates hold for the items a random exposure gets clicked on
-        clicked = _sigmoid(self.click_intercept + b.slope * z)
-        self.cart_intercept = _intercept(z, b.funnel_slope, b.cart_given_click, clicked)
-        carted = clicked * _sigmoid(self.cart_intercept + b.funnel_slope * z)
-        self.purchase_intercept = _intercept(z, b.funnel_slope, b.purchase_given_cart, carted)
+        clicked = sigmoid(self.click_intercept + b.slope * z)
+        self.cart_intercept = calibrated_intercept(z, b.funnel_slope, b.cart_given_click, clicked)
+        carted = clicked * sigmoid(self.cart_intercept + b.funnel_slope * z)
+        self.purchase_intercept = calibrated_intercept(
+            z, b.funnel_slope, b.purchase_given_cart, carted
+        )
 
     def utility(self, user: str, items: list[str]) -> np.ndarray:
         """Standardised true utility of each item for the user (NaN for unknown items)."""
@@ -202,25 +207,27 @@ class TruthModel:
             out[known] = (raw - self._mean) / self._std
         return out
 
-    def click_probability(
+    def funnel(
         self, user: str, region: str | None, items: list[str], at: float
-    ) -> np.ndarray:
-        """P(click | examined) per item; 0 for unknown, unlisted, delisted or not sold there."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per item: P(click | examined), 0 for unknown, unlisted, delisted or not sold
+        there; P(add to cart | clicked); P(buy | in the cart)."""
         z = self.utility(user, items)
-        p = _sigmoid(self.click_intercept + self.behaviour.slope * np.nan_to_num(z, nan=-1e9))
+        click = sigmoid(self.click_intercept + self.behaviour.slope * np.nan_to_num(z, nan=-1e9))
         for j, item in enumerate(items):
             col = self.item_row.get(item)
             if col is None or not self.available(col, region, at):
-                p[j] = 0.0
-        return p
+                click[j] = 0.0
+        z, slope = np.nan_to_num(z, nan=0.0), self.behaviour.funnel_slope
+        cart = sigmoid(self.cart_intercept + slope * z)
+        buy = sigmoid(self.purchase_intercept + slope * z)
+        return click, cart, buy
 
-    def purchase_given_click(self, user: str, items: list[str]) -> np.ndarray:
-        """P(add to cart, then buy | clicked) per item."""
-        z = np.nan_to_num(self.utility(user, items), nan=0.0)
-        slope = self.behaviour.funnel_slope
-        return _sigmoid(self.cart_intercept + slope * z) * _sigmoid(
-            self.purchase_intercept + slope * z
-        )
+    def click_probability(
+        self, user: str, region: str | None, items: list[str], at: float
+    ) -> np.ndarray:
+        """P(click | examined) per item (`funnel`'s first part)."""
+        return self.funnel(user, region, items, at)[0]
 
     def available(self, col: int, region: str | None, at: float) -> bool:
         allowed = self.regions[col]
@@ -304,7 +311,6 @@ class Simulator:
         self.exposures = exposures
         self.progress = progress
         self.after_day = after_day
-        self.days_done: list[float] = []
         self.model = TruthModel(data, truth, config.behaviour, config.seed)
         self.rng = np.random.default_rng(config.seed)
 
@@ -313,7 +319,7 @@ class Simulator:
         cfg, b = self.config, self.config.behaviour
         t0 = cfg.start.timestamp()
         end = t0 + cfg.days * DAY
-        users = self._population(t0, end)
+        users = population(self.data, cfg, set(self.model.user_row))
         region = dict(zip(users["user_id"], users["region"], strict=True))
         signup = dict(zip(users["user_id"], users["signup"], strict=True))
         device = {u: b.devices[int(self.rng.integers(len(b.devices)))] for u in users["user_id"]}
@@ -323,8 +329,7 @@ class Simulator:
         events: list[dict[str, Any]] = []
         catalogue = self._catalogue_changes(t0, end)
         examine = examine_probability(cfg.k)
-        self.days_done = []
-        day = t0
+        day, days_done = t0, 0
         while day < end:
             day_end = min(day + DAY, end)
             timeline: list[tuple[float, str, Any]] = []
@@ -357,8 +362,8 @@ class Simulator:
             day = day_end
             if self.after_day is not None:
                 so_far = SimulationResult(sessions, _frame(events), time.perf_counter() - started)
-                self.after_day(len(self.days_done), so_far)
-            self.days_done.append(day)
+                self.after_day(days_done, so_far)
+            days_done += 1
             if self.progress:
                 self.progress((day - t0) / (end - t0))
         return SimulationResult(sessions, _frame(events), time.perf_counter() - started)
@@ -379,7 +384,7 @@ class Simulator:
         is_new: bool,
         examine: np.ndarray,
     ) -> tuple[SessionOutcome, list[dict[str, Any]]]:
-        cfg, b = self.config, self.config.behaviour
+        cfg = self.config
         context = RequestContext(user_id=user, region=region, device=device, is_new_user=is_new)
         assignments = self.assigner.assign(context)
         served = self.route(assignments)
@@ -390,34 +395,31 @@ class Simulator:
             lists[name] = [item["item_id"] for item in body["items"]]
             if name == served:
                 request_id = body["request_id"]
-        expected, probabilities, revenue = {}, {}, {}
+        expected, revenue, funnels = {}, {}, {}
         for name, items in lists.items():
-            p = self.model.click_probability(user, region, items, at)
-            probabilities[name] = p
-            expected[name] = float((examine[: len(items)] * p).sum())
-            buy = p * self.model.purchase_given_click(user, items)
+            click, cart, buy = funnels[name] = self.model.funnel(user, region, items, at)
+            looks = examine[: len(items)]
+            expected[name] = float((looks * click).sum())
             values = np.array([self._value(item, region) for item in items])
-            revenue[name] = float((examine[: len(items)] * buy * values).sum())
+            revenue[name] = float((looks * click * cart * buy * values).sum())
         shown = lists[served]
+        click, cart, buy = funnels[served]
         if self.exposures is not None and assignments:
             self.exposures.record(request_id, user, assignments, shown, region, ts=at)
         looked = self.rng.random(len(shown)) < examine[: len(shown)]
-        clicked = looked & (self.rng.random(len(shown)) < probabilities[served])
+        clicked = looked & (self.rng.random(len(shown)) < click)
         caused: list[dict[str, Any]] = []
-        z = np.nan_to_num(self.model.utility(user, shown), nan=0.0)
         session_id = f"sim-{user}-{int(at)}"
         t = at
         for j in np.flatnonzero(clicked):
             item = shown[j]
             t += 5.0 + 20.0 * self.rng.random()
             caused.append(_event(user, item, "click", t, region, device, session_id))
-            p_cart = _sigmoid(self.model.cart_intercept + b.funnel_slope * z[j])
-            if self.rng.random() >= p_cart:
+            if self.rng.random() >= cart[j]:
                 continue
             t += 10.0
             caused.append(_event(user, item, "add_to_cart", t, region, device, session_id))
-            p_buy = _sigmoid(self.model.purchase_intercept + b.funnel_slope * z[j])
-            if self.rng.random() >= p_buy:
+            if self.rng.random() >= buy[j]:
                 continue
             t += 30.0
             value = round(self._value(item, region), 2)
@@ -448,9 +450,6 @@ class Simulator:
         return price
 
     # ------------------------------------------------------------------ the world
-    def _population(self, t0: float, end: float) -> dict[str, list[Any]]:
-        return population(self.data, self.config, set(self.model.user_row))
-
     def _catalogue_changes(self, t0: float, end: float) -> list[tuple[float, str, Any]]:
         items = self.data.items
         listed = _epoch(items.get_column("created_at"), -np.inf)
@@ -482,8 +481,12 @@ class Simulator:
                     if exc.status != 404:  # 404: the arm never knew the item
                         raise
 
+    @cached_property
+    def _profiles(self) -> dict[str, dict[str, Any]]:
+        return {row["user_id"]: row for row in self.data.users.iter_rows(named=True)}
+
     def _put_user(self, user: str, at: float) -> None:
-        row = self.data.users.filter(pl.col("user_id") == user).to_dicts()[0]
+        row = self._profiles[user]
         body = {k: row[k] for k in _USER_ATTRIBUTES if row.get(k) is not None}
         body["region"] = row.get("region")
         body["signup_at"] = at
@@ -605,20 +608,17 @@ class StagedRollout:
         self.log.append(entry)
 
 
-def equal_split(experiment: str, arms: list[str]) -> ExperimentConfig:
-    """One experiment over every user with the arms in equal shares (first = control)."""
+def equal_split(experiment: str, arms: list[str], salt: str | None = None) -> ExperimentConfig:
+    """One experiment over every user with the arms in equal shares (first = control);
+    `salt` reshuffles the users (default: the experiment's name)."""
     share = 100.0 / len(arms)
-    return parse_experiments(
-        {
-            "experiments": [
-                {
-                    "name": experiment,
-                    "variants": [{"name": a, "allocation": share} for a in arms],
-                }
-            ]
-        },
-        source="simulation",
-    )
+    spec: dict[str, Any] = {
+        "name": experiment,
+        "variants": [{"name": a, "allocation": share} for a in arms],
+    }
+    if salt is not None:
+        spec["salt"] = salt
+    return parse_experiments({"experiments": [spec]}, source="simulation")
 
 
 def truth_summary(
@@ -715,43 +715,14 @@ def _event(
 
 
 def _epoch(series: pl.Series, missing: float) -> np.ndarray:
-    if series.dtype == pl.Null or series.len() == 0:
-        return np.full(series.len(), missing)
-    seconds = series.cast(pl.Datetime("us", "UTC")).dt.epoch("us").cast(pl.Float64) / 1e6
-    return seconds.fill_null(missing).to_numpy()
-
-
-def _sigmoid(x: Any) -> Any:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -40.0, 40.0)))
-
-
-def _intercept(
-    z: np.ndarray, slope: float, target: float, weights: np.ndarray | None = None
-) -> float:
-    """The `a` for which the (weighted) mean of sigmoid(a + slope · z) is `target`."""
-    w = np.ones_like(z) if weights is None else weights
-    total = max(float(w.sum()), 1e-12)
-    lo, hi = -40.0, 40.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if float((w * _sigmoid(mid + slope * z)).sum()) / total < target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    """Epoch seconds, `missing` where null."""
+    seconds = epoch_seconds(series)
+    return np.where(np.isnan(seconds), missing, seconds)
 
 
 def start_of(data: Dataset, quantile: float = 0.8) -> datetime:
-    """The default simulation start: the time `marketrec split` cuts at by default."""
-    ts = data.events.get_column("ts").sort()
-    at = ts[min(int(quantile * ts.len()), ts.len() - 1)]
-    return at if isinstance(at, datetime) else datetime.fromtimestamp(float(at), UTC)
-
-
-def write_events(result: SimulationResult, out: Path) -> Path:
-    path = out / "events.parquet"
-    result.events.write_parquet(path)
-    return path
+    """The default simulation start: where `marketrec split` cuts by default."""
+    return global_cut(data, quantile)
 
 
 __all__ = [
@@ -769,5 +740,4 @@ __all__ = [
     "population",
     "start_of",
     "truth_summary",
-    "write_events",
 ]

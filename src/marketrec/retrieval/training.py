@@ -406,7 +406,7 @@ def train_two_tower(
     rng = np.random.default_rng(config.seed)
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
     stale = 0
-    full_softmax = len(data.items.id_bucket) <= config.full_softmax_max_items
+    full_softmax = _full_softmax(data, config)
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         loss = _epoch(model, optimizer, data, fit_pos, config, rng, epoch - 1, averaged)
@@ -579,7 +579,7 @@ def _epoch(
     """One pass over `positions`; `epoch` (0-based) places it in the learning-rate plan;
     `averaged` follows the weights after every step."""
     model.train()
-    if len(data.items.id_bucket) <= config.full_softmax_max_items:
+    if _full_softmax(data, config):
         step, batches = _full_softmax_step, _time_local_batches
     else:
         # logQ needs how often in-batch sampling draws each item this epoch
@@ -602,6 +602,11 @@ def _epoch(
         total += float(loss.detach())
         count += 1
     return total / max(count, 1)
+
+
+def _full_softmax(data: TwoTowerData, config: TrainingConfig) -> bool:
+    """Small catalogues train with the exact softmax, large ones with the sampled one."""
+    return len(data.items.id_bucket) <= config.full_softmax_max_items
 
 
 def _target_probability(data: TwoTowerData, positions: np.ndarray) -> torch.Tensor:

@@ -19,6 +19,7 @@ from marketrec.data.synthetic.vectorised import (
     _sigmoid,
     _softmax,
     _to_datetime,
+    calibrated_intercept,
 )
 from marketrec.data.synthetic.world import _World
 
@@ -241,11 +242,4 @@ def _calibrated_bernoulli(
     u = rng.random(len(z))
     if len(z) == 0 or target >= 1.0:
         return u < target
-    lo, hi = -40.0, 40.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if _sigmoid(mid + slope * z).mean() < target:
-            lo = mid
-        else:
-            hi = mid
-    return u < _sigmoid((lo + hi) / 2 + slope * z)
+    return u < _sigmoid(calibrated_intercept(z, slope, target) + slope * z)

@@ -52,6 +52,27 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
+sigmoid = _sigmoid
+
+
+def calibrated_intercept(
+    z: np.ndarray, slope: float, target: float, weights: np.ndarray | None = None
+) -> float:
+    """The intercept `a` (bisection) for which the mean, or the `weights`-weighted mean, of
+    sigmoid(a + slope · z) equals `target`: a rate calibrated, the order by z kept."""
+    lo, hi = -40.0, 40.0
+    total = None if weights is None else max(float(weights.sum()), 1e-12)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        p = _sigmoid(mid + slope * z)
+        mean = p.mean() if weights is None else float((weights * p).sum()) / total
+        if mean < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
