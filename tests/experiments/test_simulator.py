@@ -197,6 +197,16 @@ def test_simulate_command_names_bad_input(folders, tmp_path, capsys) -> None:
     assert "NAME=VALUE" in capsys.readouterr().err
 
 
+def test_simulate_command_names_an_unreachable_arm(tmp_path, capsys) -> None:
+    from marketrec.serving.process import free_port
+
+    write_marketplace(tmp_path / "world", WORLD)
+    urls = [f"--url=a=http://127.0.0.1:{free_port()}", f"--url=b=http://127.0.0.1:{free_port()}"]
+    args = ["simulate", str(tmp_path / "world"), "--out", str(tmp_path / "o"), "--days", "1"]
+    assert main([*args, "--users", "20", *urls]) != 0
+    assert "no answer from http://127.0.0.1" in capsys.readouterr().err
+
+
 def shuffled_popularity(train, folder: Path) -> Path:
     """A deliberately bad model: popularity learned on events whose item ids were permuted
     (the kind of join bug that ships a model recommending the wrong items)."""

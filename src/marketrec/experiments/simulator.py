@@ -128,10 +128,12 @@ class HttpArm:
                 response = self._connection.getresponse()
                 data = response.read()
                 break
-            except (ConnectionError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as exc:
                 self._connection.close()
                 if attempt == 2:
-                    raise
+                    raise ArmError(
+                        f"arm '{self.name}': no answer from {self.url} ({exc})", 0
+                    ) from None
         if response.status >= 400:
             raise ArmError(
                 f"arm '{self.name}': {method} {path} answered {response.status}: {data[:300]!r}",
