@@ -292,6 +292,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         experiments=args.experiments,
         rollouts=args.rollouts,
         exposures=args.exposures,
+        models=args.model_version or (),
     )
 
 
@@ -800,8 +801,17 @@ def cmd_rollout(args: argparse.Namespace) -> None:
 
     store = RolloutStore(args.state)
     if args.action == "start":
+        model, version = None, None
+        if args.model is not None:
+            from marketrec.online.versions import model_version
+            from marketrec.serving.server import check_model_folder
+
+            folder = check_model_folder(args.model)
+            model, version = str(folder), model_version(folder)
         try:
             settings = VariantSettings(
+                model=model,
+                model_version=version,
                 candidates=args.candidates,
                 diversity_strength=args.diversity_strength,
                 exploration_share=args.exploration_share,
@@ -1028,6 +1038,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where exposures are logged (default MODEL/state/exposures/)",
     )
+    p.add_argument(
+        "--model-version",
+        metavar="DIR",
+        action="append",
+        help="also host the model version in DIR beside MODEL, over the same event log, for "
+        'the variants and rollouts that name it (repeatable; a variant\'s `model = "DIR"` '
+        "is hosted without it)",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(
@@ -1139,6 +1157,12 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--state", required=True, help="the rollouts' JSON state file")
         if action == "start":
             r.add_argument("--internal-users", required=True, help="comma-separated user ids")
+            r.add_argument(
+                "--model",
+                metavar="DIR",
+                help="roll out the model version in DIR: each service reading the state "
+                "file hosts it beside its own model",
+            )
             r.add_argument("--candidates", type=_positive_int)
             r.add_argument("--diversity-strength", type=float)
             r.add_argument("--exploration-share", type=float)

@@ -81,12 +81,17 @@ def test_rollback_by_hand_and_by_guardrail(tmp_path: Path) -> None:
     assert store.rollback("explore").stage == "rolled_back"
 
 
-def test_a_rollout_refuses_a_model_version_and_needs_internal_users(tmp_path: Path) -> None:
+def test_a_model_version_rollout_names_where_it_is_and_internal_users(tmp_path: Path) -> None:
     store = RolloutStore(tmp_path / "rollouts.json")
     with pytest.raises(ConfigError, match="internal user"):
         store.start("x", NEW, ())
-    with pytest.raises(ConfigError, match="hot swap"):
+    with pytest.raises(ConfigError, match="needs the folder that holds it"):
         store.start("x", VariantSettings(model_version="v2@1"), ("staff-1",))
+    # a version the service hosts already, or its folder (the services host it)
+    hosted = store.start("x", VariantSettings(model_version="v2@1"), ("s",), hosted=("v2@1",))
+    assert hosted.settings.model_version == "v2@1" and store.rollback("x").stage == "rolled_back"
+    folder = store.start("x", VariantSettings(model="models/v2"), ("staff-1",))
+    assert folder.settings.model == "models/v2" and store.rollback("x").stage == "rolled_back"
     # behind a router that sends each variant to its own deployment (the simulator)
     routed = store.start("x", VariantSettings(model_version="v2@1"), ("staff-1",), routed=True)
     assert routed.settings.model_version == "v2@1"

@@ -424,6 +424,9 @@ def test_readyz_waits_for_recovery(model_folder: Path, log_file: Path) -> None:
             "offset": 1,
             "swapping": False,
             "swap_error": None,
+            "versions": [
+                {"model_version": live.version, "primary": True, "ready": True, "offset": 1}
+            ],
         }
         assert "c0-0" not in recommended(started, "u01", k=len(ITEMS))
     live.close()

@@ -45,9 +45,15 @@ class _Strict(BaseModel):
 
 
 class VariantSettings(_Strict):
-    """What a variant changes for the requests it serves (unset: the service's default)."""
+    """What a variant changes for the requests it serves (unset: the service's default).
 
-    model_version: str | None = None
+    `model`: the folder of the model version that answers the variant's requests (the
+    service loads it beside its own model and feeds it the same event log; its version is
+    read from the folder); `model_version`: the version by name (one the service already
+    hosts: its own, or one of `serve --model-version DIR`). With both, they must agree."""
+
+    model_version: str | None = Field(default=None, min_length=1)
+    model: str | None = Field(default=None, min_length=1)
     candidates: int | None = Field(default=None, ge=1, le=10_000)
     diversity_strength: float | None = Field(default=None, ge=0.0, le=1.0)
     exploration_share: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -257,6 +263,17 @@ def parse_experiments(raw: Mapping[str, Any], source: str = "experiments") -> Ex
         raise ConfigError(f"{source}: {problems}") from None
 
 
+def model_variants(config: ExperimentConfig) -> list[tuple[str, str, VariantSettings]]:
+    """(experiment, variant, settings) of every variant that names a model (folder or
+    version): what a service must host before it serves `config`."""
+    return [
+        (experiment.name, variant.name, variant.settings)
+        for experiment in config.experiments
+        for variant in experiment.variants
+        if variant.settings.model is not None or variant.settings.model_version is not None
+    ]
+
+
 def _member(allowed: tuple[str, ...] | None, value: str | None) -> bool:
     return allowed is None or (value is not None and value in allowed)
 
@@ -273,5 +290,6 @@ __all__ = [
     "VariantSettings",
     "bucket",
     "load_experiments",
+    "model_variants",
     "parse_experiments",
 ]

@@ -41,9 +41,11 @@ class ExposureLog:
         assignments: Sequence[Assignment],
         items: Sequence[str],
         region: str | None = None,
+        model_version: str | None = None,
         ts: float | None = None,
     ) -> None:
-        """One line per experiment the response took part in (items in their positions)."""
+        """One line per experiment the response took part in (items in their positions;
+        `model_version`: the version that answered)."""
         at = time.time() if ts is None else ts
         lines = "".join(
             json.dumps(
@@ -57,6 +59,7 @@ class ExposureLog:
                     "forced": a.forced,
                     "region": region,
                     "items": list(items),
+                    "model_version": model_version,
                 }
             )
             + "\n"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,19 +139,24 @@ class RolloutStore:
         internal_users: tuple[str, ...],
         guardrails: tuple[str, ...] = DEFAULT_GUARDRAILS,
         routed: bool = False,
+        hosted: Collection[str] = (),
     ) -> Rollout:
-        """`routed`: a router in front of the services sends each variant to its own
-        deployment (`marketrec simulate --rollout`), so the new version may be another
-        model; a service reading the state file itself serves one model only."""
+        """A rollout of another model version names its folder (`settings.model`: every
+        service reading the state file hosts it beside its own model) or a version in
+        `hosted` (the versions the service already hosts); `routed`: a router in front of
+        the services sends each variant to its own deployment (`marketrec simulate
+        --rollout`), so the bare version name is enough."""
         running = self.load().get(name)
         if running is not None and running.active:
             raise ConfigError(f"rollout '{name}' is already running (stage {running.stage})")
         if not internal_users:
             raise ConfigError("a rollout starts in staging: name at least one internal user")
-        if settings.model_version is not None and not routed:
+        wanted = settings.model_version
+        if wanted is not None and settings.model is None and not routed and wanted not in hosted:
             raise ConfigError(
-                "a rollout changes settings within one service; a new model version reaches "
-                "the workers through `marketrec retrain`/`finetune` (hot swap), not a rollout"
+                f"a rollout of model version '{wanted}' needs the folder that holds it "
+                "(`marketrec rollout start --model DIR`): each service reading the state file "
+                "hosts it beside its own model"
             )
         rollout = Rollout(
             name=name, settings=settings, internal_users=internal_users, guardrails=guardrails

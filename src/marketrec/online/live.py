@@ -140,10 +140,13 @@ class LiveRecommender:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
         trained_up_to: int = 0,
+        follow_swaps: bool = True,
     ) -> None:
         """`trained_up_to`: the log offset the model was trained up to (a retrained or
         fine-tuned folder's `trained_offset`): those records are in the model already and
-        are not replayed again."""
+        are not replayed again. `follow_swaps`: swap in the models that `model` records
+        name (False: keep this version whatever the log publishes, as the extra versions a
+        service hosts for experiments do)."""
         self.model = _for_serving(model)
         self.log = log
         self.version = version
@@ -152,6 +155,7 @@ class LiveRecommender:
         self._clock = clock
         self._lock = threading.Lock()
         self._state = _State(offset=trained_up_to)
+        self.follow_swaps = follow_swaps
         self._ready = False
         self._recovering = False
         self.recovery_error: str | None = None
@@ -396,6 +400,8 @@ class LiveRecommender:
         """One run of records of one kind, to the serving model and this worker's state."""
         kind = batch[0].kind
         if kind == "model":
+            if not self.follow_swaps:
+                return
             self._wanted = batch[-1]  # the newest of a run supersedes the others
             if self._recovering:
                 self._swap_now()

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -31,9 +32,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from marketrec import __version__
 from marketrec.core.errors import ConfigError, MarketrecError, RecordError
-from marketrec.experiments.assignment import Assigner, Assignment, RequestContext
+from marketrec.experiments.assignment import (
+    Assigner,
+    Assignment,
+    ExperimentConfig,
+    RequestContext,
+    model_variants,
+)
 from marketrec.experiments.exposures import ExposureLog
 from marketrec.experiments.rollout import LiveAssigner, RolloutStore
+from marketrec.online.hosting import HostedVersions
 from marketrec.online.live import LiveRecommender, NotReadyError, UnknownItemError
 from marketrec.online.log import EventLogError
 from marketrec.online.records import EventIn, ItemUpdate, UserUpdate
@@ -134,23 +142,41 @@ def create_app(
     owns_live: bool = False,
     experiments: Assigner | LiveAssigner | None = None,
     exposures: ExposureLog | None = None,
+    models: Sequence[str | os.PathLike[str]] = (),
 ) -> FastAPI:
     """The FastAPI app serving `live`. If `live` is not recovered yet, startup replays the
     log in a background thread (`/readyz` answers 503 until it is done, `/healthz` 200 all
     along). `owns_live`: close its event log at shutdown. `experiments`: assign each
     recommendation request to its A/B variants, serve it with their settings, and write
-    an exposure line per variant to `exposures`."""
-    _check_versions(experiments, live.version)
+    an exposure line per variant to `exposures`. `models`: extra model folders to host
+    beside `live` over its event log (`serve --model-version DIR`); the folders that
+    variants name (`model = "DIR"`) are hosted too, and a variant's requests are answered
+    by the version it names (`marketrec.online.hosting`)."""
     metrics = ServiceMetrics(live.version)
     live.observer = metrics
+    hosts = HostedVersions(live)
+    for folder in models:
+        hosts.add(folder)
+    if experiments is not None:
+        check_model_variants(experiments.config, hosts.versions, lambda f: hosts.add(f).version)
+    seen = [experiments.config if experiments is not None else None]
+
+    def host_new_models() -> None:
+        """A rollout started while the service runs may name a model folder: start
+        loading it as soon as the state file names it, before its first request."""
+        if experiments is None or experiments.config is seen[0]:
+            return
+        seen[0] = experiments.config
+        for _, _, settings in model_variants(seen[0]):
+            hosts.find(settings.model_version, settings.model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not live.ready:
-            threading.Thread(target=_recover, args=(live,), name="recover", daemon=True).start()
+        if not hosts.ready:
+            threading.Thread(target=_recover, args=(hosts,), name="recover", daemon=True).start()
         yield
         if owns_live:
-            live.close()
+            hosts.close()
         if exposures is not None:
             exposures.close()
 
@@ -161,6 +187,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.live = live
+    app.state.hosts = hosts
     app.state.metrics = metrics
     _add_error_handlers(app)
     app.add_middleware(_RequestLog, metrics=metrics)  # type: ignore[arg-type]
@@ -182,14 +209,16 @@ def create_app(
         started = time.perf_counter()
         assignments: list[Assignment] = []
         settings = None
+        serving = live
         if experiments is not None:
+            host_new_models()
             known, home = live.user_context(user_id)
             context = RequestContext(
                 user_id=user_id, region=region or home, device=device, is_new_user=not known
             )
-            assignments = experiments.assign(context)
+            assignments, serving = _hosted(experiments.assign(context), hosts)
             settings = experiments.settings(assignments).model_dump(exclude_none=True)
-        body = live.recommend(
+        body = serving.recommend(
             user_id, k, region, device, request_id=_request_id(request), settings=settings
         )
         if experiments is not None:
@@ -198,7 +227,9 @@ def create_app(
             ]
         if exposures is not None and assignments:
             shown = [item["item_id"] for item in body["items"]]
-            exposures.record(body["request_id"], user_id, assignments, shown, region)
+            exposures.record(
+                body["request_id"], user_id, assignments, shown, region, body["model_version"]
+            )
         metrics.stage("total", time.perf_counter() - started)
         return body
 
@@ -274,47 +305,92 @@ def create_app(
 
     @app.get("/readyz", responses={503: {"model": ErrorBody, "description": "not ready"}})
     async def readyz() -> Any:
-        """200 once the model is loaded and the event log replayed; `swapping`: a retrained
-        model named in the log is being loaded (the current one serves meanwhile);
-        `swap_error`: why the last swap failed, if it did."""
-        if not live.ready:
-            problem = live.recovery_error or "replaying the event log"
-            return JSONResponse({"error": f"not ready: {problem}"}, status_code=503)
+        """200 once every hosted model version is loaded and the event log replayed into
+        it; `model_version`: the primary's; `versions`: every hosted version (`primary`,
+        `ready`, `offset`, `folder`; a folder a later rollout named is listed `loading`
+        meanwhile, or with its `error`); `swapping`: a retrained model named in the log is
+        being loaded (the current one serves meanwhile); `swap_error`: why the last swap
+        failed, if it did."""
+        host_new_models()
+        if not hosts.ready:
+            problem = hosts.recovery_error or "replaying the event log"
+            waiting = ", ".join(v.version for v in hosts.all() if not v.ready)
+            return _error(503, f"not ready: {problem} (model versions not ready: {waiting})")
         return {
             "status": "ready",
             "model_version": live.version,
             "offset": live.offset,
             "swapping": live.swapping,
             "swap_error": live.swap_error,
+            "versions": hosts.describe(),
         }
 
     @app.get("/metrics", response_class=Response)
     def prometheus() -> Response:
         """Prometheus text format."""
+        metrics.hosting(hosts.versions)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
 
 
-def _check_versions(experiments: Assigner | LiveAssigner | None, served: str) -> None:
-    """A variant may name the model version it needs; one worker serves one version, so a
-    variant asking for another cannot be honoured (fail at start, not per request)."""
-    if experiments is None:
-        return
-    for experiment in experiments.config.experiments:
-        for variant in experiment.variants:
-            wanted = variant.settings.model_version
-            if wanted is not None and wanted != served:
-                raise ConfigError(
-                    f"experiment '{experiment.name}', variant '{variant.name}' wants model "
-                    f"version '{wanted}' but this service serves '{served}' (a service serves one "
-                    "model version; variants of one service differ in settings)"
-                )
+def check_model_variants(
+    config: ExperimentConfig, hosted: Sequence[str], host: Callable[[str], str]
+) -> None:
+    """Every variant that names a model can be served (fail at start, not per request):
+    `host(folder)` hosts a variant's `model` folder and returns its version (raising
+    `ConfigError` when it cannot); a variant's `model_version` must then be that folder's
+    version, or, without a folder, one of the `hosted` versions or of the folders."""
+    named = model_variants(config)
+    versions = list(hosted)
+    for experiment, variant, settings in named:
+        if settings.model is None:
+            continue
+        where = f"experiment '{experiment}', variant '{variant}'"
+        try:
+            version = host(settings.model)
+        except MarketrecError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if settings.model_version is not None and settings.model_version != version:
+            raise ConfigError(
+                f"{where} wants model version '{settings.model_version}' but its folder "
+                f"{settings.model} holds '{version}'"
+            )
+        versions.append(version)
+    for experiment, variant, settings in named:
+        wanted = settings.model_version
+        if settings.model is None and wanted is not None and wanted not in versions:
+            raise ConfigError(
+                f"experiment '{experiment}', variant '{variant}' wants model version "
+                f"'{wanted}', which this service does not host (it hosts "
+                f"{', '.join(repr(v) for v in dict.fromkeys(versions))}): name the folder "
+                'that holds it in the variant (`model = "DIR"`) or serve it with '
+                "`--model-version DIR`"
+            )
 
 
-def _recover(live: LiveRecommender) -> None:
+def _hosted(
+    assignments: list[Assignment], hosts: HostedVersions
+) -> tuple[list[Assignment], LiveRecommender]:
+    """The assignments this service can honour and the hosted version that answers them.
+    An assignment whose model is not hosted (yet: a rollout started while the service runs
+    names a folder that is still loading) is left out, as if the user were outside it."""
+    kept, serving = [], hosts.primary
+    for assignment in assignments:
+        settings = assignment.settings
+        if settings.model is None and settings.model_version is None:
+            kept.append(assignment)
+            continue
+        found = hosts.find(settings.model_version, settings.model)
+        if found is not None:
+            kept.append(assignment)
+            serving = found
+    return kept, serving
+
+
+def _recover(hosts: HostedVersions) -> None:
     try:
-        live.recover()
+        hosts.recover()
     except Exception:  # recovery_error says what; readyz reports it
         logging.getLogger(__name__).exception("recovering the online state failed")
 

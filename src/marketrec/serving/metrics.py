@@ -80,7 +80,8 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "marketrec_model_info",
-            "The model version this worker serves (1; 0 for versions it served before).",
+            "The model versions this worker serves: its own and the extra ones it hosts for "
+            "experiments and rollouts (1; 0 for versions it served before).",
             ["version"],
             registry=self.registry,
         )
@@ -105,6 +106,11 @@ class ServiceMetrics:
         self.model_info.labels(version=old).set(0)
         self.model_info.labels(version=new).set(1)
         self.swaps.inc()
+
+    def hosting(self, versions: list[str]) -> None:
+        """Every hosted version is served (1)."""
+        for version in versions:
+            self.model_info.labels(version=version).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ ENV_STORE_PREFIX = "MARKETREC_SERVE_STORE_PREFIX"
 ENV_EXPERIMENTS = "MARKETREC_SERVE_EXPERIMENTS"
 ENV_ROLLOUTS = "MARKETREC_SERVE_ROLLOUTS"
 ENV_EXPOSURES = "MARKETREC_SERVE_EXPOSURES"
+ENV_MODELS = "MARKETREC_SERVE_MODELS"
 TARGET = "marketrec.serving.server:worker_app"
 #: Model folder manifests: a pipeline's, then a single model's.
 _MANIFESTS = ("pipeline.json", "manifest.json")
@@ -64,11 +66,15 @@ def serve(
     experiments: str | Path | None = None,
     rollouts: str | Path | None = None,
     exposures: str | Path | None = None,
+    models: Sequence[str | Path] = (),
 ) -> None:
     """Serve CONTRACT §6 until interrupted. `exposures`: the folder for experiment exposures
     (default MODEL/state/exposures). `store`: event-log URL (default SQLite in
     MODEL/state/events.sqlite; `redis://HOST:PORT/DB`); `store_prefix`: the Redis keys'
-    prefix (default `marketrec:`), so several deployments or tests share one database."""
+    prefix (default `marketrec:`), so several deployments or tests share one database.
+    `models`: extra model folders every worker hosts beside MODEL (`--model-version DIR`),
+    for the variants and rollouts that name their versions; the folders variants name
+    (`model = "DIR"`) are hosted as well."""
     from marketrec.online.live import STATE_FOLDER
     from marketrec.online.log import DEFAULT_REDIS_PREFIX, open_log
 
@@ -89,20 +95,20 @@ def serve(
     else:
         os.environ[ENV_STORE] = store
     os.environ[ENV_STORE_PREFIX] = prefix
+    extra = [check_model_folder(m) for m in models]
+    os.environ[ENV_MODELS] = os.pathsep.join(str(m) for m in extra)
     if experiments is None:
         os.environ.pop(ENV_EXPERIMENTS, None)
     else:
-        from marketrec.experiments.assignment import load_experiments
-
-        load_experiments(experiments)  # a bad file fails here, once, not in each worker
         os.environ[ENV_EXPERIMENTS] = str(Path(experiments).resolve())
     if rollouts is None:
         os.environ.pop(ENV_ROLLOUTS, None)
     else:
-        from marketrec.experiments.rollout import RolloutStore
-
-        RolloutStore(rollouts).load()  # an unreadable state file fails here
         os.environ[ENV_ROLLOUTS] = str(Path(rollouts).resolve())
+    if experiments is not None or rollouts is not None:
+        # a bad file, a missing model folder or a version nobody hosts fails here, once,
+        # not in each worker
+        _check_experiments(folder, extra, experiments, rollouts)
     if exposures is None:
         os.environ.pop(ENV_EXPOSURES, None)
     else:
@@ -122,6 +128,23 @@ def serve(
         factory=True,
         log_access=False,  # the app logs each request itself, with its request id
     ).serve()
+
+
+def _check_experiments(
+    folder: Path, extra: list[Path], experiments: str | Path | None, rollouts: str | Path | None
+) -> None:
+    """What the workers will check after loading every model, from the manifests only."""
+    from marketrec.experiments.assignment import ExperimentConfig, load_experiments
+    from marketrec.experiments.rollout import LiveAssigner, RolloutStore
+    from marketrec.online.versions import model_version
+    from marketrec.serving.app import check_model_variants
+
+    assigner = LiveAssigner(
+        load_experiments(experiments) if experiments is not None else ExperimentConfig(),
+        RolloutStore(rollouts) if rollouts is not None else None,
+    )
+    hosted = [model_version(folder), *(model_version(m) for m in extra)]
+    check_model_variants(assigner.config, hosted, lambda m: model_version(check_model_folder(m)))
 
 
 def worker_app() -> FastAPI:
@@ -144,9 +167,10 @@ def worker_app() -> FastAPI:
         prefix=os.environ.get(ENV_STORE_PREFIX) or DEFAULT_REDIS_PREFIX,
     )
     log.info("worker %d: model %s loaded", os.getpid(), live.version)
+    models = [m for m in os.environ.get(ENV_MODELS, "").split(os.pathsep) if m]
     experiments, rollouts = os.environ.get(ENV_EXPERIMENTS), os.environ.get(ENV_ROLLOUTS)
     if not experiments and not rollouts:
-        return create_app(live, owns_live=True)
+        return create_app(live, owns_live=True, models=models)
     from marketrec.experiments.assignment import ExperimentConfig, load_experiments
     from marketrec.experiments.exposures import EXPOSURE_FOLDER, ExposureLog
     from marketrec.experiments.rollout import LiveAssigner, RolloutStore
@@ -158,7 +182,9 @@ def worker_app() -> FastAPI:
     )
     folder = os.environ.get(ENV_EXPOSURES) or Path(model) / STATE_FOLDER / EXPOSURE_FOLDER
     exposures = ExposureLog(folder)
-    return create_app(live, owns_live=True, experiments=assigner, exposures=exposures)
+    return create_app(
+        live, owns_live=True, experiments=assigner, exposures=exposures, models=models
+    )
 
 
 def single_threaded() -> None:
