@@ -192,3 +192,21 @@ def test_no_item_before_its_listing_time(content_world) -> None:
     assert now.height == 2 * (every - 1) - 4  # g00's four bought items are left out too
     later = model.recommend(["g00"], every, at=[last + timedelta(days=11)])
     assert "garden-new" in later.get_column("item_id").to_list()
+
+
+def test_profile_only_users_are_read_by_profile_alone(content_world, tmp_path: Path) -> None:
+    """A user known only from the profile table was no training example's user: the id
+    embedding of their hashed bucket is another user's or untrained noise, so it must not
+    enter their vector. Two such users with the same profile get the same vector."""
+    twins = pl.DataFrame({"user_id": ["twin-a", "twin-b"], "hobby": ["gardening", "gardening"]})
+    users = pl.concat([content_world.users, twins])
+    data = make_dataset(content_world.events, content_world.items, users)
+    model = create("two-tower", {**FAST, "epochs": 2}).fit(data)
+    reloaded = load_model(model.save(tmp_path / "tower"))
+    for fitted_model in (model, reloaded):
+        scorer = fitted_model.scorer
+        rows = fitted_model.user_rows(pl.Series(["twin-a", "twin-b", "g00", "new-gardener"]))
+        assert list(scorer._data.users.id_bucket[rows] == 0) == [True, True, False, True]
+        vectors = scorer.user_vectors(rows, np.zeros(len(rows), dtype=np.int64))
+        np.testing.assert_array_equal(vectors[0], vectors[1])
+        np.testing.assert_array_equal(vectors[0], vectors[3])
