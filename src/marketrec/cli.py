@@ -619,6 +619,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         raise ConfigError("simulate: give two or more arms with distinct names (--arm/--url)")
     if args.rollout and len(names) != 2:
         raise ConfigError("simulate --rollout: give two arms, the current version first")
+    if args.one_service and not (args.rollout and len(models) == 2):
+        raise ConfigError("simulate --one-service: a --rollout of two --arm model folders")
     for name, folder in models.items():
         if not Path(folder).is_dir():
             raise ConfigError(f"--arm {name}: model folder '{folder}' not found")
@@ -663,11 +665,21 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         arms = {name: arms[name] for name in names}  # control first, as given
         exposures = ExposureLog(out / "exposures")
         stack.callback(exposures.close)
-        staged = None
+        staged, front = None, None
         if args.rollout:
-            staged = _staged_rollout(args, config, data, truth, names, out)
+            model = str(Path(models[names[1]]).resolve()) if args.one_service else None
+            staged = _staged_rollout(args, config, data, truth, names, out, model)
             experiments = None
             config = dataclasses.replace(config, experiment=f"rollout:{args.rollout}")
+        if args.one_service:  # one serve of the current version, following the rollout
+            extra = ["--store", f"sqlite:///{(out / 'stores' / 'one-service.sqlite').resolve()}"]
+            extra += ["--rollouts", str(out / "rollouts.json")]
+            extra += ["--exposures", str(out / "service-exposures" / "one-service")]
+            server = ServiceProcess(Path(models[names[0]]), extra, out / "logs" / "one.log")
+            stack.callback(server.stop)
+            with console.status("starting the service that hosts both versions…"):
+                server.wait_ready()  # ready: the candidate's folder is loaded and replayed
+            front = HttpArm("one-service", server.url)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"simulating {args.days:g} day(s)", total=1.0)
             simulator = Simulator(
@@ -680,6 +692,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
                 progress=lambda done: bar.update(task, completed=done),
                 router=staged.router if staged else None,
                 after_day=staged.after_day if staged else None,
+                front=front,
             )
             result = simulator.run()
         exposures.close()
@@ -697,6 +710,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             "days": staged.log,
             "history": [h.model_dump() for h in rollout.history],
         }
+        if result.front is not None:
+            analysis["rollout"]["one_service"] = result.front
     else:
         analysis = analyse(table, config.experiment, control)
         verdicts = judge(analysis, truth_block)
@@ -724,6 +739,13 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         final = analysis["rollout"]
         lines.append(f"rollout '{args.rollout}': {final['stage']}")
         lines += [f"  {h['stage']} {h['percent']:g} % ({h['reason']})" for h in final["history"]]
+    if result.front is not None:
+        counts = result.front
+        lines.append(
+            f"one service hosting both versions served {counts['sessions']:,} sessions: "
+            f"{counts['same_version']:,} by the version the rollout assigns, "
+            f"{counts['same_list']:,} with the list that version's own service gave"
+        )
     console.print("\n".join(lines))
 
 
@@ -748,10 +770,17 @@ def _arm_settings(values: list[str] | None, models: dict[str, str]) -> dict[str,
 
 
 def _staged_rollout(
-    args: argparse.Namespace, config: Any, data: Any, truth: Any, names: list[str], out: Path
+    args: argparse.Namespace,
+    config: Any,
+    data: Any,
+    truth: Any,
+    names: list[str],
+    out: Path,
+    model: str | None = None,
 ) -> Any:
     """The `--rollout` driver: `--internal-users` of the simulated users signed up before
-    the start, and the region stage in `--rollout-region` (default: the most common)."""
+    the start, and the region stage in `--rollout-region` (default: the most common);
+    `model`: the candidate's folder, named in the rollout (`--one-service`)."""
     from marketrec.experiments.rollout import RolloutStore
     from marketrec.experiments.simulator import StagedRollout, population
 
@@ -773,6 +802,7 @@ def _staged_rollout(
         internal,
         (region,),
         out / "exposures",
+        model=model,
     )
 
 
@@ -1237,6 +1267,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--internal-users", type=_positive_int, default=20)
     p.add_argument("--rollout-region", help="the region stage's region (default: the largest)")
+    p.add_argument(
+        "--one-service",
+        action="store_true",
+        help="with --rollout: serve every session from one `marketrec serve --rollouts` of "
+        "the first arm that hosts the second arm's folder itself (the arms' own services "
+        "still give the truth), and count the sessions it served as the rollout assigns",
+    )
     p.set_defaults(run=cmd_simulate)
 
     p = sub.add_parser("evaluate", help="offline top-K metrics on a split folder")

@@ -272,3 +272,28 @@ def test_simulate_command_tests_settings(folders, tmp_path, capsys) -> None:
     assert json.loads((out / "settings" / "explore.json").read_text())["experiments"]
     assert main([*args[:-1], "explore=exploration_share=7"]) != 0
     assert "--arm-settings explore" in capsys.readouterr().err
+
+
+def test_simulate_command_rolls_out_a_model_version_in_one_service(
+    folders, tmp_path, capsys
+) -> None:
+    write_marketplace(tmp_path / "world", WORLD)
+    out = tmp_path / "run"
+    args = ["simulate", str(tmp_path / "world"), "--out", str(out), "--days", "3"]
+    args += ["--users", "300", "--arm", f"pop={folders['popularity']}"]
+    args += ["--arm", f"knn={folders['knn']}", "--rollout", "knn", "--internal-users", "5"]
+    assert main([*args, "--one-service"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    counts = report["rollout"]["one_service"]
+    # one `marketrec serve` of pop hosting knn served every session as the rollout
+    # assigned it, with the very list knn's own service gave
+    assert counts["sessions"] > 100
+    assert counts["same_version"] == counts["sessions"] == counts["same_list"]
+    assert [h["stage"] for h in report["rollout"]["history"]][:3] == [
+        "staging",
+        "region",
+        "global",
+    ]
+    assert "one service hosting both versions" in capsys.readouterr().out
+    assert main([*args[:-4], "--one-service"]) != 0  # only for a rollout
+    assert "--one-service" in capsys.readouterr().err

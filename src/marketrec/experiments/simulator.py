@@ -264,6 +264,10 @@ class SimulationResult:
     sessions: list[SessionOutcome]
     events: pl.DataFrame
     seconds: float
+    #: with a `front` service: sessions it served, those answered by the version the
+    #: simulator's own assignment expected, and those whose list was the one that
+    #: version's own service gave
+    front: dict[str, int] | None = None
 
     def true_ctr(self) -> dict[str, float]:
         """Each arm's expected clicks per shown item over every session (its list was
@@ -284,7 +288,11 @@ class Simulator:
     """Runs `SimulationConfig` against `arms` (name → Arm), assigning users by `experiments`
     (one experiment named `config.experiment` whose variants are the arms' names), or by
     `router` (its assigner, and which arm serves a request's assignments: a staged rollout,
-    `StagedRollout`). `after_day(day, result so far)` runs at the end of each simulated day."""
+    `StagedRollout`). `after_day(day, result so far)` runs at the end of each simulated day.
+    `front`: one service hosting every arm's version that assigns and serves each session
+    itself (`marketrec serve --rollouts` of a model-version rollout): it hears every event
+    too, its list is the one shown, and each session checks it against the arm the
+    simulator's own assignment picked (`SimulationResult.front`)."""
 
     def __init__(
         self,
@@ -297,8 +305,13 @@ class Simulator:
         progress: Callable[[float], None] | None = None,
         router: tuple[Assigns, Callable[[list[Assignment]], str]] | None = None,
         after_day: Callable[[int, SimulationResult], None] | None = None,
+        front: Arm | None = None,
     ) -> None:
         self.data, self.truth, self.arms, self.config = data, truth, dict(arms), config
+        self.front = front
+        self.front_counts = dict.fromkeys(("sessions", "same_version", "same_list"), 0)
+        #: every service that hears the event stream
+        self.listeners = [*self.arms.values(), *([front] if front is not None else [])]
         self.assigner: Assigns
         if router is not None:
             self.assigner, self.route = router
@@ -368,7 +381,8 @@ class Simulator:
             days_done += 1
             if self.progress:
                 self.progress((day - t0) / (end - t0))
-        return SimulationResult(sessions, _frame(events), time.perf_counter() - started)
+        front = dict(self.front_counts) if self.front is not None else None
+        return SimulationResult(sessions, _frame(events), time.perf_counter() - started, front)
 
     def _by_variant(self, assignments: list[Assignment]) -> str:
         mine = [a for a in assignments if a.experiment == self.config.experiment]
@@ -391,12 +405,21 @@ class Simulator:
         assignments = self.assigner.assign(context)
         served = self.route(assignments)
         lists: dict[str, list[str]] = {}
-        request_id = ""
+        request_id, version = "", ""
         for name, arm in self.arms.items():
             body = recommend(arm, user, cfg.k, region, device)
             lists[name] = [item["item_id"] for item in body["items"]]
             if name == served:
-                request_id = body["request_id"]
+                request_id, version = body["request_id"], body["model_version"]
+        if self.front is not None:  # it serves the session; the arms give the truth
+            body = recommend(self.front, user, cfg.k, region, device)
+            request_id = body["request_id"]
+            counts = self.front_counts
+            counts["sessions"] += 1
+            counts["same_version"] += body["model_version"] == version
+            front_list = [item["item_id"] for item in body["items"]]
+            counts["same_list"] += front_list == lists[served]
+            lists[served] = front_list
         expected, revenue, funnels = {}, {}, {}
         for name, items in lists.items():
             click, cart, buy = funnels[name] = self.model.funnel(user, region, items, at)
@@ -429,7 +452,7 @@ class Simulator:
                 _event(user, item, "purchase", t, region, device, session_id, value=value)
             )
         if caused:
-            for arm in self.arms.values():  # one event stream: every arm learns from it
+            for arm in self.listeners:  # one event stream: every arm learns from it
                 arm.call("POST", "/v1/events", caused)
         outcome = SessionOutcome(
             user,
@@ -473,10 +496,10 @@ class Simulator:
                 and v is not None
             }
             entry["created_at"] = at
-            for arm in self.arms.values():
+            for arm in self.listeners:
                 arm.call("PUT", f"/v1/items/{quote(what['item_id'])}", entry)
         else:
-            for arm in self.arms.values():
+            for arm in self.listeners:
                 try:
                     arm.call("DELETE", f"/v1/items/{quote(what)}")
                 except ArmError as exc:
@@ -492,7 +515,7 @@ class Simulator:
         body = {k: row[k] for k in _USER_ATTRIBUTES if row.get(k) is not None}
         body["region"] = row.get("region")
         body["signup_at"] = at
-        for arm in self.arms.values():
+        for arm in self.listeners:
             arm.call("PUT", f"/v1/users/{quote(user)}", body)
 
 
@@ -562,11 +585,17 @@ class StagedRollout:
         regions: tuple[str, ...],
         exposures: Path,
         plan: tuple[tuple[str, float], ...] = _PLAN,
+        model: str | None = None,
     ) -> None:
+        """`model`: the candidate's folder, for a service that hosts both versions itself
+        (the simulator's `front`); without it the rollout names the candidate arm."""
         self.store, self.name, self.exposures = store, name, exposures
         self.current, self.candidate = current, candidate
         self.regions, self.plan = regions, plan
-        store.start(name, VariantSettings(model_version=candidate), internal_users, routed=True)
+        settings = (
+            VariantSettings(model=model) if model else VariantSettings(model_version=candidate)
+        )
+        store.start(name, settings, internal_users, routed=True)
         self.assigner = LiveAssigner(ExperimentConfig(experiments=()), store)
         self.log: list[dict[str, Any]] = []
 
