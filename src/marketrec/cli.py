@@ -276,11 +276,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from marketrec.serving.server import check_model_folder, serve
 
     check_model_folder(args.model)  # a bad path fails before anything starts
-    store = args.store or "SQLite in MODEL/state/events.sqlite"
+    from marketrec.online.log import DEFAULT_REDIS_PREFIX, is_redis_url, redact_url
+
+    store = redact_url(args.store) if args.store else "SQLite in MODEL/state/events.sqlite"
     plural = "s" if args.workers != 1 else ""
+    exposures = ""
+    if args.experiments or args.rollouts:
+        where = args.exposures or "MODEL/state/exposures/"
+        if args.exposures is None and args.store and is_redis_url(args.store):
+            where = f"Redis stream {args.store_prefix or DEFAULT_REDIS_PREFIX}exposures"
+        exposures = f", exposures: {where}"
     console.print(
         f"serving {args.model} on http://{args.host}:{args.port} "
-        f"({args.workers} worker{plural}, event log: {store}); Ctrl-C stops"
+        f"({args.workers} worker{plural}, event log: {store}{exposures}); Ctrl-C stops"
     )
     serve(
         args.model,
@@ -317,6 +325,14 @@ def _served_model(args: argparse.Namespace) -> tuple[Path, Any, Any]:
         args.store, model / STATE_FOLDER, prefix=args.store_prefix or DEFAULT_REDIS_PREFIX
     )
     return model, data, event_log
+
+
+def _store_prefix_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store-prefix",
+        metavar="PREFIX",
+        help="key prefix of the Redis store --exposures names (default marketrec:)",
+    )
 
 
 def _served_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -567,7 +583,7 @@ def _read_user_list(path: str) -> list[str]:
 def cmd_experiment_report(args: argparse.Namespace) -> None:
     from marketrec.experiments.report import write_report
 
-    result = _experiment_result(args, args.experiment, args.control)
+    result = _experiment_result(args, args.experiment, args.control, _exposures(args))
     as_json, page = write_report(result, Path(args.out))
     srm = result["sample_ratio"]
     console.print(
@@ -806,14 +822,25 @@ def _staged_rollout(
     )
 
 
-def _experiment_result(args: argparse.Namespace, experiment: str, control: str) -> Any:
-    """`--exposures`, `--events` and `--window-hours` attributed and analysed."""
+def _exposures(args: argparse.Namespace) -> pl.DataFrame:
+    """`--exposures`: a folder or file, or a Redis store's stream (keys under
+    `--store-prefix`)."""
+    from marketrec.experiments.exposures import read_exposures
+    from marketrec.online.log import DEFAULT_REDIS_PREFIX
+
+    if args.store_prefix is not None and not args.store_prefix:
+        raise ConfigError("--store-prefix must not be empty")
+    return read_exposures(args.exposures, args.store_prefix or DEFAULT_REDIS_PREFIX)
+
+
+def _experiment_result(
+    args: argparse.Namespace, experiment: str, control: str, exposures: pl.DataFrame
+) -> Any:
+    """`exposures`, `--events` and `--window-hours` attributed and analysed."""
     from datetime import timedelta
 
-    from marketrec.experiments.exposures import read_exposures
     from marketrec.experiments.report import analyse, attribute, pre_period_revenue
 
-    exposures = read_exposures(args.exposures)
     events = _read_parquet(Path(args.events))
     table = attribute(exposures, events, window=timedelta(hours=args.window_hours))
     cuped_days = getattr(args, "cuped_days", None)
@@ -868,8 +895,9 @@ def _guard(args: argparse.Namespace, store: Any) -> Any:
     from marketrec.experiments.rollout import guard
 
     while True:
+        exposures = _exposures(args)  # an unreadable source fails at once, even with --every
         try:
-            result = _experiment_result(args, f"rollout:{args.name}", "control")
+            result = _experiment_result(args, f"rollout:{args.name}", "control", exposures)
         except ConfigError as exc:  # no exposures of the rollout yet
             if not args.every:
                 raise
@@ -1056,7 +1084,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiments",
         metavar="FILE",
         help="A/B experiments (TOML or JSON): each request is served with its variants' "
-        "settings, named in the response, and logged as exposures in MODEL/state/exposures/",
+        "settings, named in the response, and logged as exposures (see --exposures)",
     )
     p.add_argument(
         "--rollouts",
@@ -1066,7 +1094,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exposures",
         metavar="DIR",
-        help="where exposures are logged (default MODEL/state/exposures/)",
+        help="log exposures to files in DIR (default: a Redis store's stream "
+        "PREFIXexposures, shared by every worker and machine; else MODEL/state/exposures/)",
     )
     p.add_argument(
         "--model-version",
@@ -1143,9 +1172,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--exposures",
         required=True,
-        help="the service's exposure folder (MODEL/state/exposures) or a Parquet/JSONL file: "
-        "request_id, ts, user_id, experiment, variant, items (list), [region]",
+        help="the service's exposure folder (MODEL/state/exposures), a Parquet/JSONL file "
+        "(request_id, ts, user_id, experiment, variant, items (list), [region]) or the "
+        "service's Redis store (redis://HOST:PORT/DB: its stream PREFIXexposures)",
     )
+    _store_prefix_argument(e)
     e.add_argument("--events", required=True, help="Parquet of events (CONTRACT §1 fields)")
     e.add_argument("--control", default="control", help="the control variant (default control)")
     e.add_argument(
@@ -1202,7 +1233,12 @@ def build_parser() -> argparse.ArgumentParser:
         elif action == "rollback":
             r.add_argument("--reason", default="manual")
         elif action == "guard":
-            r.add_argument("--exposures", required=True, help="the service's exposure folder")
+            r.add_argument(
+                "--exposures",
+                required=True,
+                help="the service's exposure folder, or its Redis store (redis://HOST:PORT/DB)",
+            )
+            _store_prefix_argument(r)
             r.add_argument("--events", required=True, help="Parquet of events")
             r.add_argument("--window-hours", type=_positive_float, default=24.0)
             r.add_argument(

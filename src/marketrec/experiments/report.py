@@ -46,8 +46,8 @@ _KINDS = {"click": "clicks", "add_to_cart": "carts", "purchase": "purchases"}
 def attribute(
     exposures: pl.DataFrame, events: pl.DataFrame, window: timedelta = timedelta(hours=24)
 ) -> pl.DataFrame:
-    """One row per (experiment, user): variant, region, exposures, exposed items, clicks,
-    carts, purchases, revenue, active days (distinct days with an exposure)."""
+    """One row per (experiment, user), in that order: variant, region, exposures, exposed
+    items, clicks, carts, purchases, revenue, active days (distinct days with an exposure)."""
     missing = EXPOSURE_COLUMNS - set(exposures.columns)
     if missing:
         raise ConfigError(f"exposures: missing column(s) {sorted(missing)}")
@@ -103,11 +103,16 @@ def attribute(
     table = users.join(outcomes, on=["experiment", "user_id"], how="left").with_columns(
         *[pl.col(c).fill_null(0) for c in (*_KINDS.values(), "revenue")]
     )
-    return table.with_columns(
-        variant=pl.when(pl.col("variants").list.len() == 1)
-        .then(pl.col("variants").list.first())
-        .otherwise(None)
-    ).drop("variants")
+    # sorted: group_by's order varies between runs, and so would the analysis's float sums
+    return (
+        table.with_columns(
+            variant=pl.when(pl.col("variants").list.len() == 1)
+            .then(pl.col("variants").list.first())
+            .otherwise(None)
+        )
+        .drop("variants")
+        .sort("experiment", "user_id")
+    )
 
 
 def analyse(

@@ -42,6 +42,8 @@ Entry = tuple[RecordKind, str, Mapping[str, Any]]
 
 DEFAULT_SQLITE_FILE = "events.sqlite"
 DEFAULT_REDIS_PREFIX = "marketrec:"
+#: the URL schemes of a Redis store (redis-py's)
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,22 +234,8 @@ class RedisEventLog:
         self._stream = f"{prefix}log"
         self._counter = f"{prefix}log:last_offset"
         self._closed = False
-        shown = _redact(url)
-        try:
-            self._redis = redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"event log URL {shown!r}: {exc}") from None
-        try:
-            self._redis.ping()
-        except redis.RedisError as exc:
-            self._redis.close()
-            raise ConfigError(f"event log: Redis not reachable at {shown} ({exc})") from None
-        self._warn_without_aof(shown)
+        self._redis = redis_client(url, "event log", socket_timeout=socket_timeout)
+        self._warn_without_aof(redact_url(url))
 
     def _warn_without_aof(self, shown: str) -> None:
         try:
@@ -283,7 +271,9 @@ class RedisEventLog:
                 )
             )
         except redis.RedisError as exc:
-            raise EventLogError(f"event log at {_redact(self.url)}: append failed ({exc})") from exc
+            raise EventLogError(
+                f"event log at {redact_url(self.url)}: append failed ({exc})"
+            ) from exc
 
     def read(self, after: int, limit: int | None = None) -> list[Record]:
         self._check_open()
@@ -294,7 +284,9 @@ class RedisEventLog:
         try:
             entries = self._redis.xrange(self._stream, min=start, max="+", count=limit)
         except redis.RedisError as exc:
-            raise EventLogError(f"event log at {_redact(self.url)}: read failed ({exc})") from exc
+            raise EventLogError(
+                f"event log at {redact_url(self.url)}: read failed ({exc})"
+            ) from exc
         return [_record(entry_id, fields) for entry_id, fields in entries or []]
 
     def last_offset(self) -> int:
@@ -302,7 +294,9 @@ class RedisEventLog:
         try:
             return self._last(self._redis)
         except redis.RedisError as exc:
-            raise EventLogError(f"event log at {_redact(self.url)}: read failed ({exc})") from exc
+            raise EventLogError(
+                f"event log at {redact_url(self.url)}: read failed ({exc})"
+            ) from exc
 
     def close(self) -> None:
         self._closed = True
@@ -311,7 +305,7 @@ class RedisEventLog:
     def _check_open(self) -> None:
         # redis-py would silently reconnect; a closed log must fail as SQLite's does
         if self._closed:
-            raise EventLogError(f"event log at {_redact(self.url)}: closed")
+            raise EventLogError(f"event log at {redact_url(self.url)}: closed")
 
     def _last(self, client: redis.Redis | redis.client.Pipeline) -> int:
         """The newest offset: the counter, or the stream's top id should the counter be lost.
@@ -331,7 +325,7 @@ class RedisEventLog:
         self.close()
 
     def __repr__(self) -> str:
-        return f"RedisEventLog({_redact(self.url)!r}, prefix={self.prefix!r})"
+        return f"RedisEventLog({redact_url(self.url)!r}, prefix={self.prefix!r})"
 
 
 def _record(entry_id: str, fields: Mapping[str, str]) -> Record:
@@ -347,7 +341,38 @@ def _offset(entry_id: str) -> int:
     return int(str(entry_id).split("-", 1)[0])
 
 
-def _redact(url: str) -> str:
+def redis_client(url: str, what: str, *, socket_timeout: float = 10.0) -> redis.Redis:
+    """A client of the Redis at `url` (strings decoded) that answered a `PING`; a
+    `ConfigError` naming `what` and the URL (without its password) for a bad URL or a Redis
+    that does not answer."""
+    shown = redact_url(url)
+    try:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{what} URL {shown!r}: {exc}") from None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise ConfigError(f"{what}: Redis not reachable at {shown} ({exc})") from None
+    return client
+
+
+def is_redis_url(url: str) -> bool:
+    """Whether a `--store` URL (or any location) names a Redis store."""
+    return _scheme(url) in REDIS_SCHEMES
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def redact_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -397,7 +422,7 @@ def open_log(
     """
     if url is None:
         return SQLiteEventLog(Path(folder) / DEFAULT_SQLITE_FILE)
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    scheme = _scheme(url)
     if scheme == "sqlite":
         rest = url[len("sqlite://") :]
         if rest in ("", "/"):
@@ -408,9 +433,9 @@ def open_log(
                 "sqlite:////absolute/path"
             )
         return SQLiteEventLog(Path(rest[1:]))
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in REDIS_SCHEMES:
         return RedisEventLog(url, prefix)
     raise ConfigError(
-        f"event log URL {_redact(url)!r}: unsupported (expected sqlite:///PATH or "
+        f"event log URL {redact_url(url)!r}: unsupported (expected sqlite:///PATH or "
         "redis://HOST:PORT/DB)"
     )

@@ -39,7 +39,7 @@ from marketrec.experiments.assignment import (
     RequestContext,
     model_variants,
 )
-from marketrec.experiments.exposures import ExposureLog
+from marketrec.experiments.exposures import ExposureLog, RedisExposureLog
 from marketrec.experiments.rollout import LiveAssigner, RolloutStore
 from marketrec.online.hosting import HostedVersions
 from marketrec.online.live import LiveRecommender, NotReadyError, UnknownItemError
@@ -141,19 +141,22 @@ def create_app(
     *,
     owns_live: bool = False,
     experiments: Assigner | LiveAssigner | None = None,
-    exposures: ExposureLog | None = None,
+    exposures: ExposureLog | RedisExposureLog | None = None,
     models: Sequence[str | os.PathLike[str]] = (),
 ) -> FastAPI:
     """The FastAPI app serving `live`. If `live` is not recovered yet, startup replays the
     log in a background thread (`/readyz` answers 503 until it is done, `/healthz` 200 all
     along). `owns_live`: close its event log at shutdown. `experiments`: assign each
     recommendation request to its A/B variants, serve it with their settings, and write
-    an exposure line per variant to `exposures`. `models`: extra model folders to host
+    an exposure line per variant to `exposures` (lines it cannot write are counted in
+    `marketrec_exposures_lost`, never failing the request). `models`: extra model folders to host
     beside `live` over its event log (`serve --model-version DIR`); the folders that
     variants name (`model = "DIR"`) are hosted too, and a variant's requests are answered
     by the version it names (`marketrec.online.hosting`)."""
     metrics = ServiceMetrics(live.version)
     live.observer = metrics
+    if exposures is not None:
+        exposures.on_lost = metrics.exposures_lost.inc
     hosts = HostedVersions(live)
     for folder in models:
         hosts.add(folder)

@@ -86,6 +86,12 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.model_info.labels(version=version).set(1)
+        self.exposures_lost = Counter(
+            "marketrec_exposures_lost",
+            "Experiment exposure lines this worker could not write (disk full, Redis away "
+            "longer than its queue lasts); the responses themselves were served.",
+            registry=self.registry,
+        )
         self.swaps = Counter(
             "marketrec_model_swaps",
             "Retrained models swapped in by this worker since it started.",

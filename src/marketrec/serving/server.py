@@ -69,7 +69,8 @@ def serve(
     models: Sequence[str | Path] = (),
 ) -> None:
     """Serve CONTRACT §6 until interrupted. `exposures`: the folder for experiment exposures
-    (default MODEL/state/exposures). `store`: event-log URL (default SQLite in
+    (default: the Redis store's stream `<prefix>exposures`, else MODEL/state/exposures).
+    `store`: event-log URL (default SQLite in
     MODEL/state/events.sqlite; `redis://HOST:PORT/DB`); `store_prefix`: the Redis keys'
     prefix (default `marketrec:`), so several deployments or tests share one database.
     `models`: extra model folders every worker hosts beside MODEL (`--model-version DIR`),
@@ -172,7 +173,7 @@ def worker_app() -> FastAPI:
     if not experiments and not rollouts:
         return create_app(live, owns_live=True, models=models)
     from marketrec.experiments.assignment import ExperimentConfig, load_experiments
-    from marketrec.experiments.exposures import EXPOSURE_FOLDER, ExposureLog
+    from marketrec.experiments.exposures import EXPOSURE_FOLDER, open_exposures
     from marketrec.experiments.rollout import LiveAssigner, RolloutStore
     from marketrec.online.live import STATE_FOLDER
 
@@ -180,8 +181,12 @@ def worker_app() -> FastAPI:
         load_experiments(experiments) if experiments else ExperimentConfig(),
         RolloutStore(rollouts) if rollouts else None,
     )
-    folder = os.environ.get(ENV_EXPOSURES) or Path(model) / STATE_FOLDER / EXPOSURE_FOLDER
-    exposures = ExposureLog(folder)
+    exposures = open_exposures(
+        os.environ.get(ENV_EXPOSURES) or None,
+        os.environ.get(ENV_STORE) or None,
+        Path(model) / STATE_FOLDER / EXPOSURE_FOLDER,
+        prefix=os.environ.get(ENV_STORE_PREFIX) or DEFAULT_REDIS_PREFIX,
+    )
     return create_app(
         live, owns_live=True, experiments=assigner, exposures=exposures, models=models
     )
