@@ -222,10 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-users", type=int, default=100_000)
     parser.add_argument("--synthetic-items", type=int, default=5_000)
     parser.add_argument("--text-encoder", default="auto")
+    parser.add_argument(
+        "--training-threads",
+        type=int,
+        default=1,
+        help="torch threads while the two-tower trains (serving stays at one)",
+    )
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    params = {"text_encoder": args.text_encoder}
+    params = {"text_encoder": args.text_encoder, "training_threads": args.training_threads}
     started = time.perf_counter()
     parts: dict[str, str] = {}
     synthetic_model = None
@@ -243,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         parts["ann"] = ann_section(synthetic_model)
     command = (
         f"Command: `.venv/bin/python benchmarks/retrieval.py --sections "
-        f"{' '.join(args.sections)} --text-encoder {args.text_encoder} --write "
-        f"docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "
-        f"{time.perf_counter() - started:.0f} s in all; one torch thread; train s = fit "
-        "time on this machine, tuning excluded)."
+        f"{' '.join(args.sections)} --text-encoder {args.text_encoder} --training-threads "
+        f"{args.training_threads} --write docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "
+        f"{time.perf_counter() - started:.0f} s in all; {args.training_threads} torch "
+        "thread(s) while the two-tower trains, one otherwise; train s = fit time on this "
+        "machine, tuning excluded)."
     )
     for name, part in parts.items():
         body = f"## Retrieval stage ({name}): two-tower vs tuned baselines\n\n{command}\n\n{part}"

@@ -210,3 +210,26 @@ def test_profile_only_users_are_read_by_profile_alone(content_world, tmp_path: P
         vectors = scorer.user_vectors(rows, np.zeros(len(rows), dtype=np.int64))
         np.testing.assert_array_equal(vectors[0], vectors[1])
         np.testing.assert_array_equal(vectors[0], vectors[3])
+
+
+def test_training_threads_apply_to_the_fit_only(content_world, monkeypatch) -> None:
+    import torch
+
+    import marketrec.retrieval.training as training
+
+    seen = []
+    train = training.train_two_tower
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_two_tower", recording)
+    before = torch.get_num_threads()
+    try:
+        params = {**FAST, "epochs": 1, "threads": 1, "training_threads": 2}
+        create("two-tower", params).fit(content_world)
+        assert seen == [2]
+        assert torch.get_num_threads() == 1  # served with `threads` after the fit
+    finally:
+        torch.set_num_threads(before)

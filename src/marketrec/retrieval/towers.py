@@ -179,9 +179,20 @@ class SummaryAttention(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, tokens: Tensor, padding: Tensor, first: Tensor | None = None) -> Tensor:
-        """tokens: (B, T, D), summary first; padding: (B, T) true where padded → (B, D);
-        `first`: the summary tokens (B, D) when the caller has them apart (reading them as
-        tokens[:, 0] makes the backward pass zero-fill a (B, T, D) gradient for the slice).
+        """tokens: (B, T, D), summary first; padding: (B, T) true where padded (never the
+        summary) → (B, D); `first`: the summary tokens (B, D) when the caller has them apart.
+        The same as `read(first, tokens[:, 1:], padding[:, 1:])`."""
+        if first is None:
+            first = tokens[:, 0]
+        return self.read(first, tokens[:, 1:], padding[:, 1:])
+
+    def read(self, first: Tensor, history: Tensor, padding: Tensor) -> Tensor:
+        """The summary token `first` (B, D) reading itself and the `history` tokens
+        (B, T, D; `padding` (B, T) true where padded) → (B, D).
+
+        The summary is never concatenated to the history: its own logit and its share of
+        the read are computed apart (a (B, 1 + T, D) copy and the backward's slice of it were
+        the largest memory traffic of the user tower in training).
 
         With one query per row, the key and value projections can be moved off the tokens:
         a logit is token · (W_k,h^T q_h) plus a term constant over the tokens (the key bias,
@@ -191,19 +202,20 @@ class SummaryAttention(nn.Module):
         copies): the history encoder was most of a training step. Exactly the same function
         and gradients as projecting every token."""
         attn = self.self_attn
-        batch, _, dim = tokens.shape
+        batch, dim = first.shape
         heads = attn.num_heads
         width = dim // heads
-        if first is None:
-            first = tokens[:, 0]
         weight, bias = attn.in_proj_weight, attn.in_proj_bias
         query = F.linear(first, weight[:dim], bias[:dim]).view(batch, heads, width)
         key_weight = weight[dim : 2 * dim].view(heads, width, dim)
         # (B, heads, D): each head's query pulled back through its key projection
         probes = torch.einsum("bhw,hwd->bhd", query, key_weight) / math.sqrt(width)
-        logits = torch.bmm(probes, tokens.transpose(1, 2))  # (B, heads, T)
-        weights = torch.softmax(logits.masked_fill(padding[:, None, :], float("-inf")), dim=-1)
-        pooled = torch.bmm(weights, tokens)  # (B, heads, D): each head's mix of tokens
+        own = (probes * first[:, None, :]).sum(dim=-1, keepdim=True)  # (B, heads, 1)
+        logits = torch.bmm(probes, history.transpose(1, 2))  # (B, heads, T)
+        logits = logits.masked_fill(padding[:, None, :], float("-inf"))
+        weights = torch.softmax(torch.cat([own, logits], dim=-1), dim=-1)
+        # (B, heads, D): each head's mix of the summary and the history tokens
+        pooled = weights[:, :, :1] * first[:, None, :] + torch.bmm(weights[:, :, 1:], history)
         value_weight = weight[2 * dim :].view(heads, width, dim)
         read = torch.einsum("bhd,hwd->bhw", pooled, value_weight) + bias[2 * dim :].view(
             heads, width
@@ -246,13 +258,11 @@ class UserTower(nn.Module):
             attrs = attrs + table(f["attributes"][:, j])
         if self.numeric is not None:
             attrs = attrs + self.numeric(f["numeric"])
-        tokens = history + self.event(f["hist_event"]) + self.event_age(f["hist_age"])
-        summary = self.summary.expand(batch, 1, -1)
-        tokens = torch.cat([summary, tokens], dim=1)
-        pad = torch.cat(
-            [torch.zeros(batch, 1, dtype=torch.bool, device=history.device), f["hist_mask"]], dim=1
-        )
-        read = self.history(tokens, pad, first=summary[:, 0])
+        # event type and age through one table of their sums: one (B, N, D) add, not two
+        ages = self.event_age.num_embeddings
+        kinds = (self.event.weight[:, None, :] + self.event_age.weight[None, :, :]).flatten(0, 1)
+        tokens = history + F.embedding(f["hist_event"] * ages + f["hist_age"], kinds)
+        read = self.history.read(self.summary[0].expand(batch, -1), tokens, f["hist_mask"])
         parts = [
             self.id(f["id_bucket"]) * f["id_mask"][:, None],
             self.region(f["region"]),
