@@ -26,26 +26,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--text-encoder", default="hashed")
     parser.add_argument("--max-minutes", type=float, default=14.0)
+    parser.add_argument("--training-threads", type=int, default=1)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     data, _ = generate_marketplace(SyntheticConfig(users=args.users, items=args.items, seed=2))
     split = split_global(data, quantile=0.9)
-    params = {"text_encoder": args.text_encoder, "max_minutes": args.max_minutes}
+    params = {
+        "text_encoder": args.text_encoder,
+        "max_minutes": args.max_minutes,
+        "training_threads": args.training_threads,
+    }
     started = time.perf_counter()
     model = create("two-tower", params).fit(split.train)
     seconds = time.perf_counter() - started
     report = model.scorer._meta["report"]
     slices = evaluate_model(model, split, ks=(10, 100)).slices
+    patience = model.scorer.params.patience
+    ended = (
+        "early stopping"
+        if report["epochs_run"] - report["best_epoch"] >= patience
+        else f"the {args.max_minutes:g}-minute budget"
+        if report["epochs_run"] < model.scorer.params.epochs
+        else "the planned epochs"
+    )
     body = f"""## Two-tower training at 1M events
 
 Command: `.venv/bin/python benchmarks/two_tower_scale.py --users {args.users} --items \
-{args.items} --text-encoder {args.text_encoder} --max-minutes {args.max_minutes} --write \
-docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, one torch thread).
+{args.items} --text-encoder {args.text_encoder} --max-minutes {args.max_minutes} \
+--training-threads {args.training_threads} --write docs/benchmarks.md` \
+({datetime.now(UTC):%Y-%m-%d}, {args.training_threads} torch thread(s) while training).
 
-| events in train | epochs run | best epoch | train seconds | test NDCG@10 | test Recall@100 |
-|---|---|---|---|---|---|
-| {split.train.events.height:,} | {report["epochs_run"]} | {report["best_epoch"]} | \
+| events in train | epochs run | best epoch | training ended by | train seconds | test NDCG@10 | \
+test Recall@100 |
+|---|---|---|---|---|---|---|
+| {split.train.events.height:,} | {report["epochs_run"]} | {report["best_epoch"]} | {ended} | \
 {seconds:.0f} | {slices["all"]["NDCG@10"]:.4f} | {slices["all"]["Recall@100"]:.4f} |
 
 `max_minutes` stops training after the epoch that crosses the budget (the best epoch's
