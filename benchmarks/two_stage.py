@@ -40,7 +40,12 @@ from marketrec.data.split import Split, split_global, split_leave_one_out, split
 from marketrec.data.synthetic import SyntheticConfig, generate_marketplace
 from marketrec.evaluation.compare import run_models
 from marketrec.evaluation.metrics import compute_metrics
-from marketrec.evaluation.offline import TargetConfig, build_targets, evaluate_model
+from marketrec.evaluation.offline import (
+    TargetConfig,
+    build_targets,
+    evaluate_model,
+    slice_targets,
+)
 from marketrec.models.registry import create
 from marketrec.pipeline.config import PipelineConfig
 from marketrec.pipeline.ranking_stage import RankingParams, stage_summary
@@ -199,8 +204,7 @@ def synthetic_section(users: int, items: int, text_encoder: str) -> str:
     model, seconds = fitted("two-tower", {"text_encoder": text_encoder}, split, ranking)
     targets = build_targets(split.train, split.test)
     evaluated = targets.get_column("user_id").unique().sort()
-    trained_users = split.train.events.select("user_id").unique()
-    cold_targets = targets.join(trained_users, on="user_id", how="anti")
+    cold_targets = slice_targets(split, targets)["cold users"]
     catalogue = data.items.height
     bought = split.train.events.filter(pl.col("event") == "purchase").select("user_id", "item_id")
     moment = split.train.events.get_column("ts").max()

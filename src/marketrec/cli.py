@@ -276,15 +276,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from marketrec.serving.server import check_model_folder, serve
 
     check_model_folder(args.model)  # a bad path fails before anything starts
-    from marketrec.online.log import DEFAULT_REDIS_PREFIX, is_redis_url, redact_url
+    from marketrec.experiments.exposures import exposure_stream, exposures_in_store
+    from marketrec.online.log import DEFAULT_REDIS_PREFIX, redact_url
 
     store = redact_url(args.store) if args.store else "SQLite in MODEL/state/events.sqlite"
     plural = "s" if args.workers != 1 else ""
     exposures = ""
     if args.experiments or args.rollouts:
         where = args.exposures or "MODEL/state/exposures/"
-        if args.exposures is None and args.store and is_redis_url(args.store):
-            where = f"Redis stream {args.store_prefix or DEFAULT_REDIS_PREFIX}exposures"
+        if exposures_in_store(args.exposures, args.store):
+            where = f"Redis stream {exposure_stream(args.store_prefix or DEFAULT_REDIS_PREFIX)}"
         exposures = f", exposures: {where}"
     console.print(
         f"serving {args.model} on http://{args.host}:{args.port} "

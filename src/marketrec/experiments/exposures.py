@@ -261,10 +261,16 @@ def open_exposures(
     prefix: str = DEFAULT_REDIS_PREFIX,
 ) -> ExposureLog | RedisExposureLog:
     """The service's writer: files in `folder` when one is named, else the Redis store's
-    stream when the store is Redis, else files in `default_folder`."""
-    if folder is None and store is not None and is_redis_url(store):
+    stream when the store is Redis (`exposures_in_store`), else files in `default_folder`."""
+    if store is not None and exposures_in_store(folder, store):
         return RedisExposureLog(store, prefix)
     return ExposureLog(folder if folder is not None else default_folder)
+
+
+def exposures_in_store(folder: str | Path | None, store: str | None) -> bool:
+    """Whether a service with exposure `folder` (None: not named) on `store` writes its
+    exposures to the store's Redis stream rather than to files."""
+    return folder is None and store is not None and is_redis_url(store)
 
 
 def read_exposures(source: str | Path, prefix: str = DEFAULT_REDIS_PREFIX) -> pl.DataFrame:
@@ -344,6 +350,7 @@ __all__ = [
     "ExposureLog",
     "RedisExposureLog",
     "exposure_stream",
+    "exposures_in_store",
     "open_exposures",
     "read_exposures",
 ]

@@ -156,8 +156,7 @@ class TwoTowerScorer:
 
         warm, frozen = self._warm if self._warm is not None else (None, None)
         self._warm = None  # one fit only: a later refit trains from scratch again
-        training = self.params.training_threads
-        self._set_threads(self.params.threads if training is None else training)
+        self._set_threads(self.params.training_threads)  # None: the serving threads
         try:
             data, meta = _build_data(ctx, self.params, frozen)
             model, report = train_two_tower(data, self._config, on_epoch=self.on_epoch, warm=warm)

@@ -17,6 +17,7 @@ that variant's requests as if the user were outside it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -45,12 +46,12 @@ class HostedVersions:
         """Host the model in `folder` (loaded now, replayed by `recover`); the primary when
         the folder holds the primary's version. A folder that does not load raises
         `ConfigError` naming it."""
-        path = Path(folder).resolve()
+        path = _resolved(str(folder))
         with self._lock:
             known = self._folders.get(path)
         if known is not None:
             return self._extras.get(known, self.primary)
-        if path.is_dir() and model_version(path) == self.primary.version:
+        if self._holds_primary(path):
             with self._lock:
                 self._folders[path] = self.primary.version
             return self.primary
@@ -70,12 +71,12 @@ class HostedVersions:
         must agree); None when it is not hosted, or not caught up yet: a folder not seen
         before starts loading in the background."""
         if folder is not None:
-            path = Path(folder).resolve()
+            path = _resolved(folder)
             with self._lock:
                 named = self._folders.get(path)
                 loading = path in self._loading
             if named is None and not loading:
-                if path.is_dir() and model_version(path) == self.primary.version:
+                if self._holds_primary(path):
                     named = self.add(path).version
                 else:
                     self._load_later(path)
@@ -87,6 +88,9 @@ class HostedVersions:
             return self.primary
         live = self._extras.get(version) if version is not None else None
         return live if live is not None and live.ready else None
+
+    def _holds_primary(self, path: Path) -> bool:
+        return path.is_dir() and model_version(path) == self.primary.version
 
     def _load(self, path: Path) -> LiveRecommender:
         if not path.is_dir():
@@ -183,6 +187,13 @@ class HostedVersions:
     def close(self) -> None:
         """Close the log the versions share (once: the primary owns it)."""
         self.primary.close()
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved(folder: str) -> Path:
+    """A variant's folder as an absolute path, resolved once per name: `find` runs on every
+    request of a variant that names a folder, and `resolve` is a file-system call."""
+    return Path(folder).resolve()
 
 
 __all__ = ["HostedVersions"]

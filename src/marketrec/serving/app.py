@@ -166,7 +166,9 @@ def create_app(
 
     def host_new_models() -> None:
         """A rollout started while the service runs may name a model folder: start
-        loading it as soon as the state file names it, before its first request."""
+        loading it as soon as the state file names it (checked by `/readyz`, which
+        orchestrators poll; a request of its variant starts the load too, through
+        `HostedVersions.find`), not on every request."""
         if experiments is None or experiments.config is seen[0]:
             return
         seen[0] = experiments.config
@@ -214,7 +216,6 @@ def create_app(
         settings = None
         serving = live
         if experiments is not None:
-            host_new_models()
             known, home = live.user_context(user_id)
             context = RequestContext(
                 user_id=user_id, region=region or home, device=device, is_new_user=not known

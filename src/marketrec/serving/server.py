@@ -135,17 +135,23 @@ def _check_experiments(
     folder: Path, extra: list[Path], experiments: str | Path | None, rollouts: str | Path | None
 ) -> None:
     """What the workers will check after loading every model, from the manifests only."""
-    from marketrec.experiments.assignment import ExperimentConfig, load_experiments
-    from marketrec.experiments.rollout import LiveAssigner, RolloutStore
     from marketrec.online.versions import model_version
     from marketrec.serving.app import check_model_variants
 
-    assigner = LiveAssigner(
+    assigner = _assigner(experiments, rollouts)
+    hosted = [model_version(folder), *(model_version(m) for m in extra)]
+    check_model_variants(assigner.config, hosted, lambda m: model_version(check_model_folder(m)))
+
+
+def _assigner(experiments: str | Path | None, rollouts: str | Path | None) -> Any:
+    """The experiments file and the rollouts state file as the service's `LiveAssigner`."""
+    from marketrec.experiments.assignment import ExperimentConfig, load_experiments
+    from marketrec.experiments.rollout import LiveAssigner, RolloutStore
+
+    return LiveAssigner(
         load_experiments(experiments) if experiments is not None else ExperimentConfig(),
         RolloutStore(rollouts) if rollouts is not None else None,
     )
-    hosted = [model_version(folder), *(model_version(m) for m in extra)]
-    check_model_variants(assigner.config, hosted, lambda m: model_version(check_model_folder(m)))
 
 
 def worker_app() -> FastAPI:
@@ -172,15 +178,10 @@ def worker_app() -> FastAPI:
     experiments, rollouts = os.environ.get(ENV_EXPERIMENTS), os.environ.get(ENV_ROLLOUTS)
     if not experiments and not rollouts:
         return create_app(live, owns_live=True, models=models)
-    from marketrec.experiments.assignment import ExperimentConfig, load_experiments
     from marketrec.experiments.exposures import EXPOSURE_FOLDER, open_exposures
-    from marketrec.experiments.rollout import LiveAssigner, RolloutStore
     from marketrec.online.live import STATE_FOLDER
 
-    assigner = LiveAssigner(
-        load_experiments(experiments) if experiments else ExperimentConfig(),
-        RolloutStore(rollouts) if rollouts else None,
-    )
+    assigner = _assigner(experiments or None, rollouts or None)
     exposures = open_exposures(
         os.environ.get(ENV_EXPOSURES) or None,
         os.environ.get(ENV_STORE) or None,
