@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
+    if args.seeds < 1 or args.training_threads < 1:
+        parser.error("--seeds and --training-threads must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     params = {"text_encoder": args.text_encoder, "training_threads": args.training_threads}
     started = time.perf_counter()

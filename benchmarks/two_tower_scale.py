@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training-threads", type=int, default=1)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
+    if args.training_threads < 1:
+        parser.error("--training-threads must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     data, _ = generate_marketplace(SyntheticConfig(users=args.users, items=args.items, seed=2))
     split = split_global(data, quantile=0.9)
