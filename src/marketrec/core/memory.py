@@ -4,9 +4,10 @@ A training step allocates and frees the same few tensors of several megabytes ev
 (ml-100k: the (1,024 × 1,682) logits and their masks, the (1,024 × 20 × 64) history tokens
 and their gradients). glibc serves blocks above its mmap threshold with fresh mappings and
 returns freed memory at the top of the heap to the system once more than the trim threshold
-is free, so every step touched its temporaries' pages anew: about 250,000 page faults in a
-short ml-100k run, and 10-15 % of a two-tower training step (measured side by side, one
-thread). Raising both thresholds keeps those blocks in the heap, so later steps reuse them.
+is free, so every step touched its temporaries' pages anew. Raising both thresholds keeps
+those blocks in the heap, so later steps reuse them. Measured side by side on ml-100k: a
+4-epoch two-tower fit (2 threads) took 130,000 page faults instead of 830,000 and 1.1 s of
+system time instead of 4.1 s; steps alone on one thread ran 10-15 % faster.
 
 Process-wide and for the life of the process: the resident size stays at its high-water mark
 up to `trim_mb` of free memory, which a training process wants and a small serving process
