@@ -278,18 +278,18 @@ def read_exposures(source: str | Path, prefix: str = DEFAULT_REDIS_PREFIX) -> pl
     stream (`redis://HOST:PORT/DB`, keys under `prefix`); `ts` as UTC datetimes. Lines come
     sorted by time (then request and experiment), whichever worker or store wrote them."""
     if isinstance(source, str) and is_redis_url(source):
-        return _parsed(_read_stream(source, prefix), f"{redact_url(source)} ({prefix}exposures)")
+        return _read_stream(source, prefix)
     source = Path(source)
     if source.is_dir():
         files = sorted(source.glob("*.jsonl"))
         if not files:
             raise DataError(str(source), "no exposure files (*.jsonl) in this folder")
-        frames = [_read_jsonl(f) for f in files if f.stat().st_size]
+        frames = [_read_ndjson(f, str(f)) for f in files if f.stat().st_size]
         if not frames:
             raise DataError(str(source), "the exposure files are empty: no exposures yet")
         frame = pl.concat(frames, how="diagonal")
     elif source.suffix == ".jsonl":
-        frame = _read_jsonl(source)
+        frame = _read_ndjson(source, str(source))
     elif source.is_file():
         try:
             return pl.read_parquet(source)
@@ -308,17 +308,20 @@ def _with_times(frame: pl.DataFrame) -> pl.DataFrame:
     ).sort("ts", "request_id", "experiment", maintain_order=True)
 
 
-def _read_jsonl(file: Path) -> pl.DataFrame:
+def _read_ndjson(source: Path | io.BytesIO, where: str) -> pl.DataFrame:
+    """Exposure lines from a file or from the stream's lines, parsed the same way, so both
+    give the same frame."""
     try:
-        return pl.read_ndjson(file)
+        return pl.read_ndjson(source)
     except Exception as exc:
-        raise DataError(str(file), f"not readable exposure lines ({str(exc)[:200]})") from exc
+        raise DataError(where, f"not readable exposure lines ({str(exc)[:200]})") from exc
 
 
-def _read_stream(url: str, prefix: str, page: int = 10_000) -> list[str]:
+def _read_stream(url: str, prefix: str, page: int = 10_000) -> pl.DataFrame:
     """Every line of the store's exposure stream, each once (a retried batch may have sent
     some twice)."""
     stream = exposure_stream(prefix)
+    where = f"{redact_url(url)} ({stream})"
     client = redis_client(url, "exposures")
     lines: list[str] = []
     try:
@@ -327,21 +330,13 @@ def _read_stream(url: str, prefix: str, page: int = 10_000) -> list[str]:
             lines.extend(fields.get(_FIELD, "") for _, fields in entries)  # type: ignore[union-attr]
             start = f"({entries[-1][0]}"  # type: ignore[index]
     except redis.RedisError as exc:
-        raise DataError(f"{redact_url(url)} ({stream})", f"read failed ({exc})") from None
+        raise DataError(where, f"read failed ({exc})") from None
     finally:
         client.close()
     if not lines:
-        raise DataError(f"{redact_url(url)} ({stream})", "no exposures in this stream yet")
-    return list(dict.fromkeys(lines))
-
-
-def _parsed(lines: list[str], where: str) -> pl.DataFrame:
-    """JSON lines parsed as files are (`pl.read_ndjson`), so both give the same frame."""
-    try:
-        frame = pl.read_ndjson(io.BytesIO("\n".join(lines).encode()))
-    except Exception as exc:
-        raise DataError(where, f"not readable exposure lines ({str(exc)[:200]})") from exc
-    return _with_times(frame)
+        raise DataError(where, "no exposures in this stream yet")
+    unique = "\n".join(dict.fromkeys(lines))
+    return _with_times(_read_ndjson(io.BytesIO(unique.encode()), where))
 
 
 __all__ = [
