@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Literal
@@ -47,7 +48,7 @@ from marketrec.retrieval.inputs import (
     trend_bucket,
 )
 from marketrec.retrieval.losses import full_softmax_loss, mixed_log_q, sampled_softmax_loss
-from marketrec.retrieval.towers import TowerSizes, TwoTower, item_scores
+from marketrec.retrieval.towers import TowerSizes, TwoTower, dropout_mask, item_scores
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +287,15 @@ def embed_users(
     when given."""
     seq = data.seq
     hist_items = np.where(hist >= 0, seq.item[np.maximum(hist, 0)], 0)
-    unique, inverse = np.unique(hist_items, return_inverse=True)
     if isinstance(catalogue, torch.Tensor):
-        vectors = catalogue[torch.from_numpy(unique)]
-    elif catalogue is not None:
+        # one gather straight from the catalogue: its backward is an index_add, where a
+        # gather of the unique items and then of the history (advanced indexing twice) had
+        # two accumulating index_puts, a twentieth of a training step
+        flat = torch.from_numpy(hist_items.reshape(-1))
+        history = catalogue.index_select(0, flat)[:, :-1].reshape(*hist.shape, -1)
+        return model.users(f, history, f["queries"])
+    unique, inverse = np.unique(hist_items, return_inverse=True)
+    if catalogue is not None:
         vectors = torch.from_numpy(catalogue[unique])
     else:
         at = np.full(len(unique), float(np.median(now)) if len(now) else 0.0)
@@ -405,13 +411,15 @@ def train_two_tower(
         return model, report
     optimizer = _Optimizer(model, config)
     averaged = _WeightAverage(model, config.weight_averaging > 0)
-    rng = np.random.default_rng(config.seed)
+    rng, dropout_rng = _generators(config)
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
     stale = 0
     full_softmax = _full_softmax(data, config)
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
-        loss = _epoch(model, optimizer, data, fit_pos, config, rng, epoch - 1, averaged)
+        loss = _epoch(
+            model, optimizer, data, fit_pos, config, (rng, dropout_rng), epoch - 1, averaged
+        )
         served = averaged.model
         if full_softmax:
             calibrate_untrained(served, data, val_pos if n_val else fit_pos, config)
@@ -438,10 +446,12 @@ def train_two_tower(
         model = _fresh_model(data, config)
         optimizer = _Optimizer(model, config)
         averaged = _WeightAverage(model, config.weight_averaging > 0)
-        rng = np.random.default_rng(config.seed)
+        rng, dropout_rng = _generators(config)
         all_pos = targets
         for epoch in range(1, report.best_epoch + 1):
-            loss = _epoch(model, optimizer, data, all_pos, config, rng, epoch - 1, averaged)
+            loss = _epoch(
+                model, optimizer, data, all_pos, config, (rng, dropout_rng), epoch - 1, averaged
+            )
             log.info("two-tower refit epoch %d/%d: loss %.4f", epoch, report.best_epoch, loss)
         model = averaged.model
         if full_softmax:
@@ -570,41 +580,64 @@ def _example_weights(data: TwoTowerData, pos: np.ndarray, config: TrainingConfig
     return weight.astype(np.float32)
 
 
+def _generators(config: TrainingConfig) -> tuple[np.random.Generator, np.random.Generator]:
+    """The seeded streams of a fit: one for the batches (order, history and id dropout,
+    which rows go blind) and one for the dropout masks, so that changing the one (a
+    dropout rate, the network's width) leaves what the other draws as it was."""
+    return np.random.default_rng(config.seed), np.random.default_rng((config.seed, 1))
+
+
 def _epoch(
     model: TwoTower,
     optimizer: _Optimizer,
     data: TwoTowerData,
     positions: np.ndarray,
     config: TrainingConfig,
-    rng: np.random.Generator,
+    generators: tuple[np.random.Generator, np.random.Generator],
     epoch: int = 0,
     averaged: _WeightAverage | None = None,
 ) -> float:
     """One pass over `positions`; `epoch` (0-based) places it in the learning-rate plan;
-    `averaged` follows the weights after every step."""
+    `averaged` follows the weights after every step.
+
+    Each batch's inputs (NumPy features, masks and every random draw) are built on a
+    background thread while the previous batch trains: a step's torch work leaves the second
+    core idle much of the time (small serial ops, the autograd engine), and building a
+    batch was a sixth of a step. Only that thread draws from `rng`, batch after batch in
+    plan order, so a seed gives the same batches as building them in line would.
+    `generators`: the batches' and the dropout masks' (see `_generators`)."""
+    rng, dropout_rng = generators
     model.train()
     if _full_softmax(data, config):
-        step, batches = _full_softmax_step, _time_local_batches
+        prepare, batches = _prepare_full_softmax, _time_local_batches
     else:
         # logQ needs how often in-batch sampling draws each item this epoch
-        step = partial(_sampled_softmax_step, probability=_target_probability(data, positions))
+        probability = _target_probability(data, positions)
+        prepare = partial(_prepare_sampled_softmax, probability=probability)
         batches = _shuffled_batches
     total, count = 0.0, 0
     plan = batches(data.seq, positions, config, rng)
     # an average over about `weight_averaging` epochs, whatever an epoch's number of steps
     decay = 1.0 - 1.0 / max(config.weight_averaging * len(plan), 1.0)
-    for j, pos in enumerate(plan):
-        if len(pos) < 2:
-            continue
-        optimizer.decay((epoch + j / max(len(plan), 1)) / config.epochs, config)
-        loss = step(model, data, pos, config, rng)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if averaged is not None:
-            averaged.update(decay)
-        total += float(loss.detach())
-        count += 1
+    steps = [(j, pos) for j, pos in enumerate(plan) if len(pos) >= 2]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="two-tower-batches") as ahead:
+        pending = (
+            ahead.submit(prepare, data, steps[0][1], config, rng, dropout_rng) if steps else None
+        )
+        for k, (j, _) in enumerate(steps):
+            assert pending is not None
+            batch = pending.result()
+            if k + 1 < len(steps):
+                pending = ahead.submit(prepare, data, steps[k + 1][1], config, rng, dropout_rng)
+            optimizer.decay((epoch + j / max(len(plan), 1)) / config.epochs, config)
+            loss = batch.loss(model, data, config)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if averaged is not None:
+                averaged.update(decay)
+            total += float(loss.detach())
+            count += 1
     return total / max(count, 1)
 
 
@@ -661,28 +694,58 @@ def _batch_users(
     return user_features(data, users, seq.ts[pos], ends, seq.device[pos], config, rng)
 
 
-def _sampled_softmax_step(
-    model: TwoTower,
+@dataclass(frozen=True)
+class _SampledSoftmaxBatch:
+    """A large-catalogue batch: its users against its positives, random and hard negatives."""
+
+    users: dict[str, torch.Tensor]
+    hist: np.ndarray
+    now: np.ndarray
+    candidates: dict[str, torch.Tensor]  # item features of the candidates
+    candidate_ids: torch.Tensor  # (C,) 1 where a candidate keeps its id (random dropout)
+    targets: torch.Tensor  # (B,) item index per row
+    candidate_items: torch.Tensor  # (C,) item index per column
+    log_q: torch.Tensor | None
+    weights: torch.Tensor
+    unavailable: torch.Tensor  # (B, C) candidates not listed yet at the row's moment
+    item_dropout: torch.Tensor  # the item MLP's dropout mask
+
+    def loss(self, model: TwoTower, data: TwoTowerData, config: TrainingConfig) -> torch.Tensor:
+        u = embed_users(model, data, self.users, self.hist, self.now)
+        v = model.items.forward_masks(self.candidates, [self.candidate_ids], [self.item_dropout])[0]
+        return sampled_softmax_loss(
+            u,
+            v,
+            self.targets,
+            self.candidate_items,
+            self.log_q,
+            config.temperature,
+            self.weights,
+            self.unavailable,
+        )
+
+
+def _prepare_sampled_softmax(
     data: TwoTowerData,
     pos: np.ndarray,
     config: TrainingConfig,
     rng: np.random.Generator,
+    dropout_rng: np.random.Generator,
     probability: torch.Tensor,
-) -> torch.Tensor:
-    """Loss of one batch against its in-batch, random and hard negatives (large catalogues);
-    `probability`: each item's share of the epoch's targets, for logQ."""
+) -> _SampledSoftmaxBatch:
+    """Inputs of one batch against its in-batch, random and hard negatives (large
+    catalogues); `probability`: each item's share of the epoch's targets, for logQ."""
     seq = data.seq
     n_items = len(data.items.id_bucket)
     items, now = seq.item[pos], seq.ts[pos]
     f, hist = _batch_users(data, pos, config, rng)
-    u = embed_users(model, data, f, hist, now)
     randoms = rng.integers(0, n_items, config.random_negatives)
     hard = _hard_negatives(data, items, config.hard_negatives, rng)
     candidates = np.concatenate([items, randoms, hard])
     at = np.concatenate([now, np.full(len(randoms) + len(hard), float(np.median(now)))])
     trained = data.item_trained[candidates].astype(np.float32)
     trained = trained * (rng.random(len(candidates)) >= config.id_dropout)
-    v = model.items(item_features(data, candidates, at), torch.from_numpy(trained))
+    f["dropout"] = dropout_mask(dropout_rng, (len(pos), 2 * config.dim), config.dropout)
     log_q = None
     if config.logq:
         log_q = torch.cat(
@@ -693,26 +756,73 @@ def _sampled_softmax_step(
                 torch.zeros(len(hard), dtype=torch.float64),
             ]
         ).float()
-    return sampled_softmax_loss(
-        u,
-        v,
-        torch.from_numpy(items),
-        torch.from_numpy(candidates),
-        log_q,
-        config.temperature,
-        torch.from_numpy(_example_weights(data, pos, config)),
-        _not_yet_listed(data, candidates, now),
+    return _SampledSoftmaxBatch(
+        users=f,
+        hist=hist,
+        now=now,
+        candidates=item_features(data, candidates, at),
+        candidate_ids=torch.from_numpy(trained),
+        targets=torch.from_numpy(items),
+        candidate_items=torch.from_numpy(candidates),
+        log_q=log_q,
+        weights=torch.from_numpy(_example_weights(data, pos, config)),
+        unavailable=_not_yet_listed(data, candidates, now),
+        item_dropout=dropout_mask(dropout_rng, (len(candidates), 2 * config.dim), config.dropout),
     )
 
 
-def _full_softmax_step(
-    model: TwoTower,
+@dataclass(frozen=True)
+class _FullSoftmaxBatch:
+    """A small-catalogue batch: its users against the whole catalogue as of its earliest
+    moment."""
+
+    users: dict[str, torch.Tensor]
+    hist: np.ndarray
+    now: np.ndarray
+    catalogue: dict[str, torch.Tensor]  # item features of every item at the batch's moment
+    dropped_ids: torch.Tensor  # (N,) 1 where an item keeps its id under random dropout
+    trained_ids: torch.Tensor  # (N,) 1 where an item was ever a training target
+    masked: torch.Tensor  # (B, N) left out of a row's softmax
+    blind: torch.Tensor  # rows scored against the catalogue with dropped ids
+    sighted: torch.Tensor  # the other rows: against every trained id
+    targets: torch.Tensor
+    weights: torch.Tensor
+    item_dropout: tuple[torch.Tensor, torch.Tensor]  # the item MLP's, per id mask
+
+    def loss(self, model: TwoTower, data: TwoTowerData, config: TrainingConfig) -> torch.Tensor:
+        # one pass: the catalogue with random id dropout, and with its trained ids (the
+        # history tokens, and the candidates of rows that keep ids)
+        v, history_items = model.items.forward_masks(
+            self.catalogue, [self.dropped_ids, self.trained_ids], self.item_dropout
+        )
+        u = embed_users(model, data, self.users, self.hist, self.now, catalogue=history_items)
+        total = self.weights.sum().clamp(min=1e-12)
+        loss = torch.zeros(())
+        for rows, catalogue in ((self.blind, v), (self.sighted, history_items)):
+            if len(rows):
+                # index_select, not boolean indexing: its backward is an index_add, not an
+                # accumulating index_put
+                weights = self.weights[rows]
+                part = full_softmax_loss(
+                    u.index_select(0, rows),
+                    catalogue,
+                    self.targets[rows],
+                    config.temperature,
+                    weights,
+                    self.masked.index_select(0, rows),
+                )
+                loss = loss + part * weights.sum() / total
+        return loss
+
+
+def _prepare_full_softmax(
     data: TwoTowerData,
     pos: np.ndarray,
     config: TrainingConfig,
     rng: np.random.Generator,
-) -> torch.Tensor:
-    """Loss of one batch against the whole catalogue as of the batch's earliest moment
+    dropout_rng: np.random.Generator,
+) -> _FullSoftmaxBatch:
+    """Inputs of one batch against the whole catalogue as of the batch's earliest moment
     (small catalogues: exact softmax, no sampling bias to correct). Items the user touched
     before the target and items not yet listed at its moment are left out of its row."""
     seq = data.seq
@@ -723,39 +833,35 @@ def _full_softmax_step(
     everything = np.arange(n_items)
     trained = data.item_trained.astype(np.float32)
     dropped = trained * (rng.random(n_items) >= config.id_dropout)
-    # one pass: the catalogue with random id dropout, and with its trained ids (the history
-    # tokens, and the candidates of rows that keep ids)
-    v, history_items = model.items.forward_masks(
-        item_features(data, everything, np.full(n_items, moment)),
-        [torch.from_numpy(dropped), torch.from_numpy(trained)],
-    )
-    u = embed_users(model, data, f, hist, now, catalogue=history_items)
     # items never trained on are no one's target: as negatives in every row they would teach
     # the towers that content without a following means "never chosen", and new products
     # would sink (ml-100k P1g, cold items' Recall@100: 0.38 with sampled negatives, 0.01)
-    masked = _not_yet_listed(data, everything, now) | torch.from_numpy(~data.item_trained)[None, :]
+    masked = (data.items.listed_at[None, :] > now[:, None]) | ~data.item_trained[None, :]
     rows, touched = _touched_before(seq, pos)
-    masked[torch.from_numpy(rows), torch.from_numpy(touched)] = True
+    masked[rows, touched] = True
     # a share `id_dropout` of the rows score against the catalogue with dropped ids (content
     # must place items), the others against every trained id: dropping ids per item for the
     # whole batch left whole batches unable to tell most items apart
-    blind = torch.from_numpy(rng.random(len(pos)) < config.id_dropout)
-    weights = torch.from_numpy(_example_weights(data, pos, config))
-    targets = torch.from_numpy(items)
-    total = weights.sum().clamp(min=1e-12)
-    loss = torch.zeros(())
-    for rows_in, catalogue in ((blind, v), (~blind, history_items)):
-        if bool(rows_in.any()):
-            part = full_softmax_loss(
-                u[rows_in],
-                catalogue,
-                targets[rows_in],
-                config.temperature,
-                weights[rows_in],
-                masked[rows_in],
-            )
-            loss = loss + part * weights[rows_in].sum() / total
-    return loss
+    blind = rng.random(len(pos)) < config.id_dropout
+    hidden = (n_items, 2 * config.dim)
+    f["dropout"] = dropout_mask(dropout_rng, (len(pos), 2 * config.dim), config.dropout)
+    return _FullSoftmaxBatch(
+        users=f,
+        hist=hist,
+        now=now,
+        catalogue=item_features(data, everything, np.full(n_items, moment)),
+        dropped_ids=torch.from_numpy(dropped),
+        trained_ids=torch.from_numpy(trained),
+        masked=torch.from_numpy(masked),
+        blind=torch.from_numpy(np.flatnonzero(blind)),
+        sighted=torch.from_numpy(np.flatnonzero(~blind)),
+        targets=torch.from_numpy(items),
+        weights=torch.from_numpy(_example_weights(data, pos, config)),
+        item_dropout=(
+            dropout_mask(dropout_rng, hidden, config.dropout),
+            dropout_mask(dropout_rng, hidden, config.dropout),
+        ),
+    )
 
 
 def _touched_before(seq: Sequences, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
