@@ -108,3 +108,64 @@ def test_item_tower_loads_weights_saved_before_the_untrained_shift() -> None:
     assert float(loaded.untrained_shift) == 0.0
     loaded.load_state_dict(state)
     assert float(loaded.untrained_shift) == -0.5
+
+
+def test_bag_matrix_product_is_the_embedding_bag_mean_and_gradient() -> None:
+    """The long-term bag's sparse product: padding (index 0) left out of each mean, empty
+    bags (leading, inner, trailing) zeros, the same table gradient as `nn.EmbeddingBag`."""
+    from marketrec.retrieval.towers import _BagMean, bag_matrix
+
+    torch.manual_seed(2)
+    table = nn.EmbeddingBag(12, 5, mode="mean", padding_idx=0)
+    items = torch.tensor([3, 0, 7, 0, 0, 11, 5, 5, 1])
+    offsets = torch.tensor([0, 0, 3, 5, 5, 9, 9])  # bags: [], 3 items, all padding, [], 4, [], []
+    upstream = torch.randn(len(offsets), 5)
+    expected = table(items, offsets)
+    (expected * upstream).sum().backward()
+    gradient = table.weight.grad.clone()
+    table.weight.grad = None
+    got = _BagMean.apply(table.weight, bag_matrix(items, offsets, 12))
+    (got * upstream).sum().backward()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(table.weight.grad, gradient)
+    assert got[[0, 2, 3, 5, 6]].abs().sum() == 0
+
+
+@pytest.mark.parametrize("rows", [4, 40])
+def test_projected_tables_equal_lookup_then_linear(rows: int) -> None:
+    """Small tables are projected before the lookup, large ones after: same values, same
+    gradients, for embeddings and mean bags."""
+    from marketrec.retrieval.towers import _projected
+
+    torch.manual_seed(3)
+    columns = nn.Parameter(torch.randn(7, 6))
+    for table, codes in [
+        (nn.Embedding(10, 6), torch.randint(0, 10, (rows,))),
+        (nn.EmbeddingBag(10, 6, mode="mean", padding_idx=0), torch.randint(0, 10, (rows, 3))),
+    ]:
+        upstream = torch.randn(rows, 7)
+        expected = table(codes) @ columns.T
+        (expected * upstream).sum().backward()
+        grads = table.weight.grad.clone(), columns.grad.clone()
+        table.weight.grad, columns.grad = None, None
+        got = _projected(table, codes, columns, rows)
+        (got * upstream).sum().backward()
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(table.weight.grad, grads[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(columns.grad, grads[1], atol=1e-5, rtol=1e-5)
+        columns.grad = None
+
+
+def test_dropout_masks_keep_the_expected_activation() -> None:
+    import numpy as np
+
+    from marketrec.retrieval.towers import dropout, dropout_mask
+
+    mask = dropout_mask(np.random.default_rng(0), (200, 100), 0.25)
+    assert abs(float((mask == 0).float().mean()) - 0.25) < 0.01
+    assert abs(float(mask.mean()) - 1.0) < 0.02
+    layer = nn.Dropout(0.25)
+    hidden = torch.ones(200, 100)
+    torch.testing.assert_close(dropout(layer, hidden, mask), mask)
+    layer.eval()  # serving: no dropout, whatever the batch brought
+    torch.testing.assert_close(dropout(layer, hidden, mask), hidden)

@@ -58,3 +58,19 @@ def test_untrained_items_are_shifted_onto_the_trained_scale(many_cold_items) -> 
     positions = np.arange(len(data.seq.item))[-2000:]
     first = calibrate_untrained(tower, data, positions, scorer._config)
     assert calibrate_untrained(tower, data, positions, scorer._config) == first
+
+
+@pytest.mark.parametrize("softmax", ["full", "sampled"])
+def test_a_seed_gives_the_same_model(many_cold_items, softmax: str) -> None:
+    """Batches are built on a background thread (every random draw there, in plan order):
+    two fits with one seed must still end with the same weights, bit for bit."""
+    import torch
+
+    params = {"text_encoder": "hashed", "epochs": 2, "seed": 5}
+    if softmax == "sampled":
+        params["full_softmax_max_items"] = 0
+    first, second = (create("two-tower", params).fit(many_cold_items) for _ in range(2))
+    a, b = first.scorer._model.state_dict(), second.scorer._model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

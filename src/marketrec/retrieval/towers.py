@@ -137,37 +137,29 @@ class ItemTower(nn.Module):
         mask times the switchable part's: a training batch gets the catalogue with random id
         dropout (the softmax candidates) and with its trained ids (the history tokens) for
         the price of one pass. `dropout_masks`: one per id mask, see `dropout`.
+
+        The first layers read the concatenation of every part's embedding, computed block
+        by block: a part's embedding times its block of columns, summed (see `_projected`).
         """
         dim = self.id.embedding_dim
-        switchable = torch.cat(
-            [
-                self.id(f["id_bucket"]),
-                self.trend_day(f["trend_day"]),
-                self.trend_week(f["trend_week"]),
-                sum(t(f["trend_share"][:, j]) for j, t in enumerate(self.trend_share)),
-                self.trend_level(f["trend_level"]),
-            ],
-            dim=-1,
-        )
-        shared = torch.cat(
-            [
-                self.category(f["category"]),
-                self.top_category(f["top_category"]),
-                self.brand(f["brand"]),
-                self.tags(f["tags"]),
-                self.price(f["price"]),
-                self.age(f["age"]),
-                self.text(f["text"]),
-            ],
-            dim=-1,
-        )
+        rows = len(f["id_bucket"])
         first = self.mlp[0]
         weight = torch.cat([first.weight, self.bias.weight])  # (2D + 1, 12 D)
-        bias = torch.cat([first.bias, self.bias.bias])
-        # the switchable parts are columns [0, D) and [8 D, 12 D) of the concatenation
-        cut = [weight[:, :dim], weight[:, 8 * dim :]]
-        switch = F.linear(switchable, torch.cat(cut, dim=1))
-        base = F.linear(shared, weight[:, dim : 8 * dim], bias)
+        # column block j of the concatenation [id, category, top category, brand, tags,
+        # price, age, text, trend day, trend week, trend shares, trend level]
+        block = [weight[:, j * dim : (j + 1) * dim] for j in range(12)]
+        switch = F.linear(self.id(f["id_bucket"]), block[0])
+        switch = switch + _projected(self.trend_day, f["trend_day"], block[8], rows)
+        switch = switch + _projected(self.trend_week, f["trend_week"], block[9], rows)
+        for j, table in enumerate(self.trend_share):
+            switch = switch + _projected(table, f["trend_share"][:, j], block[10], rows)
+        level = self.trend_level
+        switch = switch + F.linear(
+            f["trend_level"], block[11] @ level.weight, block[11] @ level.bias
+        )
+        base = F.linear(self.text(f["text"]), block[7], torch.cat([first.bias, self.bias.bias]))
+        for j, name in enumerate(("category", "top_category", "brand", "tags", "price", "age")):
+            base = base + _projected(getattr(self, name), f[name], block[j + 1], rows)
         out = []
         for j, mask in enumerate(id_masks):
             pre = base + switch * mask[:, None]
@@ -176,6 +168,24 @@ class ItemTower(nn.Module):
             vector = self.mlp[3](dropout(self.mlp[2], self.mlp[1](hidden), drop))
             out.append(torch.cat([F.normalize(vector, dim=-1), item_bias], dim=-1))
         return out
+
+
+def _projected(
+    table: nn.Embedding | nn.EmbeddingBag, codes: Tensor, columns: Tensor, rows: int
+) -> Tensor:
+    """`table(codes)` through a linear layer's block of `columns` (out, D): (rows, out).
+
+    A table with no more entries than there are rows to embed is projected first and then
+    looked up (the same numbers): a catalogue pass of ml-100k's training step then gathers
+    the projected rows of its small tables (categories, prices, ages, trend buckets)
+    instead of multiplying every item's (items × 7 D) concatenation, forward and twice
+    backward. Large tables (brands of a big catalogue) are looked up first."""
+    if table.num_embeddings > rows:
+        return F.linear(table(codes), columns)
+    projected = table.weight @ columns.T
+    if isinstance(table, nn.EmbeddingBag):
+        return F.embedding_bag(codes, projected, mode=table.mode, padding_idx=table.padding_idx)
+    return F.embedding(codes, projected)
 
 
 def item_scores(users: Tensor, items: Tensor, temperature: float) -> Tensor:
@@ -281,28 +291,37 @@ class UserTower(nn.Module):
         f["bag_items"]/f["bag_offsets"]: the id buckets of all earlier items (up to a cap),
         flattened with per-user offsets, for the long-term taste."""
         batch = history.shape[0]
-        attrs = torch.zeros(batch, self.id.embedding_dim, device=history.device)
-        for j, table in enumerate(self.attributes):
-            attrs = attrs + table(f["attributes"][:, j])
-        if self.numeric is not None:
-            attrs = attrs + self.numeric(f["numeric"])
+        dim = self.id.embedding_dim
         # event type and age through one table of their sums: one (B, N, D) add, not two
         ages = self.event_age.num_embeddings
         kinds = (self.event.weight[:, None, :] + self.event_age.weight[None, :, :]).flatten(0, 1)
         tokens = history + F.embedding(f["hist_event"] * ages + f["hist_age"], kinds)
         read = self.history.read(self.summary[0].expand(batch, -1), tokens, f["hist_mask"])
-        parts = [
-            self.id(f["id_bucket"]) * f["id_mask"][:, None],
-            self.region(f["region"]),
-            attrs,
-            self.device(f["device"]),
-            self.hour(f["hour"]),
-            self.weekday(f["weekday"]),
-            read,
-            self.queries(query_vectors),
-            self._long_term(f["bag_items"], f["bag_offsets"]),
-        ]
-        hidden = self.mlp[1](self.mlp[0](torch.cat(parts, dim=-1)))
+        # the first layer over the concatenation [id, region, attributes (summed), device,
+        # hour, weekday, history read, queries, long-term taste], block by block: the small
+        # tables through their projected rows (see `_projected`), the rest in one product
+        first = self.mlp[0]
+        block = [first.weight[:, j * dim : (j + 1) * dim] for j in range(9)]
+        dense = torch.cat(
+            [
+                self.id(f["id_bucket"]) * f["id_mask"][:, None],
+                read,
+                self.queries(query_vectors),
+                self._long_term(f["bag_items"], f["bag_offsets"]),
+            ],
+            dim=-1,
+        )
+        pre = F.linear(dense, torch.cat([block[0], *block[6:]], dim=1), first.bias)
+        pre = pre + _projected(self.region, f["region"], block[1], batch)
+        for j, table in enumerate(self.attributes):
+            pre = pre + _projected(table, f["attributes"][:, j], block[2], batch)
+        if self.numeric is not None:
+            numeric = self.numeric
+            pre = pre + F.linear(f["numeric"], block[2] @ numeric.weight, block[2] @ numeric.bias)
+        pre = pre + _projected(self.device, f["device"], block[3], batch)
+        pre = pre + _projected(self.hour, f["hour"], block[4], batch)
+        pre = pre + _projected(self.weekday, f["weekday"], block[5], batch)
+        hidden = self.mlp[1](pre)
         return F.normalize(self.mlp[3](dropout(self.mlp[2], hidden, f.get("dropout"))), dim=-1)
 
     def _long_term(self, items: Tensor, offsets: Tensor) -> Tensor:
