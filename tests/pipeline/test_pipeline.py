@@ -193,6 +193,7 @@ def test_two_stage_trains_a_ranker_and_serves_through_the_same_path(market, tmp_
             "item trend",
             "user activity",
             "taste match",
+            "similar to history",
             "item facts",
             "recent items",
             "context",
@@ -236,3 +237,23 @@ def test_mmr_by_category_rows_equals_mmr_over_the_matrix() -> None:
             mmr_order_by_category(relevance, categories, tops, 10, strength),
             mmr_order(relevance, category_similarity(categories, tops), 10, strength),
         )
+
+
+def test_a_saved_two_stage_model_serves_the_same_ranker_features(market, tmp_path) -> None:
+    """The ranker's state (co-occurrence included) survives save and load: the loaded model
+    scores every candidate as the trained one did."""
+    model = Recommender(
+        create("itemknn"),
+        PipelineConfig(candidates=12),
+        RankingParams(epochs=2, random_negatives=3, candidates=12),
+    ).fit(market)
+    assert model.ranking is not None
+    model.ranking.active = True
+    cooc = model.ranking.state.cooccurrence
+    assert cooc is not None and len(cooc.pairs) > 0
+    users = ["u00", "u21", "newbie"]
+    before = model.recommend_detailed(users, 5)
+    loaded = Recommender.load(model.save(tmp_path / "m"))
+    assert loaded.ranking is not None and loaded.ranking.state.cooccurrence is not None
+    np.testing.assert_array_equal(loaded.ranking.state.cooccurrence.final, cooc.final)
+    assert loaded.recommend_detailed(users, 5).equals(before)

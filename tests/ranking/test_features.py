@@ -184,3 +184,53 @@ def test_absorbed_live_events_equal_a_rebuild_with_them() -> None:
     np.testing.assert_array_equal(absorbed.item_counter.codes, rebuilt.item_counter.codes)
     np.testing.assert_array_equal(absorbed.item_counter.times, rebuilt.item_counter.times)
     assert absorbed.user_region.tolist() == [0, 0, 0]  # a third row, first seen live
+
+
+def _brute_similarity(users, items, ts, a: int, b: int, at: float, window: int) -> float:
+    """Co-occurrence similarity of items a and b from the events strictly before `at`."""
+    from marketrec.ranking.features import COOC_SHRINK
+
+    firsts: dict[int, dict[int, float]] = {}
+    for u, i, t in zip(users, items, ts, strict=True):
+        firsts.setdefault(int(u), {}).setdefault(int(i), float(t))
+    together = users_a = users_b = 0
+    for touched in firsts.values():
+        order = sorted(touched, key=lambda i: touched[i])  # first touches in time order
+        seen = {i for i in order if np.floor(touched[i]) < np.floor(at)}
+        users_a += a in seen
+        users_b += b in seen
+        if a in seen and b in seen and abs(order.index(a) - order.index(b)) <= window:
+            together += 1
+    return together / (np.sqrt(users_a * users_b) + COOC_SHRINK)
+
+
+def test_cooccurrence_counts_only_pairs_known_before_the_moment() -> None:
+    """Similarity at any moment (before, inside and after the events; the last through the
+    serving path) equals a count from the events strictly before it."""
+    from marketrec.ranking.features import Cooccurrence
+
+    rng = np.random.default_rng(4)
+    n = 400
+    users = np.sort(rng.integers(0, 30, n))
+    ts = np.empty(n)
+    for u in np.unique(users):  # sorted by user, then time
+        mine = users == u
+        ts[mine] = np.sort(rng.uniform(0, 1000, mine.sum()))
+    items = rng.integers(0, 12, n)
+    window = 3
+    cooc = Cooccurrence.build(users, items, ts, window)
+    anchors = np.array([[0, 1, 2, -1], [3, 4, 5, 6]] * 4)
+    candidates = np.array([7, 8] * 4)
+    moments = np.repeat([-5.0, 300.0, 700.0, 2000.0], 2)
+    got = cooc.similarity(anchors, candidates, moments)
+    for r in range(len(candidates)):
+        for c in range(anchors.shape[1]):
+            if anchors[r, c] < 0:
+                assert got[r, c] == 0.0
+                continue
+            expected = _brute_similarity(
+                users, items, ts, anchors[r, c], candidates[r], moments[r], window
+            )
+            assert got[r, c] == pytest.approx(expected, rel=1e-5, abs=1e-7), (r, c)
+    assert got[-2:].max() > 0  # pairs exist by the end
+    assert got[:2].max() == 0  # and none before the first event

@@ -30,6 +30,7 @@ from marketrec.features.interactions import DEFAULT_EVENT_WEIGHTS
 from marketrec.models.base import CollaborativeRecommender
 from marketrec.models.registry import unfitted_like
 from marketrec.ranking.features import (
+    Cooccurrence,
     Features,
     RankingState,
     Rows,
@@ -143,6 +144,7 @@ class RankingStage:
                 ),
                 group=user_pos,
             ),
+            timed=self.time_features,
         )
         if not self.time_features:
             features = without_clock(features)
@@ -165,6 +167,9 @@ class RankingStage:
         arrays = {k: v for k, v in self.state.__dict__.items() if isinstance(v, np.ndarray)}
         arrays["counter_codes"] = self.state.item_counter.codes
         arrays["counter_times"] = self.state.item_counter.times
+        if self.state.cooccurrence is not None:
+            for name, values in self.state.cooccurrence.to_arrays().items():
+                arrays[f"cooc_{name}"] = values
         np.savez(folder / "ranking_state.npz", **arrays)
         meta = {
             "config": self.config.__dict__,
@@ -184,7 +189,13 @@ class RankingStage:
         with np.load(folder / "ranking_state.npz", allow_pickle=False) as arrays:
             a = dict(arrays)
         counter = ActivityCounter(a.pop("counter_codes"), a.pop("counter_times"))
-        state = RankingState(**a, item_counter=counter, cardinality=meta["cardinality"])
+        cooc = {k.removeprefix("cooc_"): a.pop(k) for k in [k for k in a if k.startswith("cooc_")]}
+        state = RankingState(
+            **a,
+            item_counter=counter,
+            cardinality=meta["cardinality"],
+            cooccurrence=Cooccurrence.from_arrays(cooc) if cooc else None,
+        )
         model = Ranker(
             state.cardinality, config.dim, config.hidden, config.cross_layers, config.dropout
         )
@@ -335,7 +346,7 @@ def _train_stage(
         early, retrieval.user_ids, retrieval.item_ids, retrieval.region_names
     )
     rows = _rows_for(retrieval, lists, users, moment)
-    features = compute_features(state, rows)
+    features = compute_features(state, rows, timed=params.time_features)
     if not params.time_features:
         features = without_clock(features)
     labels = (lists.get_column("weight").to_numpy() > 0).astype(np.float32)

@@ -95,6 +95,7 @@ EXPLAIN_GROUPS: dict[str, tuple[str, ...]] = {
         "affinity_brand",
         "price_vs_usual_log",
     ),
+    "similar to history": ("cooc_sum_log", "cooc_max", "cooc_recent_sum_log"),
     "item facts": ("item_age_days_log", "item_price_log", "item_sellable"),
     "recent items": (),
     "context": (),
