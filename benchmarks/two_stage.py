@@ -157,6 +157,7 @@ def ml100k_section(text_encoder: str) -> str:
 
 TOYS_RETRIEVAL = {
     "ease": {"l2": 200.0},
+    "itemknn": {"neighbours": 20, "shrink": 10.0},  # tuned in benchmarks/amazon_toys.py
     "two-tower": {"text_encoder": "hashed", "time_features": False},
 }
 
