@@ -234,3 +234,6 @@ def test_cooccurrence_counts_only_pairs_known_before_the_moment() -> None:
             assert got[r, c] == pytest.approx(expected, rel=1e-5, abs=1e-7), (r, c)
     assert got[-2:].max() > 0  # pairs exist by the end
     assert got[:2].max() == 0  # and none before the first event
+    # an item listed after the state was built (a column past every pair) is like none
+    listed_live = cooc.similarity(np.array([[0, 1]]), np.array([500]), np.array([2000.0]))
+    assert listed_live.tolist() == [[0.0, 0.0]]
