@@ -142,3 +142,21 @@ def market_world() -> Dataset:
         }
     )
     return make_dataset(events_frame(rows), catalogue, users)
+
+
+def small_two_stage(market: Dataset, epochs: int = 2):  # -> Recommender
+    """Item-kNN retrieval and a ranker trained for `epochs` on the small market world, with
+    the ranker switched on (the tiny world's validation is too small to judge it)."""
+    from marketrec.models.registry import create
+    from marketrec.pipeline.config import PipelineConfig
+    from marketrec.pipeline.ranking_stage import RankingParams
+    from marketrec.pipeline.recommender import Recommender
+
+    model = Recommender(
+        create("itemknn"),
+        PipelineConfig(candidates=12),
+        RankingParams(epochs=epochs, random_negatives=3, candidates=12),
+    ).fit(market)
+    assert model.ranking is not None
+    model.ranking.active = True
+    return model

@@ -11,11 +11,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import market_world
+from conftest import market_world, small_two_stage
 from marketrec.data.schema import Dataset
-from marketrec.models.registry import create
 from marketrec.pipeline.config import PipelineConfig
-from marketrec.pipeline.ranking_stage import RankingParams
 from marketrec.pipeline.recommender import Recommender
 
 USERS = ["u00", "u07", "u25", "newbie", "stranger"]
@@ -29,14 +27,7 @@ def market() -> Dataset:
 
 @pytest.fixture(scope="module")
 def fitted(market: Dataset) -> Recommender:
-    model = Recommender(
-        create("itemknn"),
-        PipelineConfig(candidates=12),
-        RankingParams(epochs=2, random_negatives=3, candidates=12),
-    ).fit(market)
-    assert model.ranking is not None
-    model.ranking.active = True  # the tiny world's validation is too small to judge it
-    return model
+    return small_two_stage(market)
 
 
 def with_config(model: Recommender, ranked: bool = True, **config) -> Recommender:

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import market_world
+from conftest import market_world, small_two_stage
 from marketrec.core.errors import ConfigError
 from marketrec.data.schema import Dataset
 from marketrec.models.registry import create
@@ -242,13 +242,8 @@ def test_mmr_by_category_rows_equals_mmr_over_the_matrix() -> None:
 def test_a_saved_two_stage_model_serves_the_same_ranker_features(market, tmp_path) -> None:
     """The ranker's state (co-occurrence included) survives save and load: the loaded model
     scores every candidate as the trained one did."""
-    model = Recommender(
-        create("itemknn"),
-        PipelineConfig(candidates=12),
-        RankingParams(epochs=2, random_negatives=3, candidates=12),
-    ).fit(market)
+    model = small_two_stage(market)
     assert model.ranking is not None
-    model.ranking.active = True
     cooc = model.ranking.state.cooccurrence
     assert cooc is not None and len(cooc.pairs) > 0
     users = ["u00", "u21", "newbie"]
