@@ -252,3 +252,19 @@ def test_a_saved_two_stage_model_serves_the_same_ranker_features(market, tmp_pat
     assert loaded.ranking is not None and loaded.ranking.state.cooccurrence is not None
     np.testing.assert_array_equal(loaded.ranking.state.cooccurrence.final, cooc.final)
     assert loaded.recommend_detailed(users, 5).equals(before)
+
+
+def test_a_ranker_saved_with_another_feature_set_asks_for_a_retrain(market, tmp_path) -> None:
+    """A model folder from before the feature set changed fails with a clear message, not a
+    tensor shape traceback."""
+    import torch
+
+    from marketrec.core.errors import ModelError
+
+    folder = small_two_stage(market).save(tmp_path / "m")
+    ranker = next(folder.rglob("ranker.pt"))
+    weights = torch.load(ranker, weights_only=True)
+    weights["mean"], weights["scale"] = weights["mean"][:-3], weights["scale"][:-3]
+    torch.save(weights, ranker)
+    with pytest.raises(ModelError, match="retrain"):
+        Recommender.load(folder)

@@ -24,6 +24,7 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from marketrec.core.errors import ModelError
 from marketrec.data.schema import Dataset
 from marketrec.data.split import split_global, split_leave_one_out, split_per_user
 from marketrec.features.interactions import DEFAULT_EVENT_WEIGHTS
@@ -199,7 +200,16 @@ class RankingStage:
         model = Ranker(
             state.cardinality, config.dim, config.hidden, config.cross_layers, config.dropout
         )
-        model.load_state_dict(torch.load(folder / "ranker.pt", weights_only=True))
+        weights = torch.load(folder / "ranker.pt", weights_only=True)
+        saved = weights.get("mean")
+        if saved is not None and saved.shape != model.mean.shape:
+            # the feature set grew since (co-occurrence features: 27 numeric, before 24)
+            raise ModelError(
+                f"the ranker in {folder} was trained on {saved.shape[0]} numeric features, "
+                f"this version computes {model.mean.shape[0]}: retrain the model "
+                "(marketrec train ... --model two-stage)"
+            )
+        model.load_state_dict(weights)
         model.eval()
         return cls(
             model,
