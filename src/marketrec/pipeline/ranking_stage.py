@@ -36,7 +36,6 @@ from marketrec.ranking.features import (
     RankingState,
     Rows,
     compute_features,
-    without_clock,
 )
 from marketrec.ranking.model import Ranker
 from marketrec.ranking.training import (
@@ -147,8 +146,6 @@ class RankingStage:
             ),
             timed=self.time_features,
         )
-        if not self.time_features:
-            features = without_clock(features)
         out = np.full(scores.shape, -np.inf, dtype=np.float64)
         out[user_pos, cand_pos] = predict(self.model, features)
         row_of = np.full(scores.shape, -1, dtype=np.int64)
@@ -357,8 +354,6 @@ def _train_stage(
     )
     rows = _rows_for(retrieval, lists, users, moment)
     features = compute_features(state, rows, timed=params.time_features)
-    if not params.time_features:
-        features = without_clock(features)
     labels = (lists.get_column("weight").to_numpy() > 0).astype(np.float32)
     weights = np.where(labels > 0, lists.get_column("weight").to_numpy(), 1.0)
     groups = rows.user

@@ -301,9 +301,7 @@ class Cooccurrence:
         return {
             "pairs": self.pairs,
             "pair_codes": self.pair_counter.codes,
-            "pair_times": self.pair_counter.times,
             "item_codes": self.item_counter.codes,
-            "item_times": self.item_counter.times,
             "final": self.final,
             "horizon": np.array(self.horizon),
         }
@@ -312,8 +310,8 @@ class Cooccurrence:
     def from_arrays(cls, a: dict[str, np.ndarray]) -> Cooccurrence:
         return cls(
             a["pairs"],
-            ActivityCounter(a["pair_codes"], a["pair_times"]),
-            ActivityCounter(a["item_codes"], a["item_times"]),
+            ActivityCounter(a["pair_codes"], np.zeros(0)),
+            ActivityCounter(a["item_codes"], np.zeros(0)),
             a["final"],
             float(a["horizon"]),
         )
@@ -325,7 +323,7 @@ class Cooccurrence:
         """From events sorted by user, then time; `window`: see the class."""
         empty = np.zeros(0, np.int64)
         if len(users) == 0:
-            counter = ActivityCounter.build(empty, np.zeros(0))
+            counter = _counts_only(empty, np.zeros(0))
             return cls(empty, counter, counter, np.zeros(0, np.float32), -np.inf)
         # each user's distinct items at their first touch, in order
         pair_code = users.astype(np.int64) * (int(items.max()) + 1) + items
@@ -348,8 +346,8 @@ class Cooccurrence:
         known = np.r_[t[later_at], t[later_at]]
         keys = (a << 32) | b
         pairs, pair_index = np.unique(keys, return_inverse=True)
-        pair_counter = ActivityCounter.build(pair_index, known)
-        item_counter = ActivityCounter.build(i, t)
+        pair_counter = _counts_only(pair_index, known)
+        item_counter = _counts_only(i, t)
         together = np.bincount(pair_index, minlength=len(pairs)).astype(np.float64)
         users_of = np.bincount(i, minlength=int(i.max()) + 1).astype(np.float64)
         final = together / (
@@ -401,6 +399,13 @@ class Cooccurrence:
             )
             out[r, c] = together / (spread + COOC_SHRINK)
         return out
+
+
+def _counts_only(keys: np.ndarray, ts: np.ndarray) -> ActivityCounter:
+    """A counter for `ActivityCounter.count` alone: without the sorted copy of every time
+    that only `total` reads (co-occurrence counts per pair and item, never totals; at
+    ml-100k the pairs' times were tens of megabytes in memory and in the model folder)."""
+    return ActivityCounter(np.sort(time_key(keys, ts)), np.zeros(0))
 
 
 def _last_purchase(users: np.ndarray, purchase: np.ndarray) -> np.ndarray:
@@ -483,10 +488,12 @@ def compute_features(
 ) -> Features:
     """Features of every row, from events strictly before its moment; computed a few hundred
     thousand rows at a time (whole lists per chunk), so millions of rows fit in memory.
-    `timed` False (event times are only each user's order): co-occurrence reads every pair
-    the state holds, not those known before a moment that means nothing across users."""
+    `timed` False (event times are only each user's order): the clock-reading features are
+    blanked (`without_clock`) and co-occurrence reads every pair the state holds, not those
+    known before a moment that means nothing across users."""
     if len(rows.user) <= chunk_rows:
-        return _compute(state, rows, timed)
+        features = _compute(state, rows, timed)
+        return features if timed else without_clock(features)
     starts = np.r_[0, np.flatnonzero(np.diff(rows.group)) + 1]
     cuts = [0]
     for start in starts:
@@ -494,12 +501,13 @@ def compute_features(
             cuts.append(int(start))
     cuts.append(len(rows.user))
     parts = [_compute(state, _slice(rows, slice(a, b)), timed) for a, b in pairwise(cuts)]
-    return Features(
+    features = Features(
         np.concatenate([p.numeric for p in parts]),
         np.concatenate([p.categorical for p in parts]),
         np.concatenate([p.recent for p in parts]),
         np.concatenate([p.recent_category for p in parts]),
     )
+    return features if timed else without_clock(features)
 
 
 def _slice(rows: Rows, part: slice) -> Rows:
@@ -588,7 +596,7 @@ def _compute(state: RankingState, rows: Rows, timed: bool) -> Features:
     # co-occurrence with the user's last events (window_items: oldest first)
     similar = (
         s.cooccurrence.similarity(
-            window_items[run][:, -COOC_ANCHORS:],
+            window_items[:, -COOC_ANCHORS:][run],
             rows.item,
             rows.at if timed else np.full(len(rows.at), np.inf),
         )
