@@ -836,7 +836,7 @@ def _prepare_full_softmax(
     # items never trained on are no one's target: as negatives in every row they would teach
     # the towers that content without a following means "never chosen", and new products
     # would sink (ml-100k P1g, cold items' Recall@100: 0.38 with sampled negatives, 0.01)
-    masked = (data.items.listed_at[None, :] > now[:, None]) | ~data.item_trained[None, :]
+    masked = _not_yet_listed(data, everything, now).numpy() | ~data.item_trained[None, :]
     rows, touched = _touched_before(seq, pos)
     masked[rows, touched] = True
     # a share `id_dropout` of the rows score against the catalogue with dropped ids (content
