@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import numpy as np
@@ -237,3 +238,51 @@ def test_cooccurrence_counts_only_pairs_known_before_the_moment() -> None:
     # an item listed after the state was built (a column past every pair) is like none
     listed_live = cooc.similarity(np.array([[0, 1]]), np.array([500]), np.array([2000.0]))
     assert listed_live.tolist() == [[0.0, 0.0]]
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_companion_scores_sum_the_weights_from_the_history_before_the_moment(dense) -> None:
+    """The companion's score of a candidate is the sum of its weights from the distinct
+    items the user touched strictly before the row's moment (dense and sparse weights alike),
+    seen through its within-list z score and rank; items listed after the fit score 0."""
+    from scipy import sparse
+
+    from marketrec.ranking.companion import Companion
+
+    weights = np.array([[0.0, 1.0, 2.0], [4.0, 0.0, 8.0], [16.0, 32.0, 0.0]], np.float32)
+    companion = Companion("test", weights if dense else sparse.csr_matrix(weights))
+    state = RankingState.build(
+        world(), pl.Series(["u1", "u2"]), pl.Series(["a", "b", "c"]), (), companion
+    )
+    at = T0.timestamp() + 2.5 * HOUR  # u1 touched a and b (b twice); u2 nothing yet
+    n = 4
+    rows = Rows(
+        user=np.array([0, 0, 0, 1]),
+        item=np.array([0, 1, 2, 2]),
+        at=np.full(n, at),
+        region=np.zeros(n, dtype=np.int64),
+        device=np.zeros(n, dtype=np.int64),
+        retrieval_score=np.array([3.0, 2.0, 1.0, 1.0]),
+        retrieval_rank=np.array([1.0, 2.0, 3.0, 1.0]),
+        sellable=np.ones(n, dtype=bool),
+        group=np.array([0, 0, 0, 1]),
+    )
+    f = compute_features(state, rows).numeric
+    # u1: a ← b 4, b ← a 1, c ← a + b 2 + 8 = 10 (b counted once)
+    scores = np.array([4.0, 1.0, 10.0])
+    z = (scores - scores.mean()) / scores.std(ddof=1)
+    np.testing.assert_allclose(f[:3, col("companion_z")], z, rtol=1e-5)
+    np.testing.assert_allclose(f[:3, col("companion_rank_log")], np.log1p([2.0, 3.0, 1.0]))
+    assert f[3, col("companion_z")] == 0.0  # u2 has no history before the moment
+    # a later moment brings u2's view of a (hour 3): c ← a = 2
+    later = compute_features(state, dataclasses.replace(rows, at=np.full(n, at + HOUR)))
+    assert later.numeric[3, col("companion_rank_log")] == pytest.approx(np.log1p(1.0))
+    listed_live = companion.scores(
+        sparse.csr_matrix(np.ones((1, 4), np.float32)), np.array([0]), np.array([3])
+    )
+    assert listed_live.tolist() == [0.0]
+
+
+def test_without_a_companion_its_features_are_zero() -> None:
+    f = features_at(world(), 2.5)
+    assert not f[:, [col("companion_z"), col("companion_rank_log")]].any()

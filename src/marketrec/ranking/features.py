@@ -32,6 +32,7 @@ from scipy import sparse
 from marketrec.data.schema import Dataset
 from marketrec.features.activity import ActivityCounter, key_of, time_key
 from marketrec.features.listing import listing_times
+from marketrec.ranking.companion import Companion
 
 AFFINITY_EVENTS = 50
 RECENT_ITEMS = 10
@@ -65,6 +66,8 @@ NUMERIC = (
     "cooc_sum_log",
     "cooc_max",
     "cooc_recent_sum_log",
+    "companion_z",
+    "companion_rank_log",
 )
 CATEGORICAL = (
     "item_bucket",
@@ -124,10 +127,17 @@ class RankingState:
     #: item-to-item co-occurrence, built once from the state's events (live events do not
     #: change it until the next retrain or fine-tune)
     cooccurrence: Cooccurrence | None = None
+    #: a second model's item-to-item weights (see `Companion`), None = no companion
+    companion: Companion | None = None
 
     @classmethod
     def build(
-        cls, data: Dataset, user_ids: pl.Series, item_ids: pl.Series, region_names: tuple[str, ...]
+        cls,
+        data: Dataset,
+        user_ids: pl.Series,
+        item_ids: pl.Series,
+        region_names: tuple[str, ...],
+        companion: Companion | None = None,
     ) -> RankingState:
         users = pl.DataFrame({"user_id": user_ids}).with_row_index("u")
         items = pl.DataFrame({"item_id": item_ids}).with_row_index("i")
@@ -193,6 +203,7 @@ class RankingState:
                 "weekday": 8,
             },
             cooccurrence=Cooccurrence.build(u, ev_item, t),
+            companion=companion,
         )
 
     def absorb(
@@ -603,11 +614,12 @@ def _compute(state: RankingState, rows: Rows, timed: bool) -> Features:
         if s.cooccurrence is not None
         else np.zeros((len(rows.item), COOC_ANCHORS), dtype=np.float32)
     )
+    companion = _companion_features(s, begin, end, run, rows)
     # item activity, point in time
     counts = s.item_counter.counts(rows.item, rows.at, ITEM_WINDOWS_S)
     age = (rows.at - s.item_listed[rows.item]) / 86_400.0
     # retrieval score standardised within each user's list (rows of one request are adjacent)
-    z = _within_list_z(rows)
+    z = _within_list_z(rows.retrieval_score, rows.group)
     numeric = np.column_stack(
         [
             np.log1p(count)[run],
@@ -633,6 +645,7 @@ def _compute(state: RankingState, rows: Rows, timed: bool) -> Features:
             np.log1p(similar.sum(1)),
             similar.max(1, initial=0.0),
             np.log1p(similar[:, -RECENT_ITEMS:].sum(1)),
+            *companion,
         ]
     ).astype(np.float32)
     categorical = np.column_stack(
@@ -655,11 +668,38 @@ def _compute(state: RankingState, rows: Rows, timed: bool) -> Features:
     )
 
 
-def _within_list_z(rows: Rows) -> np.ndarray:
-    """Retrieval score minus the mean of its list, over the list's standard deviation.
-    Not-retrieved rows get the list's minimum − 1 sd."""
-    score = rows.retrieval_score
-    _, group = np.unique(rows.group, return_inverse=True)
+def _companion_features(
+    s: RankingState, begin: np.ndarray, end: np.ndarray, run: np.ndarray, rows: Rows
+) -> tuple[np.ndarray, np.ndarray]:
+    """The companion's score of each row's item for the distinct items of the user's events
+    in [begin, end) of its run (point in time), as its list's z score and as the log of its
+    rank in the list (1 = the companion's favourite); zeros without a companion."""
+    if s.companion is None:
+        zeros = np.zeros(len(rows.item))
+        return zeros, zeros
+    counts = np.maximum(end - begin, 0)
+    positions = np.repeat(begin - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(
+        counts.sum()
+    )
+    items = s.ev_item[positions]
+    history = sparse.csr_matrix(
+        (np.ones(len(items), np.float32), items, np.r_[0, np.cumsum(counts)]),
+        shape=(len(begin), max(s.companion.n_items, int(items.max(initial=-1)) + 1)),
+    )
+    history.sum_duplicates()
+    history.data[:] = 1.0
+    score = s.companion.scores(history, run, rows.item).astype(np.float64)
+    order = np.lexsort((-score, rows.group))
+    starts = np.r_[0, np.flatnonzero(np.diff(rows.group[order])) + 1]
+    rank = np.empty(len(score))
+    rank[order] = np.arange(len(score)) - np.repeat(starts, np.diff(np.r_[starts, len(score)]))
+    return _within_list_z(score, rows.group), np.log1p(rank + 1.0)
+
+
+def _within_list_z(score: np.ndarray, list_id: np.ndarray) -> np.ndarray:
+    """A score minus the mean of its list, over the list's standard deviation. Rows without
+    a score (NaN: not retrieved) get the list's minimum − 1 sd."""
+    _, group = np.unique(list_id, return_inverse=True)
     ok = np.isfinite(score)
     filled = np.where(ok, score, 0.0)
     n = np.bincount(group, weights=ok.astype(np.float64))

@@ -57,8 +57,10 @@ class Ranker(nn.Module):
         hidden: int = 128,
         cross_layers: int = 2,
         dropout: float = 0.1,
+        embedding_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.embedding_dropout = embedding_dropout
         self.embeddings = nn.ModuleList(
             nn.Embedding(cardinality[name], dim) for name in CATEGORICAL
         )
@@ -94,7 +96,13 @@ class Ranker(nn.Module):
         candidate = embedded[self.item_index] + embedded[self.category_index]
         history = item_table(recent) + category_table(recent_category)
         pooled = self.attention(candidate, history, recent == 0)
-        x0 = torch.cat([*embedded, pooled, (numeric - self.mean) / self.scale], dim=-1)
+        codes = torch.stack([*embedded, pooled], dim=1)  # (B, groups, D)
+        if self.training and self.embedding_dropout > 0:
+            # whole embeddings blanked per row (and the pooled history with them), so the
+            # ranker cannot lean on memorised item or category identities alone
+            keep = torch.rand(codes.shape[:2], device=codes.device) >= self.embedding_dropout
+            codes = codes * keep[..., None] / (1.0 - self.embedding_dropout)
+        x0 = torch.cat([codes.flatten(1), (numeric - self.mean) / self.scale], dim=-1)
         residual = self.head(torch.cat([self.cross(x0), self.deep(x0)], dim=-1)).squeeze(-1)
         prior = self.retrieval_weight * numeric[:, self.retrieval_index] + self.bias
         return prior + residual

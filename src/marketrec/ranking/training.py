@@ -7,6 +7,7 @@ what the stage is for.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -28,12 +29,18 @@ class RankerConfig:
     hidden: int = 128
     cross_layers: int = 2
     dropout: float = 0.1
+    embedding_dropout: float = 0.0
+    #: weight decay of the embedding tables (the rest use `weight_decay`)
+    embedding_weight_decay: float | None = None
     epochs: int = 20
     batch_size: int = 1024
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     patience: int = 3
     validation_fraction: float = 0.25
+    #: > 1: the gain over input order is measured out of fold over every list (see
+    #: `train_ranker`) instead of on one held-out `validation_fraction`
+    folds: int = 1
     seed: int = 0
 
 
@@ -96,6 +103,7 @@ EXPLAIN_GROUPS: dict[str, tuple[str, ...]] = {
         "price_vs_usual_log",
     ),
     "similar to history": ("cooc_sum_log", "cooc_max", "cooc_recent_sum_log"),
+    "second model": ("companion_z", "companion_rank_log"),
     "item facts": ("item_age_days_log", "item_price_log", "item_sellable"),
     "recent items": (),
     "context": (),
@@ -196,30 +204,129 @@ def train_ranker(
     """labels: 1 for rows the user then interacted with, else 0; weights: per-row loss weight
     (event-type weight of positives); groups: list id per row; input_order: a score per row
     that gives the order the lists came in (reported beside the ranker's validation NDCG);
-    init: a trained ranker to fine-tune (its weights and feature scaling are the start)."""
-    torch.manual_seed(config.seed)
+    init: a trained ranker to fine-tune (its weights and feature scaling are the start).
+
+    With `config.folds` > 1 (and no `init`), the lists are cut into that many folds and a
+    ranker is trained with each fold held out (early stopping on it); the report's NDCG and
+    gain over input order are those of every list scored by the ranker that did not train
+    on it, and the returned ranker is trained on every list for the folds' median best
+    epoch count. One held-out quarter of a few hundred lists cannot tell a gain of 0.01
+    NDCG@10 from noise (ml-100k: t 1.0 to 1.9 over four draws of the quarter); every list
+    scored out of fold can."""
+    unique = np.unique(groups)
+    if config.folds <= 1 or init is not None or input_order is None or len(unique) < 2:
+        return _train_held_out(
+            features, labels, weights, groups, cardinality, config, input_order, init
+        )
+    rng = np.random.default_rng(config.seed)
+    fold_of_list = rng.permutation(len(unique)) % config.folds
+    fold = fold_of_list[np.searchsorted(unique, groups)]
+    out_of_fold = np.zeros(len(labels), dtype=np.float64)
+    report = RankerReport()
+    best_epochs = []
+    for k in range(config.folds):
+        held = np.flatnonzero(fold == k)
+        model, part = _fit(
+            features, labels, weights, groups, cardinality, config, np.flatnonzero(fold != k), held
+        )
+        out_of_fold[held] = predict(model, features.take(held))
+        best_epochs.append(part.best_epoch)
+        report.epochs_run += part.epochs_run
+        report.history.extend({**h, "fold": float(k)} for h in part.history)
+    epochs = max(1, round(float(np.median(best_epochs))))
+    log.info("ranker: folds' best epochs %s; the served ranker trains %d", best_epochs, epochs)
+    everything = np.arange(len(labels))
+    final = dataclasses.replace(config, epochs=epochs)
+    model, _ = _fit(features, labels, weights, groups, cardinality, final, everything, None)
+    report.best_epoch = epochs
+    report.best_ndcg = list_ndcg(out_of_fold, labels, groups)
+    report.input_order_ndcg = list_ndcg(input_order, labels, groups)
+    report.gain, report.gain_t = paired_gain(out_of_fold, input_order, labels, groups)
+    log.info(
+        "ranker: out-of-fold NDCG@10 %.4f vs input order %.4f (gain t %.2f)",
+        report.best_ndcg,
+        report.input_order_ndcg,
+        report.gain_t,
+    )
+    return model, report
+
+
+def _train_held_out(
+    features: Features,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    groups: np.ndarray,
+    cardinality: dict[str, int],
+    config: RankerConfig,
+    input_order: np.ndarray | None,
+    init: Ranker | None,
+) -> tuple[Ranker, RankerReport]:
+    """One fit with a random `validation_fraction` of the lists held out."""
     rng = np.random.default_rng(config.seed)
     unique = np.unique(groups)
     held = rng.random(len(unique)) < config.validation_fraction
     val_rows = np.isin(groups, unique[held])
     fit_idx, val_idx = np.flatnonzero(~val_rows), np.flatnonzero(val_rows)
-    model = Ranker(cardinality, config.dim, config.hidden, config.cross_layers, config.dropout)
+    model, report = _fit(
+        features, labels, weights, groups, cardinality, config, fit_idx, val_idx, init
+    )
+    if input_order is not None and len(val_idx):
+        report.input_order_ndcg = list_ndcg(input_order[val_idx], labels[val_idx], groups[val_idx])
+        report.gain, report.gain_t = paired_gain(
+            predict(model, features.take(val_idx)),
+            input_order[val_idx],
+            labels[val_idx],
+            groups[val_idx],
+        )
+        log.info(
+            "ranker: validation NDCG@10 %.4f vs input order %.4f (gain t %.2f)",
+            report.best_ndcg,
+            report.input_order_ndcg,
+            report.gain_t,
+        )
+    return model, report
+
+
+def _fit(
+    features: Features,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    groups: np.ndarray,
+    cardinality: dict[str, int],
+    config: RankerConfig,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray | None,
+    init: Ranker | None = None,
+) -> tuple[Ranker, RankerReport]:
+    """Train on the `fit_idx` rows, keeping the epoch with the best NDCG@10 on the `val_idx`
+    lists (None or empty: every epoch of `config.epochs`, the last kept)."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed + 1)
+    val_idx = np.zeros(0, dtype=np.int64) if val_idx is None else val_idx
+    model = ranker_for(config, cardinality)
     if init is not None:
         _start_from(model, init)
     else:
         numeric = features.numeric[fit_idx]
         model.mean.copy_(torch.from_numpy(numeric.mean(0)))
         model.scale.copy_(torch.from_numpy(numeric.std(0) + 1e-3))
+    tables = list(model.embeddings.parameters())
+    rest = [p for p in model.parameters() if all(p is not t for t in tables)]
+    table_decay = (
+        config.weight_decay
+        if config.embedding_weight_decay is None
+        else config.embedding_weight_decay
+    )
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        [{"params": rest}, {"params": tables, "weight_decay": table_decay}],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     report, best_state, stale = RankerReport(), None, 0
-    if input_order is not None and len(val_idx):
-        report.input_order_ndcg = list_ndcg(input_order[val_idx], labels[val_idx], groups[val_idx])
-        log.info("ranker: validation NDCG@10 in input order %.4f", report.input_order_ndcg)
     y = torch.from_numpy(labels.astype(np.float32))
     w = torch.from_numpy(weights.astype(np.float32))
-    if init is not None and len(val_idx):
+    validated = len(val_idx) > 0
+    if init is not None and validated:
         # the starting ranker is the one to beat: an epoch that does worse on the new lists
         # leaves its weights in place (epoch 0)
         model.eval()
@@ -244,7 +351,7 @@ def train_ranker(
             batches += 1
         ndcg = (
             list_ndcg(predict(model, features.take(val_idx)), labels[val_idx], groups[val_idx])
-            if len(val_idx)
+            if validated
             else math.nan
         )
         report.history.append(
@@ -257,8 +364,8 @@ def train_ranker(
             total / max(batches, 1),
             ndcg,
         )
-        if not len(val_idx) or ndcg > report.best_ndcg:
-            report.best_ndcg, report.best_epoch, stale = (ndcg if len(val_idx) else 0.0), epoch, 0
+        if not validated or ndcg > report.best_ndcg:
+            report.best_ndcg, report.best_epoch, stale = (ndcg if validated else 0.0), epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
@@ -267,14 +374,19 @@ def train_ranker(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    if input_order is not None and len(val_idx):
-        report.gain, report.gain_t = paired_gain(
-            predict(model, features.take(val_idx)),
-            input_order[val_idx],
-            labels[val_idx],
-            groups[val_idx],
-        )
     return model, report
+
+
+def ranker_for(config: RankerConfig, cardinality: dict[str, int]) -> Ranker:
+    """An untrained ranker of `config`'s shape."""
+    return Ranker(
+        cardinality,
+        config.dim,
+        config.hidden,
+        config.cross_layers,
+        config.dropout,
+        config.embedding_dropout,
+    )
 
 
 def _start_from(model: Ranker, init: Ranker) -> None:
