@@ -87,7 +87,10 @@ class RankingParams(BaseModel):
     left out instead of read from an invented clock, as the two-tower's `time_features`."""
     companion: Literal["auto", "ease", "itemknn", "none"] = "auto"
     """A second retrieval model whose score of each candidate the ranker reads (see
-    `marketrec.ranking.companion`): auto = EASE up to 15,000 items, item-kNN above."""
+    `marketrec.ranking.companion`): auto = EASE up to 15,000 items, none above (EASE's
+    inverse grows with the cube of the catalogue, item-kNN's fit with its square, minutes
+    at 100k items, and the co-occurrence features already give the ranker item-to-item
+    similarity there)."""
     companion_params: dict[str, Any] = Field(default_factory=dict)
     """Its hyper-parameters (the model's defaults where empty)."""
     folds: int = Field(default=4, ge=1)
@@ -251,18 +254,16 @@ def companion_kind(kind: str, n_items: int) -> str | None:
     if kind == "none":
         return None
     if kind == "auto":
-        return "ease" if n_items <= EASE_MAX_ITEMS else "itemknn"
+        return "ease" if n_items <= EASE_MAX_ITEMS else None
     return kind
 
 
-#: "auto" picks EASE up to this many items (its items × items inverse takes seconds there and
-#: minutes beyond), item-kNN (sparse, any size) above
+#: "auto" picks EASE up to this many items (its items × items inverse takes seconds to a minute
+#: there, and grows with the cube of the catalogue)
 EASE_MAX_ITEMS = 15_000
 
 
-def fit_companion(
-    params: RankingParams, data: Dataset, item_ids: pl.Series
-) -> Companion | None:
+def fit_companion(params: RankingParams, data: Dataset, item_ids: pl.Series) -> Companion | None:
     """The companion of `params` fitted on `data`, its weights moved to `item_ids` (the
     retrieval model's columns; items it never saw get no weights)."""
     kind = companion_kind(params.companion, item_ids.len())
