@@ -30,8 +30,6 @@ class RankerConfig:
     cross_layers: int = 2
     dropout: float = 0.1
     embedding_dropout: float = 0.0
-    #: weight decay of the embedding tables (the rest use `weight_decay`)
-    embedding_weight_decay: float | None = None
     epochs: int = 20
     batch_size: int = 1024
     learning_rate: float = 2e-3
@@ -310,17 +308,8 @@ def _fit(
         numeric = features.numeric[fit_idx]
         model.mean.copy_(torch.from_numpy(numeric.mean(0)))
         model.scale.copy_(torch.from_numpy(numeric.std(0) + 1e-3))
-    tables = list(model.embeddings.parameters())
-    rest = [p for p in model.parameters() if all(p is not t for t in tables)]
-    table_decay = (
-        config.weight_decay
-        if config.embedding_weight_decay is None
-        else config.embedding_weight_decay
-    )
     optimizer = torch.optim.AdamW(
-        [{"params": rest}, {"params": tables, "weight_decay": table_decay}],
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     report, best_state, stale = RankerReport(), None, 0
     y = torch.from_numpy(labels.astype(np.float32))
