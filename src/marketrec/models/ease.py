@@ -53,6 +53,10 @@ class EASEScorer:
     ) -> np.ndarray:
         return np.asarray(weighted(history, self.params.binary) @ self._weights, dtype=np.float32)
 
+    def item_to_item(self) -> np.ndarray:
+        """B: an item's score for a user is the sum of its column over the user's items."""
+        return self._weights
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self._weights}
 

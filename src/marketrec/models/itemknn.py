@@ -72,6 +72,11 @@ class ItemKNNScorer:
         scores = weighted(history, self.params.binary) @ self._similarity
         return np.asarray(scores.toarray(), dtype=np.float32)
 
+    def item_to_item(self) -> sp.csr_matrix:
+        """The kept similarities: an item's score is the sum of its column over the user's
+        items."""
+        return self._similarity
+
     def arrays(self) -> dict[str, np.ndarray]:
         s = self._similarity
         return {

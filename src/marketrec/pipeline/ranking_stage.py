@@ -270,8 +270,8 @@ def fit_companion(params: RankingParams, data: Dataset, item_ids: pl.Series) -> 
     if kind is None:
         return None
     model = create(kind, params.companion_params).fit(data)
-    scorer: Any = model.scorer
-    weights = scorer._weights if kind == "ease" else scorer._similarity
+    scorer: Any = model.scorer  # EASEScorer or ItemKNNScorer
+    weights = scorer.item_to_item()
     own = model.item_columns(item_ids)
     ok = own >= 0
     cols = np.flatnonzero(ok)

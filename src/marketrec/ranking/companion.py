@@ -39,14 +39,10 @@ class Companion:
 
     def scores(self, history: sparse.csr_matrix, run: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Score of each row's item (`items` (R,)) for its run's history (`history`: runs ×
-        items, binary; `run` (R,): the row's history row)."""
+        at least `n_items` items, binary; `run` (R,): the row's history row)."""
         out = np.zeros(len(items), dtype=np.float32)
         n = self.n_items
-        history = history[:, :n] if history.shape[1] > n else history
-        if history.shape[1] < n:
-            history = sparse.csr_matrix(
-                (history.data, history.indices, history.indptr), shape=(history.shape[0], n)
-            )
+        history = history[:, :n]  # items listed after the fit have no weights
         known = items < n
         if not known.any() or history.nnz == 0:
             return out
