@@ -54,3 +54,12 @@ def test_weights_follow_the_item_ids_not_the_companion_columns(kind) -> None:
             expected = 0.0 if own_r < 0 or own_c < 0 else reference[own_r, own_c]
             assert got[r, c] == pytest.approx(expected), (r, c)
     assert np.abs(got).sum() > 0
+
+
+def test_wrong_companion_settings_fail_before_any_training() -> None:
+    from marketrec.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="l3"):
+        RankingParams(companion_params={"l3": 1.0})
+    with pytest.raises(ConfigError, match="neighbours"):
+        RankingParams(companion="itemknn", companion_params={"neighbours": 0})

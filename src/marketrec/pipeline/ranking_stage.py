@@ -23,14 +23,14 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from marketrec.core.errors import ModelError
 from marketrec.data.schema import Dataset
 from marketrec.data.split import split_global, split_leave_one_out, split_per_user
 from marketrec.features.interactions import DEFAULT_EVENT_WEIGHTS
 from marketrec.models.base import CollaborativeRecommender
-from marketrec.models.registry import create, unfitted_like
+from marketrec.models.registry import create, make_params, unfitted_like
 from marketrec.ranking.companion import Companion
 from marketrec.ranking.features import (
     Cooccurrence,
@@ -98,6 +98,16 @@ class RankingParams(BaseModel):
     order out of fold over every list (`train_ranker`); larger ones on one held-out quarter,
     which is then enough lists (and the folds would cost `folds` + 1 fits)."""
     folds_max_lists: int = Field(default=5_000, ge=0)
+
+    @model_validator(mode="after")
+    def _companion_params_fit_the_companion(self) -> RankingParams:
+        """Wrong companion settings fail here, with their names, not after retrieval trained."""
+        if self.companion != "none" and self.companion_params:
+            make_params(
+                "ease" if self.companion == "auto" else self.companion, self.companion_params
+            )
+        return self
+
     keep_t: float = 1.645
     """The ranker is kept when its per-list validation gain over retrieval order has at least
     this t statistic (1.645: one-sided 95%); -inf keeps it always."""
