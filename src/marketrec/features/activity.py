@@ -18,7 +18,10 @@ _TS_BITS = 34  # epoch seconds < 2**34 (year 2514); keys < 2**29
 
 def time_key(keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """(key, whole second) packed in one sortable int64."""
-    seconds = np.clip(np.floor(np.nan_to_num(ts, nan=0.0)), 0, 2**_TS_BITS - 1).astype(np.int64)
+    # fmax/fmin take the number over NaN (NaN → 0) and, on values clipped to ≥ 0, the
+    # truncating cast is the floor: the same codes as floor-then-clip of nan_to_num, in
+    # three array passes (a request's ranking features call this a dozen times)
+    seconds = np.fmin(np.fmax(ts, 0.0), float(2**_TS_BITS - 1)).astype(np.int64)
     return (np.asarray(keys).astype(np.int64) << _TS_BITS) | seconds
 
 
