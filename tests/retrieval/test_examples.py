@@ -86,6 +86,23 @@ def test_query_window_is_strictly_before() -> None:
     assert codes.tolist() == [[0, 1], [1, 2], [2, 3], [0, 4], [0, 0]]
 
 
+def test_query_window_matches_a_per_user_scan_with_ties() -> None:
+    rng = np.random.default_rng(3)
+    # whole seconds, so many searches share a time with each other and with the moments
+    searches = [(int(u), int(t), int(q)) for u, t, q in rng.integers(0, [3, 30, 50], (60, 3))]
+    seq = seq_from(ROWS, searches=searches)
+    base = seq.ts.min() - 5
+    users = rng.integers(0, 3, 40)
+    before = base + rng.integers(-2, 33, 40).astype(np.float64)
+    for repeat in range(2):  # the second call reads the kept search keys
+        codes = query_window(seq, users, before, length=3)
+        for row, (user, moment) in enumerate(zip(users, before, strict=True)):
+            mine = np.flatnonzero(seq.search_user == user)
+            earlier = mine[seq.search_ts[mine] < moment][-3:]
+            want = [0] * (3 - len(earlier)) + seq.search_query[earlier].tolist()
+            assert codes[row].tolist() == want, (repeat, row)
+
+
 def test_trend_counts_only_look_back() -> None:
     from marketrec.retrieval.training import TwoTowerData
 

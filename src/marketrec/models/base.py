@@ -327,18 +327,32 @@ class CollaborativeRecommender:
             return [empty for _ in rows]
         moment = np.full(len(rows), self._now) if moments is None else moments
         moment = np.where(np.isnan(moment), self._now, moment)
-        cached = self.__dict__.get("_latest_listing")
-        if cached is None or cached[0] is not self._listed_at:
-            finite = self._listed_at[np.isfinite(self._listed_at)]
-            cached = (self._listed_at, float(finite.max()) if len(finite) else -np.inf)
-            self.__dict__["_latest_listing"] = cached
-        if not cached[1] > moment.min():  # nothing is listed after every moment
-            return [empty for _ in rows]
-        with np.errstate(invalid="ignore"):
-            late = np.flatnonzero(self._listed_at > moment.min())
+        late = self._listed_after(float(moment.min()))
         if not len(late):
             return [empty for _ in rows]
         return [late[self._listed_at[late] > m] for m in moment]
+
+    def _listed_after(self, moment: float) -> np.ndarray:
+        """Columns listed after `moment` (NaN listing times: always listed), sorted. Kept
+        for the last few moments while the listing times are the same array: a live service
+        asks at its one "now" for every request, and this was a pass over the catalogue."""
+        cached = self.__dict__.get("_late_columns")
+        if cached is None or cached[0] is not self._listed_at:
+            finite = self._listed_at[np.isfinite(self._listed_at)]
+            cached = (self._listed_at, float(finite.max()) if len(finite) else -np.inf, {})
+            self.__dict__["_late_columns"] = cached
+        if not cached[1] > moment:  # nothing is listed after the moment
+            return np.zeros(0, dtype=np.int64)
+        known: dict[float, np.ndarray] = cached[2]
+        late = known.get(moment)
+        if late is None:
+            with np.errstate(invalid="ignore"):
+                late = np.flatnonzero(self._listed_at > moment)
+            late.flags.writeable = False
+            if len(known) >= 4:
+                known.pop(next(iter(known)))
+            known[moment] = late
+        return late
 
     def _region_rows(
         self, rows: np.ndarray, regions: Sequence[str | None] | None, n: int
@@ -468,8 +482,7 @@ class CollaborativeRecommender:
             return
         moment = np.full(len(scores), self._now) if moments is None else moments
         moment = np.where(np.isnan(moment), self._now, moment)
-        with np.errstate(invalid="ignore"):
-            late = np.flatnonzero(self._listed_at > moment.min())  # NaN: always listed
+        late = self._listed_after(float(moment.min()))
         if len(late):
             hidden = self._listed_at[late][None, :] > moment[:, None]
             scores[:, late] = np.where(hidden, -np.inf, scores[:, late])

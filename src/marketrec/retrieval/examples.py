@@ -133,17 +133,33 @@ def query_window(seq: Sequences, users: np.ndarray, before: np.ndarray, length: 
     if length == 0 or len(seq.search_user) == 0:
         return np.zeros((len(users), length), dtype=np.int64)
     # Per-user "count of searches before t": one global searchsorted on integer keys
-    # (user, rank of time), exact for any timestamps.
-    all_times = np.concatenate([seq.search_ts, before.astype(np.float64)])
-    _, rank = np.unique(all_times, return_inverse=True)
-    stride = np.int64(rank.max() + 2)
-    search_keys = seq.search_user * stride + rank[: len(seq.search_ts)]
-    query_keys = users.astype(np.int64) * stride + rank[len(seq.search_ts) :]
-    ends = np.searchsorted(search_keys, query_keys, "left")
+    # (user, rank of time), exact for any timestamps; the searches' keys are kept while the
+    # search arrays are the same objects (a one-user request ranked every search time anew)
+    times, search_keys, stride = _search_keys(seq)
+    # t's rank: 2 × the distinct search times before it, between a search at the time before
+    # (odd, lower) and one at t itself or later (odd, higher): "strictly before" exactly
+    rank = 2 * np.searchsorted(times, before.astype(np.float64), "left")
+    ends = np.searchsorted(search_keys, users.astype(np.int64) * stride + rank, "left")
     lo = seq.search_user_start[users]
     pos = ends[:, None] - length + np.arange(length)[None, :]
     valid = pos >= lo[:, None]
     return np.where(valid, seq.search_query[np.where(valid, pos, 0)], 0)
+
+
+_search_key_cache: list[tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, int]]] = []
+
+
+def _search_keys(seq: Sequences) -> tuple[np.ndarray, np.ndarray, int]:
+    """(distinct search times sorted, each search's key user × stride + 2 × its time's rank
+    + 1, stride), for the last search arrays asked about."""
+    for user, ts, keys in _search_key_cache:
+        if user is seq.search_user and ts is seq.search_ts:
+            return keys
+    times, rank = np.unique(seq.search_ts, return_inverse=True)
+    stride = 2 * len(times) + 2
+    keys = (times, seq.search_user.astype(np.int64) * stride + 2 * rank + 1, stride)
+    _search_key_cache[:] = [(seq.search_user, seq.search_ts, keys)]
+    return keys
 
 
 def training_targets(seq: Sequences) -> np.ndarray:
