@@ -136,9 +136,38 @@ def test_thompson_sampling_favours_items_that_earn_clicks() -> None:
     stats = ExplorationStats.empty(3)
     stats.record(np.repeat([0, 1], 100), np.repeat([0], 30))  # item 0: 30% CTR; item 1: 0%
     explorer = ThompsonExplorer((1.0, 20.0), stats, np.random.default_rng(0))
-    picks = [int(explorer.pick(np.array([0, 1, 2]), 1).items[0]) for _ in range(500)]
+    eligible = np.ones(3, dtype=bool)
+    picks = [int(explorer.pick(eligible, 1).items[0]) for _ in range(500)]
     counts = np.bincount(picks, minlength=3)
     assert counts[0] > counts[2] > counts[1]  # proven > unknown (prior 1/21) > proven dud
+
+
+def test_never_shown_items_are_drawn_uniformly_from_the_eligible_ones() -> None:
+    stats = ExplorationStats.empty(40)
+    stats.record(np.array([0, 1, 2]))  # shown: drawn from their posteriors, not here
+    eligible = np.zeros(40, dtype=bool)
+    eligible[:20] = True
+    explorer = ThompsonExplorer((1.0, 20.0), stats, np.random.default_rng(2))
+    drawn = np.concatenate(
+        [explorer._never_shown(eligible, stats.impressions > 0, 2) for _ in range(3400)]
+    )
+    counts = np.bincount(drawn, minlength=40)
+    assert counts[:3].sum() == 0 and counts[20:].sum() == 0
+    assert counts[3:20].min() > 320 and counts[3:20].max() < 480  # 400 each expected
+    pairs = drawn.reshape(-1, 2)
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+
+
+def test_rare_never_shown_items_are_still_found() -> None:
+    # 3 candidates among 100,000 columns: rejection gives up and lists them
+    stats = ExplorationStats.empty(100_000)
+    eligible = np.zeros(100_000, dtype=bool)
+    eligible[[5, 70_000, 99_999]] = True
+    explorer = ThompsonExplorer((1.0, 20.0), stats, np.random.default_rng(0))
+    pick = explorer.pick(eligible, 3)
+    assert sorted(pick.items.tolist()) == [5, 70_000, 99_999]
+    assert explorer.pick(eligible, 5).items.size == 3
+    assert explorer.pick(np.zeros(100_000, dtype=bool), 2).items.size == 0
 
 
 def test_exploration_positions() -> None:

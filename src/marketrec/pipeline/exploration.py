@@ -55,30 +55,53 @@ class ThompsonExplorer:
         return min(k, whole + int(self.rng.random() < expected - whole))
 
     def pick(self, eligible: np.ndarray, n: int) -> ExplorationPick:
-        """The n eligible items (column indices) with the highest sampled click rates.
+        """The n eligible items (`eligible`: a mask over the item columns) with the highest
+        sampled click rates.
 
         Items never shown share the prior, so only the top n of their draws can matter:
         those are sampled directly (`_top_prior_draws`) instead of one draw per item, which
-        with tens of thousands of new items was most of a request's time."""
-        if n <= 0 or len(eligible) == 0:
+        with tens of thousands of new items was most of a request's time; which items hold
+        them is a uniform draw from the never-shown eligible items (`_never_shown`)."""
+        if n <= 0 or not eligible.any():
             return ExplorationPick(np.zeros(0, dtype=np.int64), np.zeros(0))
         a, b = self.prior
-        impressions = self.stats.impressions[eligible]
-        shown = impressions > 0
-        seen = eligible[shown]
+        shown = self.stats.impressions > 0
+        seen = np.flatnonzero(eligible & shown)
         clicks = self.stats.clicks[seen]
-        misses = np.maximum(impressions[shown] - clicks, 0)
-        unseen = eligible[~shown]
-        top = min(n, len(unseen))
-        items = np.concatenate([seen, self.rng.choice(unseen, top, replace=False)])
+        misses = np.maximum(self.stats.impressions[seen] - clicks, 0)
+        population = int(np.count_nonzero(eligible)) - len(seen)
+        top = min(n, population)
+        items = np.concatenate([seen, self._never_shown(eligible, shown, top)])
         draws = np.concatenate(
-            [self.rng.beta(a + clicks, b + misses), self._top_prior_draws(len(unseen), top)]
+            [self.rng.beta(a + clicks, b + misses), self._top_prior_draws(population, top)]
         )
         if len(items) > n:
             keep = np.argpartition(-draws, n - 1)[:n]
             items, draws = items[keep], draws[keep]
         order = np.argsort(-draws, kind="stable")
         return ExplorationPick(items[order], draws[order])
+
+    def _never_shown(self, eligible: np.ndarray, shown: np.ndarray, count: int) -> np.ndarray:
+        """`count` distinct items drawn uniformly from those eligible and never shown.
+
+        Drawn by rejection from all columns while that accepts often enough (new items are
+        most of a young marketplace's catalogue), which reads a handful of mask entries
+        instead of listing every such item; a uniform draw conditioned on acceptance is
+        uniform over the accepted set, and duplicates are drawn again."""
+        picked: list[int] = []
+        if count <= 0:
+            return np.zeros(0, dtype=np.int64)
+        for _ in range(_REJECTION_TRIES * count):
+            item = int(self.rng.integers(len(eligible)))
+            if eligible[item] and not shown[item] and item not in picked:
+                picked.append(item)
+                if len(picked) == count:
+                    return np.array(picked, dtype=np.int64)
+        # few such items: list them (the draw is still uniform over them)
+        rest = np.flatnonzero(eligible & ~shown)
+        rest = rest[~np.isin(rest, picked)]
+        more = self.rng.choice(rest, count - len(picked), replace=False)
+        return np.concatenate([np.array(picked, dtype=np.int64), more])
 
     def _top_prior_draws(self, population: int, top: int) -> np.ndarray:
         """The `top` largest of `population` independent Beta(α, β) draws, largest first,
@@ -90,6 +113,10 @@ class ThompsonExplorer:
         exponents = 1.0 / np.arange(population, population - top, -1, dtype=np.float64)
         uniforms = np.cumprod(self.rng.random(top) ** exponents)
         return betaincinv(*self.prior, uniforms)
+
+
+#: Rejection draws per wanted item before `_never_shown` lists the candidates instead.
+_REJECTION_TRIES = 16
 
 
 def exploration_positions(k: int, n: int) -> np.ndarray:

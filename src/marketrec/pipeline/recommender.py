@@ -423,7 +423,7 @@ class Recommender:
             new = eligible()
             new &= self._new_items(moment)
             new[picked[: k - n_explore]] = False
-            pick = explorer.pick(np.flatnonzero(new), n_explore)
+            pick = explorer.pick(new, n_explore)
             kept = entries[: k - len(pick.items)]
             for spot, item, draw in zip(
                 exploration_positions(len(kept) + len(pick.items), len(pick.items)),
