@@ -247,7 +247,9 @@ class SummaryAttention(nn.Module):
         query = F.linear(first, weight[:dim], bias[:dim]).view(batch, heads, width)
         key_weight = weight[dim : 2 * dim].view(heads, width, dim)
         # (B, heads, D): each head's query pulled back through its key projection
-        probes = torch.einsum("bhw,hwd->bhd", query, key_weight) / math.sqrt(width)
+        # (einsum's products as batched ones over the heads: einsum parsed its equation on
+        # every call, a measurable part of a one-user request)
+        probes = torch.bmm(query.transpose(0, 1), key_weight).transpose(0, 1) / math.sqrt(width)
         own = (probes * first[:, None, :]).sum(dim=-1, keepdim=True)  # (B, heads, 1)
         logits = torch.bmm(probes, history.transpose(1, 2))  # (B, heads, T)
         logits = logits.masked_fill(padding[:, None, :], float("-inf"))
@@ -255,9 +257,8 @@ class SummaryAttention(nn.Module):
         # (B, heads, D): each head's mix of the summary and the history tokens
         pooled = weights[:, :, :1] * first[:, None, :] + torch.bmm(weights[:, :, 1:], history)
         value_weight = weight[2 * dim :].view(heads, width, dim)
-        read = torch.einsum("bhd,hwd->bhw", pooled, value_weight) + bias[2 * dim :].view(
-            heads, width
-        )
+        read = torch.bmm(pooled.transpose(0, 1), value_weight.transpose(1, 2)).transpose(0, 1)
+        read = read + bias[2 * dim :].view(heads, width)
         x = self.norm1(first + attn.out_proj(read.reshape(batch, dim)))
         return self.norm2(x + self.linear2(F.relu(self.linear1(x))))
 
@@ -291,15 +292,53 @@ class UserTower(nn.Module):
         f["bag_items"]/f["bag_offsets"]: the id buckets of all earlier items (up to a cap),
         flattened with per-user offsets, for the long-term taste."""
         batch = history.shape[0]
-        dim = self.id.embedding_dim
         # event type and age through one table of their sums: one (B, N, D) add, not two
         ages = self.event_age.num_embeddings
         kinds = (self.event.weight[:, None, :] + self.event_age.weight[None, :, :]).flatten(0, 1)
         tokens = history + F.embedding(f["hist_event"] * ages + f["hist_age"], kinds)
         read = self.history.read(self.summary[0].expand(batch, -1), tokens, f["hist_mask"])
         # the first layer over the concatenation [id, region, attributes (summed), device,
-        # hour, weekday, history read, queries, long-term taste], block by block: the small
-        # tables through their projected rows (see `_projected`), the rest in one product
+        # hour, weekday, history read, queries, long-term taste]
+        if not self.training:
+            pre = self._first_layer_plain(f, read, query_vectors)
+        else:
+            pre = self._first_layer_by_blocks(f, read, query_vectors)
+        hidden = self.mlp[1](pre)
+        return F.normalize(self.mlp[3](dropout(self.mlp[2], hidden, f.get("dropout"))), dim=-1)
+
+    def _first_layer_plain(self, f: dict[str, Tensor], read: Tensor, queries: Tensor) -> Tensor:
+        """The first layer over the concatenation itself: one product, for serving's small
+        batches (a one-user request ran a dozen small products block by block)."""
+        attributes = self._attributes_sum(f["attributes"])
+        if self.numeric is not None:
+            attributes = attributes + self.numeric(f["numeric"])
+        parts = [
+            self.id(f["id_bucket"]) * f["id_mask"][:, None],
+            self.region(f["region"]),
+            attributes,
+            self.device(f["device"]),
+            self.hour(f["hour"]),
+            self.weekday(f["weekday"]),
+            read,
+            self.queries(queries),
+            self._long_term(f["bag_items"], f["bag_offsets"]),
+        ]
+        return self.mlp[0](torch.cat(parts, dim=-1))
+
+    def _attributes_sum(self, codes: Tensor) -> Tensor:
+        """(B, D) sum of the user's attribute embeddings (zeros without attributes)."""
+        out = torch.zeros(len(codes), self.id.embedding_dim)
+        for j, table in enumerate(self.attributes):
+            out = out + table(codes[:, j])
+        return out
+
+    def _first_layer_by_blocks(
+        self, f: dict[str, Tensor], read: Tensor, query_vectors: Tensor
+    ) -> Tensor:
+        """The first layer block by block, for training: the small tables through their
+        projected rows (see `_projected`), the rest in one product."""
+        batch = read.shape[0]
+        dim = self.id.embedding_dim
         first = self.mlp[0]
         block = [first.weight[:, j * dim : (j + 1) * dim] for j in range(9)]
         dense = torch.cat(
@@ -321,8 +360,7 @@ class UserTower(nn.Module):
         pre = pre + _projected(self.device, f["device"], block[3], batch)
         pre = pre + _projected(self.hour, f["hour"], block[4], batch)
         pre = pre + _projected(self.weekday, f["weekday"], block[5], batch)
-        hidden = self.mlp[1](pre)
-        return F.normalize(self.mlp[3](dropout(self.mlp[2], hidden, f.get("dropout"))), dim=-1)
+        return pre
 
     def _long_term(self, items: Tensor, offsets: Tensor) -> Tensor:
         """The long-term bag's mean embeddings; a dense table (small catalogues) goes through
