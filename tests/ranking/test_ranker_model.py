@@ -52,3 +52,29 @@ def test_forward_is_the_plain_formula() -> None:
         want = _plain(model, numeric, categorical, recent, recent_category)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-4)
     assert want.std() > 1.0  # the check compares non-trivial outputs
+
+
+def test_rows_sharing_one_history_score_as_if_each_had_its_own() -> None:
+    """A request's candidates share the user's recent items: the pass embeds them once,
+    with the same logits as the per-row pass (checked by breaking the sharing in one row
+    that is then left out)."""
+    torch.manual_seed(1)
+    model = Ranker(dict.fromkeys(CATEGORICAL, 40))
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    model.eval()
+    rows = 30
+    numeric = torch.randn(rows, len(NUMERIC))
+    categorical = torch.randint(0, 40, (rows, len(CATEGORICAL)))
+    recent = torch.randint(1, 40, (1, 10)).repeat(rows, 1)
+    recent[:, :2] = 0
+    recent_category = torch.randint(0, 40, (1, 10)).repeat(rows, 1)
+    with torch.no_grad():
+        shared = model(numeric, categorical, recent, recent_category)
+        want = _plain(model, numeric, categorical, recent, recent_category)
+        other = recent.clone()
+        other[-1, -1] = (other[-1, -1] % 39) + 1  # the last row's history differs
+        per_row = model(numeric, categorical, other, recent_category)
+    torch.testing.assert_close(shared, want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(per_row[:-1], want[:-1], rtol=1e-5, atol=1e-4)
+    assert not torch.isclose(per_row[-1], want[-1])

@@ -30,7 +30,9 @@ class TargetAttention(nn.Module):
         self.score = nn.Sequential(nn.Linear(4 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
 
     def forward(self, candidate: Tensor, recent: Tensor, pad: Tensor) -> Tensor:
-        """candidate (B, D), recent (B, R, D), pad (B, R) true where empty → (B, D)."""
+        """candidate (B, D), recent (B, R, D), pad (B, R) true where empty → (B, D); or
+        recent (1, R, D) and pad (1, R): one history shared by every row (a request's
+        candidates), whose own terms are then computed once."""
         # the first layer over [c, r, c * r, c - r], block by block: (W1 + W4) c once per row
         # and (W2 - W4) r + W3 (c * r) per recent item, the same function without the
         # (B, R, 4D) concatenation, which was a fifth of a request's ranker pass
@@ -45,6 +47,8 @@ class TargetAttention(nn.Module):
         logits = second(F.relu(hidden)).squeeze(-1)
         logits = logits.masked_fill(pad, -1e4)
         weights = torch.softmax(logits, dim=-1) * (~pad).float()
+        if len(recent) == 1:
+            return weights @ recent[0]
         return (weights[..., None] * recent).sum(1)
 
 
@@ -105,6 +109,9 @@ class Ranker(nn.Module):
         item_table = self.embeddings[self.item_index]
         category_table = self.embeddings[self.category_index]
         candidate = embedded[self.item_index] + embedded[self.category_index]
+        if len(recent) > 1 and _one_history(recent, recent_category):
+            # every row has the same recent items (one user's candidates): embed them once
+            recent, recent_category = recent[:1], recent_category[:1]
         history = item_table(recent) + category_table(recent_category)
         pooled = self.attention(candidate, history, recent == 0)
         standardised = (numeric - self.mean) / self.scale
@@ -126,3 +133,10 @@ class Ranker(nn.Module):
         residual = residual.squeeze(-1)
         prior = self.retrieval_weight * numeric[:, self.retrieval_index] + self.bias
         return prior + residual
+
+
+def _one_history(recent: Tensor, recent_category: Tensor) -> bool:
+    """Whether every row holds the first row's recent items and their categories."""
+    return bool((recent == recent[:1]).all()) and bool(
+        (recent_category == recent_category[:1]).all()
+    )
