@@ -232,6 +232,33 @@ def test_two_stage_trains_a_ranker_and_serves_through_the_same_path(market, tmp_
     assert loaded.recommend_detailed(users, 5).equals(recs)
 
 
+def test_one_user_lists_are_the_detailed_lists(market) -> None:
+    """The service's `recommend_one` is `recommend_detailed` for one user: the same items,
+    scores and sources (exploration and MMR included), only without signals and frame."""
+    model = Recommender(
+        create("itemknn"),
+        PipelineConfig(candidates=12, diversity_strength=0.3, exploration_share=0.3),
+        RankingParams(epochs=2, random_negatives=3, candidates=12),
+    ).fit(market)
+    assert model.ranking is not None
+    model.ranking.active = True
+    sources = set()
+    for user, region in [("u00", None), ("u21", "south"), ("newbie", None), ("nobody", "north")]:
+        detailed = model.recommend_detailed([user], 6, regions=[region])
+        one = model.recommend_one(user, 6, region=region)
+        assert [item for item, _, _ in one] == detailed.get_column("item_id").to_list()
+        assert [score for _, score, _ in one] == detailed.get_column("score").to_list()
+        assert [source for _, _, source in one] == detailed.get_column("source").to_list()
+        sources |= {source for _, _, source in one}
+    assert "exploration" in sources
+    other = PipelineConfig(candidates=12, diversity="none")
+    assert [item for item, _, _ in model.recommend_one("u00", 4, config=other)] == (
+        model.recommend(["u00"], 4, config=other).get_column("item_id").to_list()
+    )
+    with pytest.raises(ConfigError, match="k must be"):
+        model.recommend_one("u00", 0)
+
+
 @pytest.mark.parametrize("timed", [True, False])
 def test_ranker_without_time_features_ignores_the_clock(market, tmp_path, timed) -> None:
     model = Recommender(

@@ -506,14 +506,15 @@ class LiveRecommender:
         if isinstance(model, Recommender):
             model.on_stage = self.observer.stage
             config = _with_settings(model.config, settings) if settings else None
-            frame = model.recommend_detailed(
-                [user_id], k, regions=[region], explain=False, config=config
-            )
-            sources = frame.get_column("source").to_list()
-        else:
-            frame = model.recommend([user_id], k, regions=[region])
-            known = model.user_rows(pl.Series([user_id], dtype=pl.String))[0] >= 0
-            sources = ["retrieval" if known else "fallback"] * frame.height
+            return [
+                {"item_id": item, "score": _finite(score), "source": source}
+                for item, score, source in model.recommend_one(
+                    user_id, k, region=region, config=config
+                )
+            ]
+        frame = model.recommend([user_id], k, regions=[region])
+        known = model.user_rows(pl.Series([user_id], dtype=pl.String))[0] >= 0
+        sources = ["retrieval" if known else "fallback"] * frame.height
         return [
             {"item_id": item, "score": _finite(score), "source": source}
             for item, score, source in zip(

@@ -244,6 +244,29 @@ class Recommender:
             )
         return frames[0] if len(frames) == 1 else pl.concat(frames)
 
+    def recommend_one(
+        self,
+        user_id: str,
+        k: int,
+        *,
+        region: str | None = None,
+        config: PipelineConfig | None = None,
+    ) -> list[tuple[str, float, str]]:
+        """One user's list now as (item_id, score, source), best first: the lists of
+        `recommend_detailed` without their signals and without a data frame around them
+        (the live service's request: building the frame and the signals' JSON was a tenth
+        of it)."""
+        if self._seen is None or self._items is None or self.stats is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        if int(k) != k or k <= 0:
+            raise ConfigError(f"k must be a positive integer, got {k}")
+        ids = pl.Series("user_id", [user_id], dtype=pl.String)
+        moments = _moments(None, 1, self._reference_ts)
+        cfg = config or self.config
+        out = self._chunk_lists(ids, k, False, [region], moments, False, False, False, cfg)
+        names = self.retrieval.item_id_array()[np.asarray(out["item_idx"], dtype=np.int64)]
+        return list(zip(names.tolist(), out["score"], out["source"], strict=True))
+
     def _detailed_chunk(
         self,
         ids: pl.Series,
@@ -256,6 +279,35 @@ class Recommender:
         with_signals: bool = True,
         cfg: PipelineConfig | None = None,
     ) -> pl.DataFrame:
+        out = self._chunk_lists(
+            ids, k, include_seen, regions, moments, timed, explain, with_signals, cfg
+        )
+        names = self.retrieval.item_id_array()[np.asarray(out["item_idx"], dtype=np.int64)]
+        columns = [
+            pl.Series("user_id", out["user_id"], dtype=pl.String),
+            pl.Series("item_id", names.tolist(), dtype=pl.String),
+            pl.Series("rank", out["rank"], dtype=pl.Int32),
+            pl.Series("score", out["score"], dtype=pl.Float64),
+        ]
+        if with_signals:
+            columns.append(pl.Series("source", out["source"], dtype=pl.String))
+            columns.append(pl.Series("signals", out["signals"], dtype=pl.String))
+        return pl.DataFrame(columns)
+
+    def _chunk_lists(
+        self,
+        ids: pl.Series,
+        k: int,
+        include_seen: bool,
+        regions: list[str | None] | None,
+        moments: np.ndarray,
+        timed: bool,
+        explain: bool,
+        with_signals: bool,
+        cfg: PipelineConfig | None,
+    ) -> dict[str, list[Any]]:
+        """The lists of a chunk of users as columns (user_id, item_idx, rank, score, source,
+        signals), every step of the pipeline included."""
         started = time.perf_counter()
         assert self._seen is not None and self.stats is not None
         cfg, retrieval = cfg or self.config, self.retrieval
@@ -341,22 +393,11 @@ class Recommender:
                 with_signals=with_signals,
                 cfg=cfg,
             )
-        names = retrieval.item_id_array()[np.asarray(out["item_idx"], dtype=np.int64)]
-        columns = [
-            pl.Series("user_id", out["user_id"], dtype=pl.String),
-            pl.Series("item_id", names.tolist(), dtype=pl.String),
-            pl.Series("rank", out["rank"], dtype=pl.Int32),
-            pl.Series("score", out["score"], dtype=pl.Float64),
-        ]
-        if with_signals:
-            columns.append(pl.Series("source", out["source"], dtype=pl.String))
-            columns.append(pl.Series("signals", out["signals"], dtype=pl.String))
-        frame = pl.DataFrame(columns)
         if self.on_stage is not None:
             self.on_stage("retrieve", retrieved - started)
             self.on_stage("rank", rank_done - retrieved)
             self.on_stage("finish", time.perf_counter() - rank_done)
-        return frame
+        return out
 
     def _eligible(self, region: int, exclude: sp.csr_matrix, u: int) -> np.ndarray:
         """What exploration may pick for user u: sellable in the region, not excluded."""
