@@ -14,6 +14,9 @@ retrieval alone and the tuned baselines, on the acceptance datasets of the ranki
   and of shown items the user had already bought.
 - latency: in-process `recommend_detailed` for one user at a time, 100k items, 300 candidates,
   one thread.
+- candidates (not in the default sections): what the number of ranked candidates buys and
+  costs: ml-100k P1u NDCG@10 with the ranker trained and served at 100, 150 and 300
+  candidates over one two-tower, and the 100k-item pipeline's in-process latency at each.
 Each section goes to its own part of docs/benchmarks.md (two_stage_<name>).
 """
 
@@ -48,7 +51,7 @@ from marketrec.evaluation.offline import (
 )
 from marketrec.models.registry import create
 from marketrec.pipeline.config import PipelineConfig
-from marketrec.pipeline.ranking_stage import RankingParams, stage_summary
+from marketrec.pipeline.ranking_stage import RankingParams, fit_ranking_stage, stage_summary
 from marketrec.pipeline.recommender import Recommender
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -370,6 +373,93 @@ def latency_section(requests: int, items: int) -> str:
     )
 
 
+#: Candidate counts the candidates section compares (300: the pipeline's default).
+CANDIDATE_COUNTS = (100, 150, 300)
+
+
+def candidates_section(text_encoder: str, requests: int, items: int) -> str:
+    """What the number of ranked candidates buys and costs: ml-100k P1u NDCG@10 with the
+    ranker trained and served at each count (one two-tower retrieval, fitted once), and the
+    in-process latency of the 100k-item pipeline served at each count."""
+    split = split_per_user(import_movielens(SHARED / "ml-100k"))
+    quality = []
+    base: Recommender | None = None
+    for n in sorted(CANDIDATE_COUNTS, reverse=True):
+        config = PipelineConfig(candidates=n)
+        ranking = RankingParams(window_mode="per-user", candidates=n)
+        started = time.perf_counter()
+        if base is None:
+            base = Recommender(create("two-tower", {"text_encoder": text_encoder}), config, ranking)
+            base.fit(split.train)
+            model = base
+            alone = variant(base, PipelineConfig(), ranked=False)
+            alone_slices = evaluate_model(alone, split).slices
+        else:
+            model = variant(base, config, ranked=False)
+            model.ranking_params = ranking
+            model.ranking = fit_ranking_stage(base.retrieval, split.train, ranking)
+        seconds = time.perf_counter() - started
+        slices = evaluate_model(model, split).slices
+        quality.append((n, slices, seconds, ranker_note(model)))
+    quality.sort()
+    lines = [
+        "| candidates | NDCG@10 | Recall@10 | fit s | ranker |",
+        "|---|---|---|---|---|",
+        f"| retrieval alone | {alone_slices['warm users']['NDCG@10']:.4f} | "
+        f"{alone_slices['warm users']['Recall@10']:.4f} | – | – |",
+    ]
+    for n, slices, seconds, note in quality:
+        warm = slices["warm users"]
+        lines.append(
+            f"| {n} | {warm['NDCG@10']:.4f} | {warm['Recall@10']:.4f} | {seconds:.0f} | {note} |"
+        )
+    # latency of the 100k-item pipeline (the latency section's) served at each count
+    data, _ = generate_marketplace(
+        SyntheticConfig(users=20_000, items=items, days=10, seed=2, initial_item_share=0.9)
+    )
+    world = split_global(data, quantile=0.9)
+    big, _ = fitted(
+        "two-tower",
+        {"text_encoder": "hashed", "epochs": 1, "validation_fraction": 0.0},
+        world,
+        RankingParams(window_mode="global", epochs=1),
+        config=PipelineConfig(candidates=300, diversity_strength=0.3, exploration_share=0.1),
+    )
+    assert big.ranking is not None
+    big.ranking.active = True
+    users = world.train.events.get_column("user_id").unique().sort().to_list()
+    rng = np.random.default_rng(0)
+    chosen = [users[i] for i in rng.integers(0, len(users), requests)]
+    configs = [big.config.model_copy(update={"candidates": n}) for n in CANDIDATE_COUNTS]
+    for config in configs:
+        for user in chosen[:20]:
+            big.recommend_one(user, 10, config=config)
+    timings: list[list[float]] = [[] for _ in configs]
+    for round_, start in enumerate(range(0, len(chosen), _LATENCY_BLOCK)):
+        for j in np.roll(np.arange(len(configs)), -round_):
+            for user in chosen[start : start + _LATENCY_BLOCK]:
+                began = time.perf_counter()
+                big.recommend_one(user, 10, config=configs[j])
+                timings[j].append((time.perf_counter() - began) * 1000)
+    speed = ["| candidates | requests | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|"]
+    for n, values in zip(CANDIDATE_COUNTS, timings, strict=True):
+        t = np.array(values)
+        speed.append(
+            f"| {n} | {len(t)} | {np.percentile(t, 50):.1f} | {np.percentile(t, 90):.1f} | "
+            f"{np.percentile(t, 99):.1f} |"
+        )
+    return (
+        f"### Ranked candidates: quality on ml-100k P1u ({split.description})\n\n"
+        "Two-tower retrieval fitted once (at 300 candidates); a ranker trained on lists of each "
+        "count and served at it (its gate decides, as in the other sections). Warm users.\n\n"
+        + "\n".join(lines)
+        + f"\n\n### Ranked candidates: in-process latency ({items:,} items)\n\n"
+        "`recommend_one` (the service's call), one user per call, k = 10, the latency "
+        f"section's pipeline (ranker forced on, MMR, 10 % exploration) served at each count; "
+        f"the counts take turns in blocks of {_LATENCY_BLOCK} users.\n\n" + "\n".join(speed)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", default=["ml100k", "toys", "synthetic", "latency"])
@@ -397,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "latency" in args.sections:
         parts["latency"] = latency_section(args.requests, args.latency_items)
+    if "candidates" in args.sections:
+        parts["candidates"] = candidates_section(
+            args.text_encoder, args.requests, args.latency_items
+        )
     command = (
         f"Command: `.venv/bin/python benchmarks/two_stage.py --sections "
         f"{' '.join(args.sections)} --text-encoder {args.text_encoder}"
