@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,31 @@ def synthetic_section(users: int, items: int, text_encoder: str) -> str:
 _LATENCY_BLOCK = 50
 
 
+def timed_in_blocks(
+    calls: list[tuple[Callable[[], None] | None, Callable[[str], Any]]], users: list[str]
+) -> list[list[float]]:
+    """Milliseconds of each call per user: (set-up, call) pairs, each warmed up on the first
+    20 users, then taking turns in blocks of `_LATENCY_BLOCK` consecutive users (their order
+    rotating per block), so a busy machine slows all of them alike; the set-up (not timed)
+    runs before each block of its call."""
+    for setup, call in calls:
+        if setup is not None:
+            setup()
+        for user in users[:20]:
+            call(user)
+    timings: list[list[float]] = [[] for _ in calls]
+    for round_, start in enumerate(range(0, len(users), _LATENCY_BLOCK)):
+        for j in np.roll(np.arange(len(calls)), -round_):
+            setup, call = calls[j]
+            if setup is not None:
+                setup()
+            for user in users[start : start + _LATENCY_BLOCK]:
+                began = time.perf_counter()
+                call(user)
+                timings[j].append((time.perf_counter() - began) * 1000)
+    return timings
+
+
 def latency_section(requests: int, items: int) -> str:
     torch.set_num_threads(1)
     data, _ = generate_marketplace(
@@ -309,21 +335,8 @@ def latency_section(requests: int, items: int) -> str:
             scoring(exact),
         ),
     ]
-    for _, call, mode in calls:
-        mode()
-        for user in chosen[:20]:  # warm-up
-            call(user)
-    timings: list[list[float]] = [[] for _ in calls]
     rng.shuffle(chosen)  # the never-seen user's calls spread over the blocks
-    for round_, start in enumerate(range(0, len(chosen), _LATENCY_BLOCK)):
-        block = chosen[start : start + _LATENCY_BLOCK]
-        for j in np.roll(np.arange(len(calls)), -round_):
-            _, call, mode = calls[j]
-            mode()
-            for user in block:
-                started = time.perf_counter()
-                call(user)
-                timings[j].append((time.perf_counter() - started) * 1000)
+    timings = timed_in_blocks([(mode, call) for _, call, mode in calls], chosen)
     lines = []
     for (name, _, _), values in zip(calls, timings, strict=True):
         t = np.array(values)
@@ -430,17 +443,12 @@ def candidates_section(text_encoder: str, requests: int, items: int) -> str:
     users = world.train.events.get_column("user_id").unique().sort().to_list()
     rng = np.random.default_rng(0)
     chosen = [users[i] for i in rng.integers(0, len(users), requests)]
-    configs = [big.config.model_copy(update={"candidates": n}) for n in CANDIDATE_COUNTS]
-    for config in configs:
-        for user in chosen[:20]:
-            big.recommend_one(user, 10, config=config)
-    timings: list[list[float]] = [[] for _ in configs]
-    for round_, start in enumerate(range(0, len(chosen), _LATENCY_BLOCK)):
-        for j in np.roll(np.arange(len(configs)), -round_):
-            for user in chosen[start : start + _LATENCY_BLOCK]:
-                began = time.perf_counter()
-                big.recommend_one(user, 10, config=configs[j])
-                timings[j].append((time.perf_counter() - began) * 1000)
+
+    def serving_at(n: int) -> Any:
+        config = big.config.model_copy(update={"candidates": n})
+        return lambda user: big.recommend_one(user, 10, config=config)
+
+    timings = timed_in_blocks([(None, serving_at(n)) for n in CANDIDATE_COUNTS], chosen)
     speed = ["| candidates | requests | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|"]
     for n, values in zip(CANDIDATE_COUNTS, timings, strict=True):
         t = np.array(values)

@@ -217,10 +217,7 @@ class Recommender:
         with_signals: bool,
         config: PipelineConfig | None = None,
     ) -> pl.DataFrame:
-        if self._seen is None or self._items is None or self.stats is None:
-            raise ModelError(f"model '{self.name}' is not fitted")
-        if int(k) != k or k <= 0:
-            raise ConfigError(f"k must be a positive integer, got {k}")
+        self._check_request(k)
         ids = pl.Series("user_id", list(user_ids), dtype=pl.String)
         if ids.len() == 0:
             return pl.DataFrame(schema=_DETAIL_SCHEMA if with_signals else _RECS_SCHEMA)
@@ -244,6 +241,16 @@ class Recommender:
             )
         return frames[0] if len(frames) == 1 else pl.concat(frames)
 
+    def _check_request(self, k: int) -> None:
+        if self._seen is None or self._items is None or self.stats is None:
+            raise ModelError(f"model '{self.name}' is not fitted")
+        if int(k) != k or k <= 0:
+            raise ConfigError(f"k must be a positive integer, got {k}")
+
+    def _item_names(self, out: dict[str, list[Any]]) -> list[str]:
+        columns = np.asarray(out["item_idx"], dtype=np.int64)
+        return self.retrieval.item_id_array()[columns].tolist()
+
     def recommend_one(
         self,
         user_id: str,
@@ -254,18 +261,13 @@ class Recommender:
     ) -> list[tuple[str, float, str]]:
         """One user's list now as (item_id, score, source), best first: the lists of
         `recommend_detailed` without their signals and without a data frame around them
-        (the live service's request: building the frame and the signals' JSON was a tenth
-        of it)."""
-        if self._seen is None or self._items is None or self.stats is None:
-            raise ModelError(f"model '{self.name}' is not fitted")
-        if int(k) != k or k <= 0:
-            raise ConfigError(f"k must be a positive integer, got {k}")
+        (the live service's request, which needs neither)."""
+        self._check_request(k)
         ids = pl.Series("user_id", [user_id], dtype=pl.String)
         moments = _moments(None, 1, self._reference_ts)
         cfg = config or self.config
         out = self._chunk_lists(ids, k, False, [region], moments, False, False, False, cfg)
-        names = self.retrieval.item_id_array()[np.asarray(out["item_idx"], dtype=np.int64)]
-        return list(zip(names.tolist(), out["score"], out["source"], strict=True))
+        return list(zip(self._item_names(out), out["score"], out["source"], strict=True))
 
     def _detailed_chunk(
         self,
@@ -282,10 +284,9 @@ class Recommender:
         out = self._chunk_lists(
             ids, k, include_seen, regions, moments, timed, explain, with_signals, cfg
         )
-        names = self.retrieval.item_id_array()[np.asarray(out["item_idx"], dtype=np.int64)]
         columns = [
             pl.Series("user_id", out["user_id"], dtype=pl.String),
-            pl.Series("item_id", names.tolist(), dtype=pl.String),
+            pl.Series("item_id", self._item_names(out), dtype=pl.String),
             pl.Series("rank", out["rank"], dtype=pl.Int32),
             pl.Series("score", out["score"], dtype=pl.Float64),
         ]
