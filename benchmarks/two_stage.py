@@ -390,42 +390,51 @@ def latency_section(requests: int, items: int) -> str:
 CANDIDATE_COUNTS = (100, 150, 300)
 
 
-def candidates_section(text_encoder: str, requests: int, items: int) -> str:
+def candidates_section(text_encoder: str, requests: int, items: int, seeds: list[int]) -> str:
     """What the number of ranked candidates buys and costs: ml-100k P1u NDCG@10 with the
-    ranker trained and served at each count (one two-tower retrieval, fitted once), and the
-    in-process latency of the 100k-item pipeline served at each count."""
+    ranker trained and served at each count (per seed: one two-tower retrieval, fitted once,
+    under every count), and the in-process latency of the 100k-item pipeline served at each
+    count."""
     split = split_per_user(import_movielens(SHARED / "ml-100k"))
-    quality = []
-    base: Recommender | None = None
-    for n in sorted(CANDIDATE_COUNTS, reverse=True):
-        config = PipelineConfig(candidates=n)
-        ranking = RankingParams(window_mode="per-user", candidates=n)
-        started = time.perf_counter()
-        if base is None:
-            base = Recommender(create("two-tower", {"text_encoder": text_encoder}), config, ranking)
-            base.fit(split.train)
-            model = base
-            alone = variant(base, PipelineConfig(), ranked=False)
-            alone_slices = evaluate_model(alone, split).slices
-        else:
-            model = variant(base, config, ranked=False)
-            model.ranking_params = ranking
-            model.ranking = fit_ranking_stage(base.retrieval, split.train, ranking)
-        seconds = time.perf_counter() - started
-        slices = evaluate_model(model, split).slices
-        quality.append((n, slices, seconds, ranker_note(model)))
-    quality.sort()
     lines = [
-        "| candidates | NDCG@10 | Recall@10 | fit s | ranker |",
-        "|---|---|---|---|---|",
-        f"| retrieval alone | {alone_slices['warm users']['NDCG@10']:.4f} | "
-        f"{alone_slices['warm users']['Recall@10']:.4f} | – | – |",
+        "| seed | candidates | NDCG@10 | Recall@10 | fit s | ranker |",
+        "|---|---|---|---|---|---|",
     ]
-    for n, slices, seconds, note in quality:
-        warm = slices["warm users"]
-        lines.append(
-            f"| {n} | {warm['NDCG@10']:.4f} | {warm['Recall@10']:.4f} | {seconds:.0f} | {note} |"
-        )
+    ndcg: dict[int | str, list[float]] = {}
+    for seed in seeds:
+        base: Recommender | None = None
+        quality: list[tuple[int | str, dict[str, dict[str, float]], float | None, str]] = []
+        for n in sorted(CANDIDATE_COUNTS, reverse=True):
+            config = PipelineConfig(candidates=n)
+            ranking = RankingParams(window_mode="per-user", candidates=n, seed=seed)
+            started = time.perf_counter()
+            if base is None:
+                params = {"text_encoder": text_encoder, "seed": seed}
+                base = Recommender(create("two-tower", params), config, ranking)
+                base.fit(split.train)
+                model = base
+                alone = evaluate_model(variant(base, PipelineConfig(), ranked=False), split)
+                warm = alone.slices["warm users"]
+                ndcg.setdefault("retrieval alone", []).append(warm["NDCG@10"])
+                quality.append(("retrieval alone", alone.slices, None, "–"))
+            else:
+                model = variant(base, config, ranked=False)
+                model.ranking_params = ranking
+                model.ranking = fit_ranking_stage(base.retrieval, split.train, ranking)
+            seconds = time.perf_counter() - started
+            slices = evaluate_model(model, split).slices
+            ndcg.setdefault(n, []).append(slices["warm users"]["NDCG@10"])
+            quality.append((n, slices, seconds, ranker_note(model)))
+        for n, slices, seconds, note in quality:
+            warm = slices["warm users"]
+            fit = "–" if seconds is None else f"{seconds:.0f}"
+            lines.append(
+                f"| {seed} | {n} | {warm['NDCG@10']:.4f} | {warm['Recall@10']:.4f} | {fit} | "
+                f"{note} |"
+            )
+    means = " · ".join(
+        f"{name}: {np.mean(values):.4f}" for name, values in ndcg.items() if len(values)
+    )
     # latency of the 100k-item pipeline (the latency section's) served at each count
     data, _ = generate_marketplace(
         SyntheticConfig(users=20_000, items=items, days=10, seed=2, initial_item_share=0.9)
@@ -458,9 +467,11 @@ def candidates_section(text_encoder: str, requests: int, items: int) -> str:
         )
     return (
         f"### Ranked candidates: quality on ml-100k P1u ({split.description})\n\n"
-        "Two-tower retrieval fitted once (at 300 candidates); a ranker trained on lists of each "
-        "count and served at it (its gate decides, as in the other sections). Warm users.\n\n"
+        "Per seed, one two-tower retrieval (fitted with the 300-candidate ranker); a ranker "
+        "trained on lists of each count and served at it (its gate decides, as in the other "
+        "sections). Warm users.\n\n"
         + "\n".join(lines)
+        + f"\n\nMean NDCG@10 over seeds {', '.join(map(str, seeds))}: {means}"
         + f"\n\n### Ranked candidates: in-process latency ({items:,} items)\n\n"
         "`recommend_one` (the service's call), one user per call, k = 10, the latency "
         f"section's pipeline (ranker forced on, MMR, 10 % exploration) served at each count; "
@@ -479,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-items", type=int, default=100_000)
     parser.add_argument("--text-encoder", default="auto")
+    parser.add_argument("--candidate-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
@@ -497,12 +509,17 @@ def main(argv: list[str] | None = None) -> int:
         parts["latency"] = latency_section(args.requests, args.latency_items)
     if "candidates" in args.sections:
         parts["candidates"] = candidates_section(
-            args.text_encoder, args.requests, args.latency_items
+            args.text_encoder, args.requests, args.latency_items, args.candidate_seeds
         )
     command = (
         f"Command: `.venv/bin/python benchmarks/two_stage.py --sections "
         f"{' '.join(args.sections)} --text-encoder {args.text_encoder}"
         + (f" --toys-retrieval {' '.join(args.toys_retrieval)}" if "toys" in args.sections else "")
+        + (
+            f" --candidate-seeds {' '.join(map(str, args.candidate_seeds))}"
+            if "candidates" in args.sections
+            else ""
+        )
         + " --write "
         f"docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "
         f"{time.perf_counter() - started:.0f} s in all; one torch thread)."
