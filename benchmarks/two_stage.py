@@ -290,8 +290,10 @@ def timed_in_blocks(
     return timings
 
 
-def latency_section(requests: int, items: int) -> str:
-    torch.set_num_threads(1)
+def latency_pipeline(items: int) -> tuple[Recommender, Split, float]:
+    """The latency sections' pipeline: a synthetic world with `items` products, two-tower
+    and ranker one epoch each (latency does not depend on quality), 300 candidates, MMR and
+    10 % exploration, the ranker on whatever one epoch learned (the full path)."""
     data, _ = generate_marketplace(
         SyntheticConfig(users=20_000, items=items, days=10, seed=2, initial_item_share=0.9)
     )
@@ -303,7 +305,14 @@ def latency_section(requests: int, items: int) -> str:
         RankingParams(window_mode="global", epochs=1),
         config=PipelineConfig(candidates=300, diversity_strength=0.3, exploration_share=0.1),
     )
-    model.ranking.active = True  # latency of the full path, whatever one epoch learned
+    assert model.ranking is not None
+    model.ranking.active = True
+    return model, split, seconds
+
+
+def latency_section(requests: int, items: int) -> str:
+    torch.set_num_threads(1)
+    model, split, seconds = latency_pipeline(items)
     users = split.train.events.get_column("user_id").unique().sort().to_list()
     rng = np.random.default_rng(0)
     chosen = [users[i] for i in rng.integers(0, len(users), requests)] + ["never-seen"] * 20
@@ -439,19 +448,7 @@ def candidates_section(text_encoder: str, requests: int, items: int, seeds: list
         f"{name}: {np.mean(values):.4f}" for name, values in ndcg.items() if len(values)
     )
     # latency of the 100k-item pipeline (the latency section's) served at each count
-    data, _ = generate_marketplace(
-        SyntheticConfig(users=20_000, items=items, days=10, seed=2, initial_item_share=0.9)
-    )
-    world = split_global(data, quantile=0.9)
-    big, _ = fitted(
-        "two-tower",
-        {"text_encoder": "hashed", "epochs": 1, "validation_fraction": 0.0},
-        world,
-        RankingParams(window_mode="global", epochs=1),
-        config=PipelineConfig(candidates=300, diversity_strength=0.3, exploration_share=0.1),
-    )
-    assert big.ranking is not None
-    big.ranking.active = True
+    big, world, _ = latency_pipeline(items)
     users = world.train.events.get_column("user_id").unique().sort().to_list()
     rng = np.random.default_rng(0)
     chosen = [users[i] for i in rng.integers(0, len(users), requests)]
