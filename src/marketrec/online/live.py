@@ -506,23 +506,21 @@ class LiveRecommender:
         if isinstance(model, Recommender):
             model.on_stage = self.observer.stage
             config = _with_settings(model.config, settings) if settings else None
-            return [
-                {"item_id": item, "score": _finite(score), "source": source}
-                for item, score, source in model.recommend_one(
-                    user_id, k, region=region, config=config
+            listed = model.recommend_one(user_id, k, region=region, config=config)
+        else:
+            frame = model.recommend([user_id], k, regions=[region])
+            known = model.user_rows(pl.Series([user_id], dtype=pl.String))[0] >= 0
+            listed = list(
+                zip(
+                    frame.get_column("item_id").to_list(),
+                    frame.get_column("score").to_list(),
+                    ["retrieval" if known else "fallback"] * frame.height,
+                    strict=True,
                 )
-            ]
-        frame = model.recommend([user_id], k, regions=[region])
-        known = model.user_rows(pl.Series([user_id], dtype=pl.String))[0] >= 0
-        sources = ["retrieval" if known else "fallback"] * frame.height
+            )
         return [
             {"item_id": item, "score": _finite(score), "source": source}
-            for item, score, source in zip(
-                frame.get_column("item_id").to_list(),
-                frame.get_column("score").to_list(),
-                sources,
-                strict=True,
-            )
+            for item, score, source in listed
         ]
 
     def _check_ready(self) -> None:

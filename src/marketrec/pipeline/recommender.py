@@ -136,7 +136,7 @@ class Recommender:
         self._clock_moved = False  # live events later than the training data arrived
         self.stats: ExplorationStats | None = None
         #: Called with (stage, seconds) for each stage of a request: retrieve, rank (also when
-        #: skipped: ~0) and finish (rules, diversity, exploration, the output frame); the
+        #: skipped: ~0) and finish (rules, diversity, exploration, the list); the
         #: service's per-stage histograms. Not saved with the model.
         self.on_stage: Callable[[str, float], None] | None = None
 
@@ -226,19 +226,18 @@ class Recommender:
         # users in chunks: the ranker's features are (users × candidates) rows
         for start in range(0, ids.len(), _CHUNK):
             stop = min(start + _CHUNK, ids.len())
-            frames.append(
-                self._detailed_chunk(
-                    ids[start:stop],
-                    k,
-                    include_seen,
-                    None if regions is None else list(regions)[start:stop],
-                    moments_all[start:stop],
-                    at is not None,
-                    explain,
-                    with_signals,
-                    config or self.config,
-                )
+            out = self._chunk_lists(
+                ids[start:stop],
+                k,
+                include_seen,
+                None if regions is None else list(regions)[start:stop],
+                moments_all[start:stop],
+                at is not None,
+                explain,
+                with_signals,
+                config or self.config,
             )
+            frames.append(self._frame(out, with_signals))
         return frames[0] if len(frames) == 1 else pl.concat(frames)
 
     def _check_request(self, k: int) -> None:
@@ -269,21 +268,8 @@ class Recommender:
         out = self._chunk_lists(ids, k, False, [region], moments, False, False, False, cfg)
         return list(zip(self._item_names(out), out["score"], out["source"], strict=True))
 
-    def _detailed_chunk(
-        self,
-        ids: pl.Series,
-        k: int,
-        include_seen: bool,
-        regions: list[str | None] | None,
-        moments: np.ndarray,
-        timed: bool,
-        explain: bool = True,
-        with_signals: bool = True,
-        cfg: PipelineConfig | None = None,
-    ) -> pl.DataFrame:
-        out = self._chunk_lists(
-            ids, k, include_seen, regions, moments, timed, explain, with_signals, cfg
-        )
+    def _frame(self, out: dict[str, list[Any]], with_signals: bool) -> pl.DataFrame:
+        """`_chunk_lists` columns as the CONTRACT §2 frame (plus source and signals)."""
         columns = [
             pl.Series("user_id", out["user_id"], dtype=pl.String),
             pl.Series("item_id", self._item_names(out), dtype=pl.String),
