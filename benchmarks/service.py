@@ -10,16 +10,17 @@ clients on the same machine.
   through A, each timed from sending the PUT until B's `GET /v1/items/{id}` (polled every
   few ms) says `recommendable: true`. Both stores.
 - load: `marketrec serve --workers 2` (one compute thread each); an open-loop generator
-  (asyncio streams, raw HTTP/1.1 keep-alive: requests sent on a fixed schedule whatever
-  the answers, latency counted from the scheduled send time, so queueing counts) at 200
+  (asyncio streams, raw HTTP/1.1 keep-alive over a pool of `--connections` taking turns:
+  requests sent on a fixed schedule whatever the answers, latency counted from the
+  scheduled send time, so queueing counts) at 200
   requests/s for 60 s over random known users and 10 % unknown ones; then a ramp of 20 s
   steps until p99 passes 50 ms. Both stores.
 
 Every section serves one model: the pipeline of `two_stage.py`'s latency section (synthetic
 world with 100,000 items, two-tower 1 epoch with hashed text, ranker 1 epoch, 300
-candidates), built into `--workdir` on the first run and reused after. Each server gets a
-fresh event log (a new SQLite file, or a new Redis key prefix deleted afterwards), so the
-model folder's own state/ is never touched. Each section goes to its own part of
+candidates or `--candidates`), built into `--workdir` on the first run and reused after.
+Each server gets a fresh event log (a new SQLite file, or a new Redis key prefix deleted
+afterwards), so the model folder's own state/ is never touched. Each section goes to its own part of
 docs/benchmarks.md (service_<name>).
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import random
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,14 +53,17 @@ from docs_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/15"
+#: Keep-alive connections the load generator opens before it starts (wrk's `-c`).
+CONNECTIONS = 16
 log = logging.getLogger("service-benchmark")
 
 
 # --------------------------------------------------------------------------- the model
-def build_model(workdir: Path, items: int) -> Path:
+def build_model(workdir: Path, items: int, candidates: int = 300) -> Path:
     """The 100k-item two-stage pipeline of `two_stage.py --sections latency` (reused when
-    its folder exists), with the known user and item ids written beside it."""
-    folder = workdir / f"model-{items}"
+    its folder exists), with the known user and item ids written beside it. `candidates`:
+    ranked per request, and per list in the ranker's training."""
+    folder = workdir / (f"model-{items}" if candidates == 300 else f"model-{items}-{candidates}c")
     if (folder / "pipeline.json").is_file() and (workdir / f"users-{items}.txt").is_file():
         log.info("reusing the model in %s", folder)
         return folder
@@ -81,8 +86,8 @@ def build_model(workdir: Path, items: int) -> Path:
     split = split_global(data, quantile=0.9)
     model = Recommender(
         create("two-tower", {"text_encoder": "hashed", "epochs": 1, "validation_fraction": 0.0}),
-        PipelineConfig(candidates=300, diversity_strength=0.3, exploration_share=0.1),
-        RankingParams(window_mode="global", epochs=1),
+        PipelineConfig(candidates=candidates, diversity_strength=0.3, exploration_share=0.1),
+        RankingParams(window_mode="global", epochs=1, candidates=candidates),
     )
     model.fit(split.train)
     assert model.ranking is not None
@@ -402,17 +407,28 @@ class RawHttp:
     httpx's asyncio client spent about 0.5 ms of CPU a request here (92 % of a core at 200
     rps, while the servers used 6 %), so the generator, not the server, set the latency.
     This one only writes a GET and reads a Content-Length body: a few tens of µs a request.
-    Idle connections are reused; a request that finds none open opens a new one."""
+
+    `open(n)` opens a pool of connections first, like wrk's `-c`. A request takes the idle
+    connection that has waited longest (a queue, so the pool's connections take turns) and
+    opens a new one only when none is idle. Each connection is served by the one worker
+    process that accepted it: reusing the most recently freed connection instead (a stack,
+    as this client did until 2026-12-07) sent nearly every request at these rates down one
+    connection, so one of two workers did all the work (measured: 5.3 against 0.06 ms of
+    CPU per request) and the other sat idle."""
 
     def __init__(self, url: str) -> None:
         parsed = urlsplit(url)
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 80
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
+
+    async def open(self, connections: int) -> None:
+        for _ in range(connections):
+            self.idle.append(await asyncio.open_connection(self.host, self.port))
 
     async def get(self, target: str) -> tuple[int, bytes]:
         if self.idle:
-            reader, writer = self.idle.pop()
+            reader, writer = self.idle.popleft()
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
@@ -441,7 +457,13 @@ class RawHttp:
 
 
 async def open_loop(
-    url: str, rate: float, seconds: float, users: list[str], seed: int, timeout: float
+    url: str,
+    rate: float,
+    seconds: float,
+    users: list[str],
+    seed: int,
+    timeout: float,
+    connections: int = CONNECTIONS,
 ) -> Step:
     """Requests at fixed times `i / rate` whatever the answers; latency from the scheduled
     time (a request sent late by a busy generator counts its delay). A failure or timeout
@@ -450,6 +472,7 @@ async def open_loop(
     rng = random.Random(seed)
     step = Step(rate, seconds)
     client = RawHttp(url)
+    await client.open(connections)
     loop = asyncio.get_running_loop()
 
     async def one(user: str, scheduled: float) -> None:
@@ -517,8 +540,10 @@ def load_section(
     ramp: list[float],
     ramp_seconds: float,
     timeout: float,
+    connections: int = CONNECTIONS,
 ) -> str:
     users = read_ids(workdir, "users", items)
+    candidates = json.loads((model / "pipeline.json").read_text())["config"]["candidates"]
     parts = []
     summary = []
     for kind in stores:
@@ -526,15 +551,20 @@ def load_section(
         rows = []
         loads = [load_note()]
         with serving(model, store, workdir, workers=2) as (server,):
-            asyncio.run(open_loop(server.url, 20, 5, users, seed=0, timeout=timeout))  # warm-up
-            steady = asyncio.run(open_loop(server.url, rate, seconds, users, 1, timeout))
+            # warm-up, then the steady rate
+            asyncio.run(open_loop(server.url, 20, 5, users, 0, timeout, connections))
+            steady = asyncio.run(
+                open_loop(server.url, rate, seconds, users, 1, timeout, connections)
+            )
             loads.append(load_note())
             rows.append(step_row("steady", steady))
             log.info("load %s: %s", kind, rows[-1])
             best = None
             for j, r in enumerate(ramp):
                 log.info("load %s: backlog drained in %.0f s", kind, drain(server, users))
-                step = asyncio.run(open_loop(server.url, r, ramp_seconds, users, 10 + j, timeout))
+                step = asyncio.run(
+                    open_loop(server.url, r, ramp_seconds, users, 10 + j, timeout, connections)
+                )
                 rows.append(step_row("ramp", step))
                 log.info("load %s: %s", kind, rows[-1])
                 if step.stats()["p99"] < 50.0:
@@ -558,11 +588,12 @@ def load_section(
         )
     return (
         f"### Load: `GET /v1/recommendations` (k = 10) under an open-loop generator, "
-        f"`--workers 2` ({items:,}-item two-stage model, 300 candidates, ranker + MMR + 10 % "
-        "exploration)\n\n"
+        f"`--workers 2` ({items:,}-item two-stage model, {candidates} candidates, ranker + MMR "
+        "+ 10 % exploration)\n\n"
         "Random known users and 10 % never seen; requests sent on a fixed schedule from one "
-        "asyncio process on the same machine (raw HTTP/1.1 keep-alive on asyncio streams; "
-        "it shares the 2 cores with the server), latency from the scheduled send time, "
+        "asyncio process on the same machine (raw HTTP/1.1 keep-alive on asyncio streams, "
+        f"{connections} connections opened first and taking turns, like wrk's `-c`; it shares "
+        "the 2 cores with the server), latency from the scheduled send time, "
         f"timeout {timeout:.0f} s (a timeout is an error and counts as infinitely slow in "
         "the percentiles); `max send lag`: how late the generator itself sent its worst "
         "request; `client CPU`: the generator's CPU seconds per wall second. Warm-up 5 s at "
@@ -586,6 +617,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-events", type=int, default=50_000)
     parser.add_argument("--ingest-batch", type=int, default=1_000)
     parser.add_argument("--products", type=int, default=100)
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=300,
+        help="candidates the served model ranks per request (and per training list)",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=CONNECTIONS, help="the load generator's pool"
+    )
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--ramp", type=float, nargs="+", default=[25, 50, 100, 200, 400, 800])
@@ -598,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model = build_model(args.workdir, args.items)
+    model = build_model(args.workdir, args.items, args.candidates)
     for name in args.sections:
         section_started = time.perf_counter()
         if name == "ingest":
@@ -618,12 +658,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.ramp,
                 args.ramp_seconds,
                 args.timeout,
+                args.connections,
             )
         else:
             raise SystemExit(f"unknown section {name!r} (ingest, freshness, load)")
         command = (
             f"Command: `.venv/bin/python benchmarks/service.py --sections {name}"
             + (f" --stores {' '.join(args.stores)}" if name != "ingest" else "")
+            + (f" --candidates {args.candidates}" if args.candidates != 300 else "")
+            + (f" --ramp {' '.join(f'{r:g}' for r in args.ramp)}" if name == "load" else "")
             + f" --write docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "
             f"{time.perf_counter() - section_started:.0f} s; {machine()}; servers and "
             "clients on the same machine)."

@@ -17,7 +17,9 @@ retrieval alone and the tuned baselines, on the acceptance datasets of the ranki
 - candidates (not in the default sections): what the number of ranked candidates buys and
   costs: ml-100k P1u NDCG@10 with the ranker trained and served at 100, 150 and 300
   candidates over one two-tower, and the 100k-item pipeline's in-process latency at each.
-Each section goes to its own part of docs/benchmarks.md (two_stage_<name>).
+Each section goes to its own part of docs/benchmarks.md (two_stage_<name>). `--ranked N`
+runs toys and synthetic with N candidates ranked and trained on instead of 300, into
+two_stage_toys_N and two_stage_synthetic_N.
 """
 
 from __future__ import annotations
@@ -81,6 +83,17 @@ def variant(model: Recommender, config: PipelineConfig, ranked: bool = True) -> 
     other._reference_ts = model._reference_ts
     other.ranking = model.ranking if ranked else None
     return other
+
+
+def served(candidates: int, **settings: Any) -> PipelineConfig:
+    """Pipeline settings ranking `candidates` per user (the ranker's training lists hold as
+    many: `RankingParams(candidates=...)`)."""
+    return PipelineConfig(candidates=candidates, **settings)
+
+
+def ranked_note(candidates: int) -> str:
+    """A heading's note when a section ranks another count than the default 300."""
+    return "" if candidates == 300 else f"; {candidates} candidates ranked and trained on"
 
 
 def cells(slices: dict[str, dict[str, float]], columns: list[tuple[str, str]]) -> str:
@@ -166,7 +179,7 @@ TOYS_RETRIEVAL = {
 }
 
 
-def toys_section(retrievals: list[str]) -> str:
+def toys_section(retrievals: list[str], candidates: int = 300) -> str:
     data = import_sequences(SHARED / "amazon-toys-s3rec")
     split = split_leave_one_out(data)
     targets = TargetConfig(all_events=True)
@@ -174,11 +187,13 @@ def toys_section(retrievals: list[str]) -> str:
     # the clock-reading ranker features stay on although the sequence clock is only each
     # user's order: without them (time_features = false) the ranker's validation NDCG@10 fell
     # to 0.1765 vs 0.1858 with them (retrieval order 0.1831); either way the gate drops it
-    ranking = RankingParams(window_mode="leave-one-out")
+    ranking = RankingParams(window_mode="leave-one-out", candidates=candidates)
     rows = []
     for retrieval in retrievals:
-        model, seconds = fitted(retrieval, TOYS_RETRIEVAL[retrieval], split, ranking)
-        alone = variant(model, PipelineConfig(), ranked=False)
+        model, seconds = fitted(
+            retrieval, TOYS_RETRIEVAL[retrieval], split, ranking, config=served(candidates)
+        )
+        alone = variant(model, served(candidates), ranked=False)
         rows.append(
             (
                 f"{retrieval} retrieval alone",
@@ -196,17 +211,20 @@ def toys_section(retrievals: list[str]) -> str:
             )
         )
     return (
-        f"### Amazon Toys P3 ({split.description})\n\nAnchors (tuned): EASE HR@10 0.085, "
+        f"### Amazon Toys P3 ({split.description}){ranked_note(candidates)}\n\n"
+        "Anchors (tuned): EASE HR@10 0.085, "
         "NDCG@10 0.050; ALS 0.076, 0.043.\n\n" + table(rows, columns)
     )
 
 
-def synthetic_section(users: int, items: int, text_encoder: str) -> str:
+def synthetic_section(users: int, items: int, text_encoder: str, candidates: int = 300) -> str:
     data, _ = generate_marketplace(SyntheticConfig(users=users, items=items, days=30, seed=1))
     split = split_global(data, quantile=0.8)
     baselines = run_models(split, ["region-popularity", "ease"], tune_protocol="global")
-    ranking = RankingParams(window_mode="global")
-    model, seconds = fitted("two-tower", {"text_encoder": text_encoder}, split, ranking)
+    ranking = RankingParams(window_mode="global", candidates=candidates)
+    model, seconds = fitted(
+        "two-tower", {"text_encoder": text_encoder}, split, ranking, config=served(candidates)
+    )
     targets = build_targets(split.train, split.test)
     evaluated = targets.get_column("user_id").unique().sort()
     cold_targets = slice_targets(split, targets)["cold users"]
@@ -218,13 +236,13 @@ def synthetic_section(users: int, items: int, text_encoder: str) -> str:
         | ~pl.col("item_id").is_in(split.train.events.get_column("item_id").unique().implode())
     ).select("item_id")
     steps = [
-        ("retrieval only (no rules)", PipelineConfig(exclude_events=()), False),
-        ("+ ranker", PipelineConfig(exclude_events=()), True),
-        ("+ rules (no bought or seen items)", PipelineConfig(), True),
-        ("+ diversity (MMR λ=0.3)", PipelineConfig(diversity_strength=0.3), True),
+        ("retrieval only (no rules)", served(candidates, exclude_events=()), False),
+        ("+ ranker", served(candidates, exclude_events=()), True),
+        ("+ rules (no bought or seen items)", served(candidates), True),
+        ("+ diversity (MMR λ=0.3)", served(candidates, diversity_strength=0.3), True),
         (
             "+ exploration (10% of slots)",
-            PipelineConfig(diversity_strength=0.3, exploration_share=0.1),
+            served(candidates, diversity_strength=0.3, exploration_share=0.1),
             True,
         ),
     ]
@@ -254,7 +272,8 @@ def synthetic_section(users: int, items: int, text_encoder: str) -> str:
     return (
         f"### Synthetic marketplace P1g ablation ({users:,} users, {items:,} items, 30 days; "
         f"{split.description}; two-tower retrieval; two-stage fit {seconds:.0f} s; ranker: "
-        f"{ranker_note(model)})\n\nNew items: listed in the 7 days before the split or never "
+        f"{ranker_note(model)}){ranked_note(candidates)}\n\n"
+        "New items: listed in the 7 days before the split or never "
         "interacted with in train. New users: no event in train. The tuned baselines' lists "
         "are scored the same way (their new users get the tuned region popularity).\n\n"
         + "\n".join(lines)
@@ -498,6 +517,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-items", type=int, default=100_000)
     parser.add_argument("--text-encoder", default="auto")
     parser.add_argument("--candidate-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--ranked",
+        type=int,
+        default=300,
+        help="candidates ranked per user (and per training list) in the toys and synthetic "
+        "sections; other than 300 they write to their own docs sections",
+    )
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
@@ -507,10 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     if "ml100k" in args.sections:
         parts["ml100k"] = ml100k_section(args.text_encoder)
     if "toys" in args.sections:
-        parts["toys"] = toys_section(args.toys_retrieval)
+        parts["toys"] = toys_section(args.toys_retrieval, args.ranked)
     if "synthetic" in args.sections:
         parts["synthetic"] = synthetic_section(
-            args.synthetic_users, args.synthetic_items, args.text_encoder
+            args.synthetic_users, args.synthetic_items, args.text_encoder, args.ranked
         )
     if "latency" in args.sections:
         parts["latency"] = latency_section(args.requests, args.latency_items)
@@ -527,11 +553,14 @@ def main(argv: list[str] | None = None) -> int:
             if "candidates" in args.sections
             else ""
         )
+        + (f" --ranked {args.ranked}" if args.ranked != 300 else "")
         + " --write "
         f"docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "
         f"{time.perf_counter() - started:.0f} s in all; one torch thread)."
     )
     for name, part in parts.items():
+        if args.ranked != 300 and name in ("toys", "synthetic"):
+            name = f"{name}_{args.ranked}"  # beside the default count's section
         body = f"## Two-stage pipeline ({name})\n\n{command}\n\n{part}"
         print(body)
         if args.write:
