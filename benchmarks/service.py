@@ -530,66 +530,86 @@ def step_row(label: str, step: Step) -> str:
     )
 
 
-def load_section(
-    model: Path,
-    workdir: Path,
-    items: int,
-    stores: list[str],
-    rate: float,
-    seconds: float,
-    ramp: list[float],
-    ramp_seconds: float,
-    timeout: float,
-    connections: int = CONNECTIONS,
-) -> str:
-    users = read_ids(workdir, "users", items)
-    candidates = json.loads((model / "pipeline.json").read_text())["config"]["candidates"]
-    parts = []
-    summary = []
-    for kind in stores:
-        store = new_store(kind, workdir)
-        rows = []
-        loads = [load_note()]
-        with serving(model, store, workdir, workers=2) as (server,):
-            # warm-up, then the steady rate
-            asyncio.run(open_loop(server.url, 20, 5, users, 0, timeout, connections))
-            steady = asyncio.run(
-                open_loop(server.url, rate, seconds, users, 1, timeout, connections)
+@dataclass(frozen=True)
+class LoadPlan:
+    """What each load run does: the steady rate, then the ramp."""
+
+    rate: float
+    seconds: float
+    ramp: list[float]
+    ramp_seconds: float
+    timeout: float
+    connections: int = CONNECTIONS
+
+
+def served_candidates(model: Path) -> int:
+    return int(json.loads((model / "pipeline.json").read_text())["config"]["candidates"])
+
+
+def load_run(
+    model: Path, kind: str, workdir: Path, users: list[str], plan: LoadPlan
+) -> tuple[str, str]:
+    """One server (two workers) on a fresh `kind` store: the steady rate, then the ramp
+    until p99 passes 50 ms. → (summary line, table)."""
+    label = f"{kind} store, {served_candidates(model)} candidates"
+    store = new_store(kind, workdir)
+    rows = []
+    loads = [load_note()]
+    with serving(model, store, workdir, workers=2) as (server,):
+
+        def run(rate: float, seconds: float, seed: int) -> Step:
+            return asyncio.run(
+                open_loop(server.url, rate, seconds, users, seed, plan.timeout, plan.connections)
             )
-            loads.append(load_note())
-            rows.append(step_row("steady", steady))
-            log.info("load %s: %s", kind, rows[-1])
-            best = None
-            for j, r in enumerate(ramp):
-                log.info("load %s: backlog drained in %.0f s", kind, drain(server, users))
-                step = asyncio.run(
-                    open_loop(server.url, r, ramp_seconds, users, 10 + j, timeout, connections)
-                )
-                rows.append(step_row("ramp", step))
-                log.info("load %s: %s", kind, rows[-1])
-                if step.stats()["p99"] < 50.0:
-                    best = r
-                else:
-                    break  # higher rates queue further: stop the ramp at its first miss
-            loads.append(load_note())
-        s = steady.stats()
-        met = s["p99"] <= 15.0 and s["p50"] <= 5.0
-        summary.append(
-            f"{kind}: p50 {ms(s['p50'])} ms, p99 {ms(s['p99'])} ms at {rate:.0f} rps "
-            f"({'met' if met else 'not met'}); highest ramp rate with p99 < 50 ms: "
-            f"{f'{best:.0f} rps' if best is not None else 'none of the rates tried'}"
-        )
-        parts.append(
-            f"#### {kind} store (ready {server.started_s:.0f} s after start; load average "
-            f"{', '.join(loads)})\n\n"
-            "| phase | rps | s | requests | p50 ms | p90 ms | p99 ms | max ms | errors | "
-            "max send lag ms | client CPU |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
-        )
+
+        run(20, 5, 0)  # warm-up
+        steady = run(plan.rate, plan.seconds, 1)
+        loads.append(load_note())
+        rows.append(step_row("steady", steady))
+        log.info("load %s: %s", label, rows[-1])
+        best = None
+        for j, r in enumerate(plan.ramp):
+            log.info("load %s: backlog drained in %.0f s", label, drain(server, users))
+            step = run(r, plan.ramp_seconds, 10 + j)
+            rows.append(step_row("ramp", step))
+            log.info("load %s: %s", label, rows[-1])
+            if step.stats()["p99"] < 50.0:
+                best = r
+            else:
+                break  # higher rates queue further: stop the ramp at its first miss
+        loads.append(load_note())
+    s = steady.stats()
+    met = s["p99"] <= 15.0 and s["p50"] <= 5.0
+    summary = (
+        f"{label}: p50 {ms(s['p50'])} ms, p99 {ms(s['p99'])} ms at {plan.rate:.0f} rps "
+        f"({'met' if met else 'not met'}); highest ramp rate with p99 < 50 ms: "
+        f"{f'{best:.0f} rps' if best is not None else 'none of the rates tried'}"
+    )
+    table = (
+        f"#### {label} (ready {server.started_s:.0f} s after start; load average "
+        f"{', '.join(loads)})\n\n"
+        "| phase | rps | s | requests | p50 ms | p90 ms | p99 ms | max ms | errors | "
+        "max send lag ms | client CPU |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+    return summary, table
+
+
+def load_section(
+    models: list[Path], workdir: Path, items: int, stores: list[str], plan: LoadPlan
+) -> str:
+    """Each model (one per ranked-candidate count) on each store, one after the other."""
+    users = read_ids(workdir, "users", items)
+    runs = [load_run(model, kind, workdir, users, plan) for model in models for kind in stores]
+    summary = [line for line, _ in runs]
+    parts = [table for _, table in runs]
+    counts = " and ".join(str(served_candidates(m)) for m in models)
+    timeout, connections = plan.timeout, plan.connections
+    ramp, ramp_seconds = plan.ramp, plan.ramp_seconds
     return (
         f"### Load: `GET /v1/recommendations` (k = 10) under an open-loop generator, "
-        f"`--workers 2` ({items:,}-item two-stage model, {candidates} candidates, ranker + MMR "
-        "+ 10 % exploration)\n\n"
+        f"`--workers 2` ({items:,}-item two-stage model, {counts} candidates ranked, ranker + "
+        "MMR + 10 % exploration)\n\n"
         "Random known users and 10 % never seen; requests sent on a fixed schedule from one "
         "asyncio process on the same machine (raw HTTP/1.1 keep-alive on asyncio streams, "
         f"{connections} connections opened first and taking turns, like wrk's `-c`; it shares "
@@ -620,8 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--candidates",
         type=int,
-        default=300,
-        help="candidates the served model ranks per request (and per training list)",
+        nargs="+",
+        default=[300],
+        help="candidates the served model ranks per request (and per training list); the "
+        "load section serves one model per count, the others the first",
     )
     parser.add_argument(
         "--connections", type=int, default=CONNECTIONS, help="the load generator's pool"
@@ -638,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model = build_model(args.workdir, args.items, args.candidates)
+    model = build_model(args.workdir, args.items, args.candidates[0])
     for name in args.sections:
         section_started = time.perf_counter()
         if name == "ingest":
@@ -648,11 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "freshness":
             part = freshness_section(model, args.workdir, args.items, args.stores, args.products)
         elif name == "load":
-            part = load_section(
-                model,
-                args.workdir,
-                args.items,
-                args.stores,
+            plan = LoadPlan(
                 args.rate,
                 args.seconds,
                 args.ramp,
@@ -660,12 +678,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.timeout,
                 args.connections,
             )
+            models = [build_model(args.workdir, args.items, n) for n in args.candidates]
+            part = load_section(models, args.workdir, args.items, args.stores, plan)
         else:
             raise SystemExit(f"unknown section {name!r} (ingest, freshness, load)")
         command = (
             f"Command: `.venv/bin/python benchmarks/service.py --sections {name}"
             + (f" --stores {' '.join(args.stores)}" if name != "ingest" else "")
-            + (f" --candidates {args.candidates}" if args.candidates != 300 else "")
+            + (
+                f" --candidates {' '.join(map(str, args.candidates))}"
+                if args.candidates != [300]
+                else ""
+            )
             + (f" --ramp {' '.join(f'{r:g}' for r in args.ramp)}" if name == "load" else "")
             + f" --write docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "
             f"{time.perf_counter() - section_started:.0f} s; {machine()}; servers and "
