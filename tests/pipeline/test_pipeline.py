@@ -246,13 +246,16 @@ def test_one_user_lists_are_the_detailed_lists(market) -> None:
     for user, region in [("u00", None), ("u21", "south"), ("newbie", None), ("nobody", "north")]:
         detailed = model.recommend_detailed([user], 6, regions=[region])
         one = model.recommend_one(user, 6, region=region)
-        assert [item for item, _, _ in one] == detailed.get_column("item_id").to_list()
-        assert [score for _, score, _ in one] == detailed.get_column("score").to_list()
-        assert [source for _, _, source in one] == detailed.get_column("source").to_list()
-        sources |= {source for _, _, source in one}
+        assert [e.item_id for e in one] == detailed.get_column("item_id").to_list()
+        assert [e.score for e in one] == detailed.get_column("score").to_list()
+        assert [e.source for e in one] == detailed.get_column("source").to_list()
+        new = model._new_items(model._reference_ts)
+        columns = model.retrieval.item_columns(detailed.get_column("item_id"))
+        assert [e.new_listing for e in one] == new[columns].tolist()
+        sources |= {e.source for e in one}
     assert "exploration" in sources
     other = PipelineConfig(candidates=12, diversity="none")
-    assert [item for item, _, _ in model.recommend_one("u00", 4, config=other)] == (
+    assert [e.item_id for e in model.recommend_one("u00", 4, config=other)] == (
         model.recommend(["u00"], 4, config=other).get_column("item_id").to_list()
     )
     with pytest.raises(ConfigError, match="k must be"):

@@ -28,7 +28,7 @@ from pathlib import Path
 from marketrec.core.errors import ModelError
 from marketrec.data.schema import Dataset
 from marketrec.online.log import EventLog
-from marketrec.online.retrain import dataset_with_log, publish
+from marketrec.online.retrain import carry_exploration, dataset_with_log, publish
 from marketrec.online.versions import (
     TRAINED_LOG,
     record_training_data,
@@ -79,6 +79,7 @@ def fine_tune(
         fold.offset,
     )
     model = fine_tuned(previous, fold.data, fold.new_since_ts, epochs, learning_rate_scale)
+    carry_exploration(model, fold)
     model.save(out)
     (out / TRAINED_LOG).write_text(json.dumps({"offset": fold.offset}))
     source = training_data(model_folder)

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -44,7 +46,14 @@ import polars as pl
 
 from marketrec.core.errors import MarketrecError
 from marketrec.models.base import CollaborativeRecommender
-from marketrec.online.log import DEFAULT_REDIS_PREFIX, Entry, EventLog, Record, open_log
+from marketrec.online.log import (
+    DEFAULT_REDIS_PREFIX,
+    Entry,
+    EventLog,
+    EventLogError,
+    Record,
+    open_log,
+)
 from marketrec.online.records import (
     events_from_payloads,
     parse_event_payloads,
@@ -63,6 +72,9 @@ Model = Recommender | CollaborativeRecommender
 PAGE = 2_000
 #: Online events kept per user for `history`.
 HISTORY_SIZE = 200
+#: Seconds a worker gathers the new items it showed before appending them to the log as one
+#: `impressions` record (a record per request would double the log's writes).
+IMPRESSION_FLUSH_S = 1.0
 #: The state folder inside a model folder: the default SQLite event log lives there.
 STATE_FOLDER = "state"
 
@@ -162,6 +174,11 @@ class LiveRecommender:
         self._wanted: Record | None = None  # the newest model record not swapped in yet
         self._swapper: threading.Thread | None = None
         self.swap_error: str | None = None  # why the last swap failed (the old model serves)
+        #: how often the new items this worker showed go to the log (`_count_impressions`)
+        self.impression_flush_s = IMPRESSION_FLUSH_S
+        self._impressions: Counter[str] = Counter()
+        self._impressions_since = clock()
+        self._writer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # ----------------------------------------------------------------- set-up
     @classmethod
@@ -232,6 +249,7 @@ class LiveRecommender:
         return not self.swapping
 
     def close(self) -> None:
+        self.flush_impressions()
         self.log.close()
 
     # ----------------------------------------------------------------- reads
@@ -255,7 +273,8 @@ class LiveRecommender:
         with self._lock:
             self._sync_locked()
             synced = time.perf_counter()
-            items = self._top(user_id, k, region, settings)
+            items, new = self._top(user_id, k, region, settings)
+            self._count_impressions(new, settings)
             version = self.version
         done = time.perf_counter()
         self.observer.stage("sync", synced - started)
@@ -501,27 +520,69 @@ class LiveRecommender:
 
     def _top(
         self, user_id: str, k: int, region: str | None, settings: Mapping[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The response's items, and the new listings among them (`_count_impressions`)."""
         model = self.model
         if isinstance(model, Recommender):
             model.on_stage = self.observer.stage
             config = _with_settings(model.config, settings) if settings else None
-            listed = model.recommend_one(user_id, k, region=region, config=config)
-        else:
-            frame = model.recommend([user_id], k, regions=[region])
-            known = model.user_rows(pl.Series([user_id], dtype=pl.String))[0] >= 0
-            listed = list(
-                zip(
-                    frame.get_column("item_id").to_list(),
-                    frame.get_column("score").to_list(),
-                    ["retrieval" if known else "fallback"] * frame.height,
-                    strict=True,
-                )
-            )
-        return [
+            one = model.recommend_one(user_id, k, region=region, config=config)
+            items = [
+                {"item_id": e.item_id, "score": _finite(e.score), "source": e.source} for e in one
+            ]
+            return items, [e.item_id for e in one if e.new_listing]
+        frame = model.recommend([user_id], k, regions=[region])
+        known = model.user_rows(pl.Series([user_id], dtype=pl.String))[0] >= 0
+        source = "retrieval" if known else "fallback"
+        items = [
             {"item_id": item, "score": _finite(score), "source": source}
-            for item, score, source in listed
+            for item, score in zip(
+                frame.get_column("item_id").to_list(),
+                frame.get_column("score").to_list(),
+                strict=True,
+            )
         ]
+        return items, []  # a single model does not explore
+
+    def _count_impressions(self, new: list[str], settings: Mapping[str, Any] | None) -> None:
+        """Count the new listings a list showed (exploration's misses are impressions
+        without a click); every `impression_flush_s` a background thread appends them to
+        the log as one record, so no request waits for that write. Every worker, this one
+        included, applies the record at its next sync, so all agree. Counted only when the
+        list could explore: without exploration nobody reads them. Called under the lock."""
+        model = self.model
+        if not isinstance(model, Recommender):
+            return
+        config = _with_settings(model.config, settings) if settings else model.config
+        if new and config.exploration_share > 0:
+            self._impressions.update(new)
+        if self._clock() - self._impressions_since >= self.impression_flush_s:
+            shown = self._take_impressions()
+            if shown:
+                threading.Thread(
+                    target=self._append_impressions, args=(shown,), name="impressions", daemon=True
+                ).start()
+
+    def flush_impressions(self) -> None:
+        """Append the impressions gathered so far now (at close, and for tests)."""
+        with self._lock:
+            shown = self._take_impressions()
+        self._append_impressions(shown)
+
+    def _take_impressions(self) -> dict[str, int]:
+        self._impressions_since = self._clock()
+        shown, self._impressions = dict(self._impressions), Counter()
+        return shown
+
+    def _append_impressions(self, shown: dict[str, int]) -> None:
+        """One `impressions` record. A failed append drops them with a warning: they are
+        statistics, not accepted events."""
+        if not shown:
+            return
+        try:
+            self.log.append([("impressions", self._writer, {"items": shown})])
+        except EventLogError as exc:
+            log.warning("impressions of %d item(s) not logged: %s", len(shown), exc)
 
     def _check_ready(self) -> None:
         if not self._ready:
@@ -570,6 +631,12 @@ def _apply_to(model: Model, batch: list[Record]) -> bool:
             # one at a time: each PUT carries its own attribute columns and types
             for r in batch:
                 model.upsert_users(parse_user_update(r.payload, now=0.0).to_row(r.key))
+        elif kind == "impressions":
+            if isinstance(model, Recommender):  # a single model does not explore
+                shown: Counter[str] = Counter()
+                for r in batch:
+                    shown.update(r.payload["items"])
+                model.record_impressions(shown)
         else:
             raise ValueError(f"unknown record kind {kind!r}")
     except Exception:

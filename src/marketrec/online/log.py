@@ -13,7 +13,9 @@ A log is a sequence of `Record`s with offsets that increase strictly (gaps are a
 reader must never infer a count from offsets). Payloads are JSON objects; what each kind holds
 is defined by `marketrec.online.records` (events: the §1 fields with `ts` in epoch seconds);
 a `model` record (key: the version, payload: `{"folder": ...}`) tells every worker to swap in
-a retrained model (`marketrec.online.retrain.publish`).
+a retrained model (`marketrec.online.retrain.publish`); an `impressions` record (key: the
+worker that wrote it, payload: `{"items": {item_id: times shown}}`) carries a worker's served
+new items to every worker's exploration statistics (`marketrec.online.live`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from marketrec.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-RecordKind = Literal["event", "item", "item_delete", "user", "model"]
+RecordKind = Literal["event", "item", "item_delete", "user", "model", "impressions"]
 KINDS: tuple[str, ...] = get_args(RecordKind)
 
 #: What `append` takes: (kind, key, payload); key is the user id (events, users) or item id.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -36,7 +37,7 @@ from marketrec.online.versions import (
     trained_offset,
     training_data,
 )
-from marketrec.pipeline.recommender import Recommender, load_recommender
+from marketrec.pipeline.recommender import ENGAGEMENT, Recommender, load_recommender
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ class LogFold:
     #: events in records after the `after` offset asked for, and the earliest of their times
     new_events: int = 0
     new_since_ts: float | None = None
+    #: exploration's counts in the folded records: new listings shown, and clicks
+    #: (`ENGAGEMENT` events), per item id (`carry_exploration`)
+    shown: dict[str, int] = field(default_factory=dict)
+    clicked: dict[str, int] = field(default_factory=dict)
 
 
 def dataset_with_log(
@@ -68,6 +73,8 @@ def dataset_with_log(
     items: dict[str, pl.DataFrame] = {}
     delisted: set[str] = set()
     users: dict[str, pl.DataFrame] = {}
+    shown: Counter[str] = Counter()
+    clicked: Counter[str] = Counter()
     offset = 0
     while True:
         records = event_log.read(offset, limit=_PAGE)
@@ -77,6 +84,8 @@ def dataset_with_log(
         for record in records:
             if record.kind == "event":
                 events.append(record.payload)
+                if record.payload.get("event") in ENGAGEMENT and record.payload.get("item_id"):
+                    clicked[record.payload["item_id"]] += 1
                 if record.offset > after:
                     new_events += 1
                     new_since = min(new_since, float(record.payload["ts"]))
@@ -87,6 +96,8 @@ def dataset_with_log(
                 delisted.add(record.key)
             elif record.kind == "user":
                 users[record.key] = parse_user_update(record.payload, now=0.0).to_row(record.key)
+            elif record.kind == "impressions":
+                shown.update(record.payload["items"])
         offset = records[-1].offset
         if len(records) < _PAGE:
             break
@@ -118,7 +129,18 @@ def dataset_with_log(
         len(users),
         new_events,
         new_since if new_events else None,
+        dict(shown),
+        dict(clicked),
     )
+
+
+def carry_exploration(model: Recommender | CollaborativeRecommender, fold: LogFold) -> None:
+    """Give a model fitted on `fold` the exploration counts of the records it folded: a
+    fit starts them at zero, and a worker that swaps it in replays only the records after
+    its offset, so without them a new version would forget every impression and click
+    the service saw before it."""
+    if isinstance(model, Recommender):
+        model.record_impressions(fold.shown, fold.clicked)
 
 
 def _replaced(table: pl.DataFrame, rows: list[pl.DataFrame], key: str) -> pl.DataFrame:
@@ -154,6 +176,7 @@ def retrain(
         fold.offset,
     )
     model.fit(fold.data)
+    carry_exploration(model, fold)
     model.save(out)
     (out / TRAINED_LOG).write_text(json.dumps({"offset": fold.offset}))
     source = training_data(model_folder)
@@ -177,6 +200,7 @@ __all__ = [
     "TRAINED_LOG",
     "TRAINED_ON",
     "LogFold",
+    "carry_exploration",
     "dataset_with_log",
     "publish",
     "record_training_data",

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import polars as pl
@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "pipeline.json"
 _CHUNK = 256
 #: events that count as a click on an item for exploration's posteriors
-_ENGAGEMENT = ("click", "add_to_cart", "purchase")
+#: The events that count as clicks for exploration's posterior.
+ENGAGEMENT = ("click", "add_to_cart", "purchase")
 FORMAT = "marketrec-pipeline"
 _DETAIL_SCHEMA = {
     "user_id": pl.String,
@@ -66,6 +67,15 @@ _DETAIL_SCHEMA = {
 }
 #: `recommend`'s columns (CONTRACT §2)
 _RECS_SCHEMA = {k: v for k, v in _DETAIL_SCHEMA.items() if k not in ("source", "signals")}
+
+
+class Listed(NamedTuple):
+    """One item of `recommend_one`'s list."""
+
+    item_id: str
+    score: float
+    source: str  # retrieval, fallback or exploration
+    new_listing: bool  # new to exploration: its impressions feed `record_impressions`
 
 
 @dataclass(frozen=True)
@@ -257,16 +267,22 @@ class Recommender:
         *,
         region: str | None = None,
         config: PipelineConfig | None = None,
-    ) -> list[tuple[str, float, str]]:
-        """One user's list now as (item_id, score, source), best first: the lists of
-        `recommend_detailed` without their signals and without a data frame around them
-        (the live service's request, which needs neither)."""
+    ) -> list[Listed]:
+        """One user's list now, best first: the lists of `recommend_detailed` without their
+        signals and without a data frame around them (the live service's request, which
+        needs neither), each item marked when exploration counts it as a new listing."""
         self._check_request(k)
         ids = pl.Series("user_id", [user_id], dtype=pl.String)
         moments = _moments(None, 1, self._reference_ts)
         cfg = config or self.config
         out = self._chunk_lists(ids, k, False, [region], moments, False, False, False, cfg)
-        return list(zip(self._item_names(out), out["score"], out["source"], strict=True))
+        new = self._new_items(float(moments[0]))[np.asarray(out["item_idx"], dtype=np.int64)]
+        return [
+            Listed(*entry)
+            for entry in zip(
+                self._item_names(out), out["score"], out["source"], new.tolist(), strict=True
+            )
+        ]
 
     def _frame(self, out: dict[str, list[Any]], with_signals: bool) -> pl.DataFrame:
         """`_chunk_lists` columns as the CONTRACT §2 frame (plus source and signals)."""
@@ -558,9 +574,26 @@ class Recommender:
                 value[on_item],
                 n_users,
             )
-        engaged = on_item & kind.is_in(list(_ENGAGEMENT)).to_numpy()
+        engaged = on_item & kind.is_in(list(ENGAGEMENT)).to_numpy()
         self.stats.record(np.zeros(0, dtype=np.int64), cols[engaged])
         self._follow_clock()
+
+    def record_impressions(
+        self, shown: Mapping[str, int], clicked: Mapping[str, int] | None = None
+    ) -> None:
+        """Items shown to users and items clicked (id → times), for exploration's posterior:
+        an explored item shown often without a click draws lower (unknown ids are ignored).
+        `absorb` counts the clicks of live events itself; `clicked` is for a model that
+        starts from a log's counts (`online.retrain.carry_exploration`)."""
+        if self.stats is None:
+            return
+        for counts, target in ((shown, self.stats.impressions), (clicked or {}, self.stats.clicks)):
+            if not counts:
+                continue
+            cols = self.retrieval.item_columns(pl.Series(list(counts), dtype=pl.String))
+            times = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+            known = cols >= 0
+            np.add.at(target, cols[known], times[known])
 
     def _follow_clock(self) -> None:
         """Rank at the retrieval model's clock once live events or listings moved it past
