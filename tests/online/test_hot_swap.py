@@ -155,3 +155,15 @@ def test_the_retrain_command_trains_on_the_recorded_data_and_publishes(
     live.recommend("u01", 5)
     assert live.wait_for_swap(30) and live.version == model_version(out)
     live.close()
+
+
+def test_the_warm_up_at_start_and_swap_changes_no_answer(served: tuple[Path, Path]) -> None:
+    """`_warm_up` (run before a worker is ready and before a swapped-in model serves) only
+    builds caches: a warmed model answers exactly as a cold one."""
+    from marketrec.online.live import _warm_up
+
+    folder, _ = served
+    warm, cold = load_recommender(folder), load_recommender(folder)
+    _warm_up(warm)
+    for user in ("u00", "u21", "walk-in"):
+        assert warm.recommend_one(user, 6) == cold.recommend_one(user, 6), user

@@ -214,6 +214,7 @@ class LiveRecommender:
             raise
         finally:
             self._recovering = False
+        _warm_up(self.model)
         self._ready = True
         log.info(
             "recovered %d records (%d events) up to offset %d in %.2fs",
@@ -458,6 +459,7 @@ class LiveRecommender:
                 model, offset = _load_for_swap(wanted)
                 # catch up without the lock while the old model serves …
                 offset = _replay(model, self.log, offset, self._state.offset)
+                _warm_up(model)
                 with self._lock:
                     # … then the last records under it, and swap
                     self._sync_locked()  # a model record met here only becomes wanted
@@ -649,6 +651,21 @@ def _apply_to(model: Model, batch: list[Record]) -> bool:
         )
         return False
     return True
+
+
+def _warm_up(model: Model) -> None:
+    """One list for a known user and one for a new one, answered and thrown away: a model's
+    first request builds its lazy caches (the new items' vectors, masks, search keys) and
+    cost 18 ms against 3 at 100k items; this way no live request pays that after a start
+    or a swap. It only reads the model; a failure is logged and the model still serves."""
+    if not isinstance(model, Recommender):
+        return
+    users = model.retrieval.user_ids
+    try:
+        for user in ([users[0]] if len(users) else []) + [f"warm-up-{uuid.uuid4().hex}"]:
+            model.recommend_one(user, 10)
+    except Exception:
+        log.exception("warming up the model failed; it serves anyway")
 
 
 def _load_for_swap(record: Record) -> tuple[Model, int]:
