@@ -604,21 +604,20 @@ def load_section(
     summary = [line for line, _ in runs]
     parts = [table for _, table in runs]
     counts = " and ".join(str(served_candidates(m)) for m in models)
-    timeout, connections = plan.timeout, plan.connections
-    ramp, ramp_seconds = plan.ramp, plan.ramp_seconds
     return (
         f"### Load: `GET /v1/recommendations` (k = 10) under an open-loop generator, "
         f"`--workers 2` ({items:,}-item two-stage model, {counts} candidates ranked, ranker + "
         "MMR + 10 % exploration)\n\n"
         "Random known users and 10 % never seen; requests sent on a fixed schedule from one "
         "asyncio process on the same machine (raw HTTP/1.1 keep-alive on asyncio streams, "
-        f"{connections} connections opened first and taking turns, like wrk's `-c`; it shares "
+        f"{plan.connections} connections opened first and taking turns, like wrk's `-c`; it shares "
         "the 2 cores with the server), latency from the scheduled send time, "
-        f"timeout {timeout:.0f} s (a timeout is an error and counts as infinitely slow in "
+        f"timeout {plan.timeout:.0f} s (a timeout is an error and counts as infinitely slow in "
         "the percentiles); `max send lag`: how late the generator itself sent its worst "
         "request; `client CPU`: the generator's CPU seconds per wall second. Warm-up 5 s at "
         "20 rps first. "
-        f"Ramp: {ramp_seconds:.0f} s per rate, {', '.join(f'{r:.0f}' for r in ramp)} rps, "
+        f"Ramp: {plan.ramp_seconds:.0f} s per rate, "
+        f"{', '.join(f'{r:.0f}' for r in plan.ramp)} rps, "
         "stopped at the first rate whose p99 passes 50 ms. Targets (issue 5): p99 ≤ 15 ms "
         "and p50 ≤ 5 ms at 200 rps for 60 s; the highest rate with p99 under 50 ms.\n\n"
         + "\n".join(f"- {line}" for line in summary)
@@ -656,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a sentence added to each section")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
+    if min(args.candidates) < 1 or args.connections < 1:
+        parser.error("--candidates and --connections must be positive")
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -438,7 +438,7 @@ def candidates_section(text_encoder: str, requests: int, items: int, seeds: list
         started = time.perf_counter()
         base = Recommender(
             create("two-tower", {"text_encoder": text_encoder, "seed": seed}),
-            PipelineConfig(candidates=most),
+            served(most),
             RankingParams(window_mode="per-user", candidates=most, seed=seed),
         ).fit(split.train)
         base_seconds = time.perf_counter() - started
@@ -453,7 +453,7 @@ def candidates_section(text_encoder: str, requests: int, items: int, seeds: list
             else:
                 started = time.perf_counter()
                 ranking = RankingParams(window_mode="per-user", candidates=n, seed=seed)
-                model = variant(base, PipelineConfig(candidates=n), ranked=False)
+                model = variant(base, served(n), ranked=False)
                 model.ranking_params = ranking
                 model.ranking = fit_ranking_stage(base.retrieval, split.train, ranking)
                 seconds = time.perf_counter() - started
@@ -526,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
+    if args.ranked < 1:
+        parser.error(f"--ranked must be a positive number of candidates, got {args.ranked}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     torch.set_num_threads(1)
     started = time.perf_counter()

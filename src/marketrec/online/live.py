@@ -275,7 +275,7 @@ class LiveRecommender:
             self._sync_locked()
             synced = time.perf_counter()
             items, new = self._top(user_id, k, region, settings)
-            self._count_impressions(new, settings)
+            self._count_impressions(new)
             version = self.version
         done = time.perf_counter()
         self.observer.stage("sync", synced - started)
@@ -546,18 +546,14 @@ class LiveRecommender:
         ]
         return items, []  # a single model does not explore
 
-    def _count_impressions(self, new: list[str], settings: Mapping[str, Any] | None) -> None:
+    def _count_impressions(self, new: list[str]) -> None:
         """Count the new listings a list showed (exploration's misses are impressions
-        without a click); every `impression_flush_s` a background thread appends them to
-        the log as one record, so no request waits for that write. Every worker, this one
-        included, applies the record at its next sync, so all agree. Counted only when the
-        list could explore: without exploration nobody reads them. Called under the lock."""
-        model = self.model
-        if not isinstance(model, Recommender):
-            return
-        config = _with_settings(model.config, settings) if settings else model.config
-        if new and config.exploration_share > 0:
-            self._impressions.update(new)
+        without a click; `Listed.new_listing` marks them only in lists that explore, since
+        nobody reads them otherwise); every `impression_flush_s` a background thread
+        appends them to the log as one record, so no request waits for that write. Every
+        worker, this one included, applies the record at its next sync, so all agree.
+        Called under the lock."""
+        self._impressions.update(new)
         if self._clock() - self._impressions_since >= self.impression_flush_s:
             shown = self._take_impressions()
             if shown:

@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "pipeline.json"
 _CHUNK = 256
 #: events that count as a click on an item for exploration's posteriors
-#: The events that count as clicks for exploration's posterior.
 ENGAGEMENT = ("click", "add_to_cart", "purchase")
 FORMAT = "marketrec-pipeline"
 _DETAIL_SCHEMA = {
@@ -75,7 +74,9 @@ class Listed(NamedTuple):
     item_id: str
     score: float
     source: str  # retrieval, fallback or exploration
-    new_listing: bool  # new to exploration: its impressions feed `record_impressions`
+    #: new to exploration in a list that explores (always False in one that cannot): the
+    #: impressions that feed `record_impressions`
+    new_listing: bool
 
 
 @dataclass(frozen=True)
@@ -270,13 +271,19 @@ class Recommender:
     ) -> list[Listed]:
         """One user's list now, best first: the lists of `recommend_detailed` without their
         signals and without a data frame around them (the live service's request, which
-        needs neither), each item marked when exploration counts it as a new listing."""
+        needs neither), each item marked when exploration counts it as a new listing (only
+        in a list that explores: the mask is not computed otherwise)."""
         self._check_request(k)
         ids = pl.Series("user_id", [user_id], dtype=pl.String)
         moments = _moments(None, 1, self._reference_ts)
         cfg = config or self.config
         out = self._chunk_lists(ids, k, False, [region], moments, False, False, False, cfg)
-        new = self._new_items(float(moments[0]))[np.asarray(out["item_idx"], dtype=np.int64)]
+        columns = np.asarray(out["item_idx"], dtype=np.int64)
+        new = (
+            self._new_items(float(moments[0]))[columns]
+            if cfg.exploration_share > 0
+            else np.zeros(len(columns), dtype=bool)
+        )
         return [
             Listed(*entry)
             for entry in zip(
