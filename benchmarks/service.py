@@ -546,12 +546,50 @@ def served_candidates(model: Path) -> int:
     return int(json.loads((model / "pipeline.json").read_text())["config"]["candidates"])
 
 
+#: the in-process gauge of this machine's speed beside each load run (see `in_process_ms`)
+_GAUGE = """
+import os, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+from marketrec.pipeline.recommender import Recommender
+model = Recommender.load(sys.argv[1])
+users = sys.argv[2:]
+for user in users[:30]:
+    model.recommend_one(user, 10)
+took = []
+for user in users:
+    started = time.perf_counter()
+    model.recommend_one(user, 10)
+    took.append(time.perf_counter() - started)
+print(1000 * float(np.median(took)))
+"""
+
+
+def in_process_ms(model: Path, users: list[str], requests: int = 300) -> float:
+    """p50 of `recommend_one` in a fresh process on one thread, back to back: this shared
+    machine's speed moves by 1.6× within an hour, so each load run is reported beside what
+    the same model costs in process just before it."""
+    rng = random.Random(7)
+    picked = [rng.choice(users) for _ in range(requests)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _GAUGE, str(model), *picked],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def load_run(
     model: Path, kind: str, workdir: Path, users: list[str], plan: LoadPlan
 ) -> tuple[str, str]:
     """One server (two workers) on a fresh `kind` store: the steady rate, then the ramp
     until p99 passes 50 ms. → (summary line, table)."""
     label = f"{kind} store, {served_candidates(model)} candidates"
+    gauge = in_process_ms(model, users)
+    log.info("load %s: in process p50 %.2f ms just before", label, gauge)
     store = new_store(kind, workdir)
     rows = []
     loads = [load_note()]
@@ -583,10 +621,12 @@ def load_run(
     summary = (
         f"{label}: p50 {ms(s['p50'])} ms, p99 {ms(s['p99'])} ms at {plan.rate:.0f} rps "
         f"({'met' if met else 'not met'}); highest ramp rate with p99 < 50 ms: "
-        f"{f'{best:.0f} rps' if best is not None else 'none of the rates tried'}"
+        f"{f'{best:.0f} rps' if best is not None else 'none of the rates tried'}; "
+        f"in process just before: p50 {gauge:.2f} ms"
     )
     table = (
-        f"#### {label} (ready {server.started_s:.0f} s after start; load average "
+        f"#### {label} (in process just before: p50 {gauge:.2f} ms a request, one thread, "
+        f"back to back; ready {server.started_s:.0f} s after start; load average "
         f"{', '.join(loads)})\n\n"
         "| phase | rps | s | requests | p50 ms | p90 ms | p99 ms | max ms | errors | "
         "max send lag ms | client CPU |\n"
@@ -614,8 +654,10 @@ def load_section(
         "the 2 cores with the server), latency from the scheduled send time, "
         f"timeout {plan.timeout:.0f} s (a timeout is an error and counts as infinitely slow in "
         "the percentiles); `max send lag`: how late the generator itself sent its worst "
-        "request; `client CPU`: the generator's CPU seconds per wall second. Warm-up 5 s at "
-        "20 rps first. "
+        "request; `client CPU`: the generator's CPU seconds per wall second; `in process just "
+        "before`: the same model's `recommend_one` p50 over 300 known users in a fresh "
+        "one-thread process right before the server starts (this shared machine's speed "
+        "moves by 1.6× within an hour). Warm-up 5 s at 20 rps first. "
         f"Ramp: {plan.ramp_seconds:.0f} s per rate, "
         f"{', '.join(f'{r:.0f}' for r in plan.ramp)} rps, "
         "stopped at the first rate whose p99 passes 50 ms. Targets (issue 5): p99 ≤ 15 ms "

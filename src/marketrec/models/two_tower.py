@@ -259,6 +259,7 @@ class TwoTowerScorer:
             moments,
             self._config,
             catalogue=self._item_vectors if at_now else None,
+            fast=True,  # a fitted model's requests: the tower through ONNX Runtime
         )
 
     def reserved_items(self, k: int) -> tuple[np.ndarray, int]:

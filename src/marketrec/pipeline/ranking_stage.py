@@ -179,7 +179,7 @@ class RankingStage:
             timed=self.time_features,
         )
         out = np.full(scores.shape, -np.inf, dtype=np.float64)
-        out[user_pos, cand_pos] = predict(self.model, features)
+        out[user_pos, cand_pos] = predict(self.model, features, fast=True)
         row_of = np.full(scores.shape, -1, dtype=np.int64)
         row_of[user_pos, cand_pos] = np.arange(len(user_pos))
         return Scored(out, features, row_of)

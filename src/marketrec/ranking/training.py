@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from marketrec.core.onnx_forward import onnx_forward
 from marketrec.ranking.features import CATEGORICAL, ITEM_TREND, NUMERIC, Features
 from marketrec.ranking.model import Ranker
 
@@ -65,8 +66,10 @@ def _tensors(f: Features) -> tuple[torch.Tensor, ...]:
     )
 
 
-def predict(model: Ranker, features: Features, batch: int = 8192) -> np.ndarray:
-    """Logits for every row."""
+def predict(model: Ranker, features: Features, batch: int = 8192, fast: bool = False) -> np.ndarray:
+    """Logits for every row. `fast`: through ONNX Runtime where it can (`_predict_onnx`),
+    for a fitted model's repeated calls (the pipeline's ranking stage); never between
+    epochs, whose every call would export the model again."""
     if model.training:
         model.eval()
     out = []
@@ -76,8 +79,37 @@ def predict(model: Ranker, features: Features, batch: int = 8192) -> np.ndarray:
             part = (
                 features if n <= batch else features.take(np.arange(start, min(start + batch, n)))
             )
-            out.append(model(*_tensors(part)).numpy())
+            logits = _predict_onnx(model, part) if fast else None
+            out.append(model(*_tensors(part)).numpy() if logits is None else logits)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _predict_onnx(model: Ranker, features: Features) -> np.ndarray | None:
+    """`model`'s logits through ONNX Runtime (None: run it in torch). Rows that share one
+    history (a request's candidates, or a single row) go through the variant that attends
+    over it once, as the torch pass does for them; other batches through the per-row one.
+    Each variant is exported from rows of its own kind, since the trace fixes the branch."""
+    recent, recent_category = features.recent, features.recent_category
+    shared = bool((recent == recent[:1]).all() and (recent_category == recent_category[:1]).all())
+    if shared:
+        recent, recent_category = recent[:1], recent_category[:1]
+    inputs = {
+        "numeric": features.numeric,
+        "categorical": features.categorical,
+        "recent": recent,
+        "recent_category": recent_category,
+    }
+
+    def export() -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, dict[int, str]]]:
+        dynamic = {name: {0: "rows"} for name in inputs}
+        for name in ("recent", "recent_category"):
+            dynamic[name][1] = "history"
+            if shared:
+                del dynamic[name][0]
+        return model, {name: torch.from_numpy(a) for name, a in inputs.items()}, dynamic
+
+    engine = onnx_forward(model, "shared" if shared else "rows", export)
+    return None if engine is None else engine.run(**inputs)
 
 
 #: Feature groups an explanation names (numeric features by name; "recent items" and

@@ -285,12 +285,19 @@ class UserTower(nn.Module):
         )
         self.mlp = _mlp(9 * dim, 2 * dim, dim, dropout)
 
-    def forward(self, f: dict[str, Tensor], history: Tensor, query_vectors: Tensor) -> Tensor:
+    def forward(
+        self,
+        f: dict[str, Tensor],
+        history: Tensor,
+        query_vectors: Tensor,
+        long_term: Tensor | None = None,
+    ) -> Tensor:
         """f: user/context codes (B,...); history: item vectors (B, N, D) with f["hist_mask"]
         (B, N) true where padded; query_vectors: (B, text_dim), the mean text vector of the
         recent search queries (zeros without any);
         f["bag_items"]/f["bag_offsets"]: the id buckets of all earlier items (up to a cap),
-        flattened with per-user offsets, for the long-term taste."""
+        flattened with per-user offsets, for the long-term taste; or, in eval mode,
+        `long_term`: that taste already computed (`UserTowerInference`)."""
         batch = history.shape[0]
         # event type and age through one table of their sums: one (B, N, D) add, not two
         ages = self.event_age.num_embeddings
@@ -300,13 +307,17 @@ class UserTower(nn.Module):
         # the first layer over the concatenation [id, region, attributes (summed), device,
         # hour, weekday, history read, queries, long-term taste]
         if not self.training:
-            pre = self._first_layer_plain(f, read, query_vectors)
+            if long_term is None:
+                long_term = self._long_term(f["bag_items"], f["bag_offsets"])
+            pre = self._first_layer_plain(f, read, query_vectors, long_term)
         else:
             pre = self._first_layer_by_blocks(f, read, query_vectors)
         hidden = self.mlp[1](pre)
         return F.normalize(self.mlp[3](dropout(self.mlp[2], hidden, f.get("dropout"))), dim=-1)
 
-    def _first_layer_plain(self, f: dict[str, Tensor], read: Tensor, queries: Tensor) -> Tensor:
+    def _first_layer_plain(
+        self, f: dict[str, Tensor], read: Tensor, queries: Tensor, long_term: Tensor
+    ) -> Tensor:
         """The first layer over the concatenation itself: one product, for serving's small
         batches (a one-user request ran a dozen small products block by block)."""
         attributes = self._attributes_sum(f["attributes"])
@@ -321,13 +332,14 @@ class UserTower(nn.Module):
             self.weekday(f["weekday"]),
             read,
             self.queries(queries),
-            self._long_term(f["bag_items"], f["bag_offsets"]),
+            long_term,
         ]
         return self.mlp[0](torch.cat(parts, dim=-1))
 
     def _attributes_sum(self, codes: Tensor) -> Tensor:
         """(B, D) sum of the user's attribute embeddings (zeros without attributes)."""
-        out = torch.zeros(len(codes), self.id.embedding_dim)
+        # codes.shape[0], not len(codes): an ONNX trace keeps the former as the batch size
+        out = torch.zeros(codes.shape[0], self.id.embedding_dim)
         for j, table in enumerate(self.attributes):
             out = out + table(codes[:, j])
         return out
@@ -371,6 +383,38 @@ class UserTower(nn.Module):
             return self.long_term(items, offsets)
         return _BagMean.apply(
             self.long_term.weight, bag_matrix(items, offsets, len(self.long_term.weight))
+        )
+
+
+#: the user features `UserTowerInference` takes, in its argument order after the three tensors
+USER_INPUTS = (
+    "id_bucket",
+    "id_mask",
+    "region",
+    "attributes",
+    "numeric",
+    "device",
+    "hour",
+    "weekday",
+    "hist_event",
+    "hist_age",
+    "hist_mask",
+)
+
+
+class UserTowerInference(nn.Module):
+    """The user tower's eval pass over plain tensors, its long-term taste given (the bag's
+    sparse product stays in SciPy): what `core.onnx_forward` exports for serving."""
+
+    def __init__(self, tower: UserTower) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(
+        self, long_term: Tensor, history: Tensor, queries: Tensor, *features: Tensor
+    ) -> Tensor:
+        return self.tower(
+            dict(zip(USER_INPUTS, features, strict=True)), history, queries, long_term
         )
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from marketrec.core.memory import keep_freed_memory
+from marketrec.core.onnx_forward import onnx_forward
 from marketrec.features.activity import ActivityCounter
 from marketrec.retrieval.examples import (
     Sequences,
@@ -48,7 +49,15 @@ from marketrec.retrieval.inputs import (
     trend_bucket,
 )
 from marketrec.retrieval.losses import full_softmax_loss, mixed_log_q, sampled_softmax_loss
-from marketrec.retrieval.towers import TowerSizes, TwoTower, dropout_mask, item_scores
+from marketrec.retrieval.towers import (
+    USER_INPUTS,
+    TowerSizes,
+    TwoTower,
+    UserTower,
+    UserTowerInference,
+    dropout_mask,
+    item_scores,
+)
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +290,13 @@ def embed_users(
     now: np.ndarray,
     item_mask_dropout: bool = False,
     catalogue: np.ndarray | torch.Tensor | None = None,
+    fast: bool = False,
 ) -> torch.Tensor:
     """User vectors; history items go through the item tower (deduplicated), or are read
     from `catalogue` (item vectors already computed for this moment, a tensor in training)
-    when given."""
+    when given. `fast`: the user tower through ONNX Runtime where it can (`_users_onnx`),
+    for a fitted model's repeated calls; never between epochs, whose every call would
+    export the tower again."""
     seq = data.seq
     hist_items = np.where(hist >= 0, seq.item[np.maximum(hist, 0)], 0)
     if isinstance(catalogue, torch.Tensor):
@@ -304,7 +316,43 @@ def embed_users(
             torch.from_numpy(data.item_trained[unique].astype(np.float32)),
         )
     history = vectors[:, :-1][torch.from_numpy(inverse.reshape(hist.shape))]
+    if fast:
+        out = _users_onnx(model.users, f, history)
+        if out is not None:
+            return out
     return model.users(f, history, f["queries"])
+
+
+def _users_onnx(
+    tower: UserTower, f: dict[str, torch.Tensor], history: torch.Tensor
+) -> torch.Tensor | None:
+    """The user tower's eval pass through ONNX Runtime (None: run it in torch); its
+    long-term bag is computed here, in SciPy, as the torch pass does."""
+    if tower.training:
+        return None
+
+    def export() -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, dict[int, str]]]:
+        example = {"long_term": long_term, "history": history, "queries": f["queries"]}
+        example.update({name: f[name] for name in USER_INPUTS})
+        dynamic = {name: {0: "users"} for name in example}
+        for name in ("history", "hist_event", "hist_age", "hist_mask"):
+            dynamic[name][1] = "history"
+        return UserTowerInference(tower), example, dynamic
+
+    with torch.no_grad():
+        long_term = tower._long_term(f["bag_items"], f["bag_offsets"])
+    engine = onnx_forward(tower, "eval", export)
+    if engine is None:
+        return None
+    arrays = {name: f[name].numpy() for name in USER_INPUTS}
+    return torch.from_numpy(
+        engine.run(
+            long_term=long_term.numpy(),
+            history=history.detach().numpy(),
+            queries=f["queries"].numpy(),
+            **arrays,
+        )
+    )
 
 
 def item_vectors(
@@ -346,10 +394,12 @@ def user_vectors(
     config: TrainingConfig,
     batch: int = 2048,
     catalogue: np.ndarray | None = None,
+    fast: bool = False,
 ) -> np.ndarray:
     """(len(rows), D) vectors of users (-1 = unknown) from their whole stored history, as of
     time `at` (one time, or one per user: the ranking moment); `region` = region code per
-    user (0 = unknown); `catalogue`: the item vectors as of `at`, when already computed."""
+    user (0 = unknown); `catalogue`: the item vectors as of `at`, when already computed;
+    `fast`: see `embed_users`."""
     if model.training:  # eval() walks every module: a measurable part of a one-user request
         model.eval()
     seq = data.seq
@@ -371,7 +421,7 @@ def user_vectors(
             f, hist = user_features(
                 data, r, now, ends, device, config, region=region[start : start + batch]
             )
-            out.append(embed_users(model, data, f, hist, now, catalogue=catalogue))
+            out.append(embed_users(model, data, f, hist, now, catalogue=catalogue, fast=fast))
     return torch.cat(out).numpy() if out else np.zeros((0, config.dim), dtype=np.float32)
 
 

@@ -1,0 +1,146 @@
+"""Inference through ONNX Runtime is the torch function: the ranker (one shared history and
+per-row histories, each variant exported from its own kind of rows and run at other row
+counts), the user tower (exported from one user, run on several and back), re-export after
+the weights change in place, the switch, and the modules left in eval mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from marketrec.core import onnx_forward
+from marketrec.ranking.features import CATEGORICAL, NUMERIC, Features
+from marketrec.ranking.model import Ranker
+from marketrec.ranking.training import _tensors, predict
+
+pytest.importorskip("onnxruntime")
+
+
+def _ranker(seed: int) -> Ranker:
+    torch.manual_seed(seed)
+    model = Ranker(dict.fromkeys(CATEGORICAL, 40))
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)  # the zero-initialised head too
+    return model.eval()
+
+
+def _features(rows: int, shared: bool, seed: int) -> Features:
+    rng = np.random.default_rng(seed)
+    recent = rng.integers(1, 40, (1 if shared else rows, 10))
+    recent[:, :2] = 0  # padding
+    recent_category = rng.integers(0, 40, recent.shape)
+    if shared:
+        recent, recent_category = recent.repeat(rows, 0), recent_category.repeat(rows, 0)
+    else:
+        recent[0] = 0  # a user without recent items
+    return Features(
+        rng.normal(size=(rows, len(NUMERIC))).astype(np.float32),
+        rng.integers(0, 40, (rows, len(CATEGORICAL))),
+        recent,
+        recent_category,
+    )
+
+
+def _torch_logits(model: Ranker, features: Features) -> np.ndarray:
+    with torch.inference_mode():
+        return model(*_tensors(features)).numpy()
+
+
+@pytest.fixture(autouse=True)
+def _onnx_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(onnx_forward.ENV_SWITCH, "1")
+
+
+@pytest.mark.parametrize("first_rows", [1, 300])
+def test_ranker_variants_equal_torch_at_any_row_count(first_rows: int) -> None:
+    model = _ranker(0)
+    # the first call exports each variant from rows of that kind; later calls reuse it
+    calls = [(first_rows, True), (7, False), (300, True), (2, True), (1, True), (50, False)]
+    for seed, (rows, shared) in enumerate(calls):
+        features = _features(rows, shared, seed)
+        got = predict(model, features, fast=True)
+        want = _torch_logits(model, features)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+        assert want.std() > 0.5 or rows < 3  # non-trivial outputs
+    assert set(onnx_forward._cache[model]) == {"shared", "rows"}  # both ran through ONNX
+    assert not model.training
+
+
+def test_ranker_is_exported_again_after_an_in_place_update() -> None:
+    model = _ranker(1)
+    features = _features(40, True, 0)
+    before = predict(model, features, fast=True)
+    with torch.no_grad():
+        model.head.weight.add_(0.5)  # what an optimizer step does
+    after = predict(model, features, fast=True)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, _torch_logits(model, features), rtol=1e-5, atol=2e-5)
+
+
+def test_the_switch_and_training_mode_run_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _ranker(2)
+    features = _features(20, True, 0)
+    monkeypatch.setenv(onnx_forward.ENV_SWITCH, "0")
+    predict(model, features, fast=True)
+    assert model not in onnx_forward._cache
+    monkeypatch.setenv(onnx_forward.ENV_SWITCH, "1")
+    model.train()
+    assert onnx_forward.onnx_forward(model, "shared", lambda: pytest.fail("exported")) is None
+
+
+def test_a_failed_export_falls_back_to_torch_once(caplog: pytest.LogCaptureFixture) -> None:
+    model = _ranker(3)
+
+    def broken() -> tuple:
+        raise RuntimeError("no exporter here")
+
+    assert onnx_forward.onnx_forward(model, "v", broken) is None
+    assert "no exporter here" in caplog.text
+    assert onnx_forward.onnx_forward(model, "v", lambda: pytest.fail("tried again")) is None
+    assert not model.training
+
+
+def test_user_tower_through_onnx_equals_torch_for_one_and_several_users() -> None:
+    from marketrec.retrieval.towers import AGE_BUCKETS, EVENT_CODES, TowerSizes, UserTower
+    from marketrec.retrieval.training import _users_onnx
+
+    torch.manual_seed(4)
+    sizes = TowerSizes(50, 6, 3, 4, 5, 12, 10, 3, (4, 5), 3, 3)
+    tower = UserTower(sizes, dim=8, dropout=0.3, sparse_ids=False)
+    for parameter in tower.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    tower.eval()
+
+    def inputs(rows: int, history_length: int) -> tuple[dict, torch.Tensor]:
+        f = {
+            "id_bucket": torch.randint(0, 10, (rows,)),
+            "id_mask": torch.tensor([1.0, 0.0] * rows)[:rows],
+            "region": torch.randint(0, 3, (rows,)),
+            "attributes": torch.stack(
+                [torch.randint(0, 4, (rows,)), torch.randint(0, 5, (rows,))], 1
+            ),
+            "numeric": torch.randn(rows, 3),
+            "device": torch.randint(0, 3, (rows,)),
+            "hour": torch.randint(0, 25, (rows,)),
+            "weekday": torch.randint(0, 8, (rows,)),
+            "hist_event": torch.randint(0, len(EVENT_CODES) + 1, (rows, history_length)),
+            "hist_age": torch.randint(0, AGE_BUCKETS, (rows, history_length)),
+            "hist_mask": torch.rand(rows, history_length) < 0.3,
+            "queries": torch.randn(rows, 12),
+            "bag_items": torch.randint(0, 50, (3 * rows,)),
+            "bag_offsets": torch.arange(rows) * 3,
+        }
+        return f, torch.randn(rows, history_length, 8)
+
+    for rows, history_length in [(1, 4), (6, 4), (3, 7), (1, 4)]:
+        f, history = inputs(rows, history_length)
+        got = _users_onnx(tower, f, history)
+        assert got is not None
+        with torch.inference_mode():
+            want = tower(f, history, f["queries"])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert want.std() > 0.05
+    assert not tower.training  # the export's wrapper did not switch the tower to training
+    tower.train()
+    assert _users_onnx(tower, *inputs(2, 4)) is None
