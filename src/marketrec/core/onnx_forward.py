@@ -149,6 +149,9 @@ def _export(
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        # with more than one thread, ORT's pool spins between runs by default: CPU taken
+        # from the other workers and requests of a serving machine
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(
             buffer.getvalue(), options, providers=["CPUExecutionProvider"]
         )
