@@ -160,3 +160,33 @@ def small_two_stage(market: Dataset, epochs: int = 2):  # -> Recommender
     assert model.ranking is not None
     model.ranking.active = True
     return model
+
+
+def user_tower_inputs(rows: int, history_length: int = 4, dropout: float = 0.0):
+    """(tower, f, history, queries): a small user tower with random weights and random inputs
+    for `rows` users: its features `f` (long-term bags included), the history item
+    vectors (rows, history_length, 8) and the query vectors (rows, 12)."""
+    import torch
+
+    from marketrec.retrieval.towers import AGE_BUCKETS, EVENT_CODES, TowerSizes, UserTower
+
+    sizes = TowerSizes(50, 6, 3, 4, 5, 12, 10, 3, (4, 5), 3, 3)
+    tower = UserTower(sizes, dim=8, dropout=dropout, sparse_ids=False)
+    for parameter in tower.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    f = {
+        "id_bucket": torch.randint(0, 10, (rows,)),
+        "id_mask": torch.tensor([1.0, 0.0] * rows)[:rows],
+        "region": torch.randint(0, 3, (rows,)),
+        "attributes": torch.stack([torch.randint(0, 4, (rows,)), torch.randint(0, 5, (rows,))], 1),
+        "numeric": torch.randn(rows, 3),
+        "device": torch.randint(0, 3, (rows,)),
+        "hour": torch.randint(0, 25, (rows,)),
+        "weekday": torch.randint(0, 8, (rows,)),
+        "hist_event": torch.randint(0, len(EVENT_CODES) + 1, (rows, history_length)),
+        "hist_age": torch.randint(0, AGE_BUCKETS, (rows, history_length)),
+        "hist_mask": torch.rand(rows, history_length) < 0.3,
+        "bag_items": torch.randint(0, 50, (3 * rows,)),
+        "bag_offsets": torch.arange(rows) * 3,
+    }
+    return tower, f, torch.randn(rows, history_length, 8), torch.randn(rows, 12)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import user_tower_inputs
 from marketrec.core import onnx_forward
 from marketrec.ranking.features import CATEGORICAL, NUMERIC, Features
 from marketrec.ranking.model import Ranker
@@ -102,36 +103,15 @@ def test_a_failed_export_falls_back_to_torch_once(caplog: pytest.LogCaptureFixtu
 
 
 def test_user_tower_through_onnx_equals_torch_for_one_and_several_users() -> None:
-    from marketrec.retrieval.towers import AGE_BUCKETS, EVENT_CODES, TowerSizes, UserTower
     from marketrec.retrieval.training import _users_onnx
 
     torch.manual_seed(4)
-    sizes = TowerSizes(50, 6, 3, 4, 5, 12, 10, 3, (4, 5), 3, 3)
-    tower = UserTower(sizes, dim=8, dropout=0.3, sparse_ids=False)
-    for parameter in tower.parameters():
-        torch.nn.init.normal_(parameter, std=0.5)
+    tower = user_tower_inputs(1, dropout=0.3)[0]  # dropout would show a training pass
     tower.eval()
 
     def inputs(rows: int, history_length: int) -> tuple[dict, torch.Tensor]:
-        f = {
-            "id_bucket": torch.randint(0, 10, (rows,)),
-            "id_mask": torch.tensor([1.0, 0.0] * rows)[:rows],
-            "region": torch.randint(0, 3, (rows,)),
-            "attributes": torch.stack(
-                [torch.randint(0, 4, (rows,)), torch.randint(0, 5, (rows,))], 1
-            ),
-            "numeric": torch.randn(rows, 3),
-            "device": torch.randint(0, 3, (rows,)),
-            "hour": torch.randint(0, 25, (rows,)),
-            "weekday": torch.randint(0, 8, (rows,)),
-            "hist_event": torch.randint(0, len(EVENT_CODES) + 1, (rows, history_length)),
-            "hist_age": torch.randint(0, AGE_BUCKETS, (rows, history_length)),
-            "hist_mask": torch.rand(rows, history_length) < 0.3,
-            "queries": torch.randn(rows, 12),
-            "bag_items": torch.randint(0, 50, (3 * rows,)),
-            "bag_offsets": torch.arange(rows) * 3,
-        }
-        return f, torch.randn(rows, history_length, 8)
+        _, f, history, queries = user_tower_inputs(rows, history_length)
+        return {**f, "queries": queries}, history
 
     for rows, history_length in [(1, 4), (6, 4), (3, 7), (1, 4)]:
         f, history = inputs(rows, history_length)

@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch", reason="torch is needed for the retrieval s
 
 from torch import nn  # noqa: E402
 
+from conftest import user_tower_inputs  # noqa: E402
 from marketrec.retrieval.towers import SummaryAttention  # noqa: E402
 
 
@@ -175,31 +176,8 @@ def test_dropout_masks_keep_the_expected_activation() -> None:
 def test_user_tower_serves_the_function_it_trains(rows: int) -> None:
     """Serving (eval) runs the first layer over the plain concatenation, training block by
     block (small tables projected first): the same vectors and, in training, gradients."""
-    from marketrec.retrieval.towers import AGE_BUCKETS, EVENT_CODES, TowerSizes, UserTower
-
     torch.manual_seed(4)
-    sizes = TowerSizes(50, 6, 3, 4, 5, 12, 10, 3, (4, 5), 3, 3)
-    tower = UserTower(sizes, dim=8, dropout=0.0, sparse_ids=False)
-    for parameter in tower.parameters():
-        torch.nn.init.normal_(parameter, std=0.5)
-    history_length = 4
-    f = {
-        "id_bucket": torch.randint(0, 10, (rows,)),
-        "id_mask": torch.tensor([1.0, 0.0] * rows)[:rows],
-        "region": torch.randint(0, 3, (rows,)),
-        "attributes": torch.stack([torch.randint(0, 4, (rows,)), torch.randint(0, 5, (rows,))], 1),
-        "numeric": torch.randn(rows, 3),
-        "device": torch.randint(0, 3, (rows,)),
-        "hour": torch.randint(0, 25, (rows,)),
-        "weekday": torch.randint(0, 8, (rows,)),
-        "hist_event": torch.randint(0, len(EVENT_CODES) + 1, (rows, history_length)),
-        "hist_age": torch.randint(0, AGE_BUCKETS, (rows, history_length)),
-        "hist_mask": torch.rand(rows, history_length) < 0.3,
-        "bag_items": torch.randint(0, 50, (3 * rows,)),
-        "bag_offsets": torch.arange(rows) * 3,
-    }
-    history = torch.randn(rows, history_length, 8)
-    queries = torch.randn(rows, 12)
+    tower, f, history, queries = user_tower_inputs(rows)
     tower.train()  # dropout 0: training's function is serving's
     trained = tower(f, history, queries)
     upstream = torch.randn_like(trained)
