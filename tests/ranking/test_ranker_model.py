@@ -1,7 +1,8 @@
 """The re-ranker's forward pass is the documented function: DIN attention over
 [c, r, c * r, c - r], DCN-v2 cross layers x0 ⊙ (W x + b) + x beside a deep MLP, and a head over
-[cross, deep] added to the weighted retrieval score. The pass computes some of it block by
-block (no concatenations); this checks it against the plain formulas."""
+[cross, deep] added to the weighted retrieval score, numeric features standardised and
+clipped. The pass computes some of it block by block (no concatenations); this checks it
+against the plain formulas."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _plain(model: Ranker, numeric, categorical, recent, recent_category) -> torc
     weights = torch.softmax(logits.squeeze(-1).masked_fill(pad, -1e4), -1) * (~pad).float()
     pooled = (weights[..., None] * history).sum(1)
     x0 = torch.cat([torch.stack([*embedded, pooled], 1).flatten(1), numeric], -1)
-    x0[:, -len(NUMERIC) :] = (numeric - model.mean) / model.scale
+    x0[:, -len(NUMERIC) :] = ((numeric - model.mean) / model.scale).clamp(-model.clip, model.clip)
     x = x0
     for layer in model.cross.layers:
         x = x0 * layer(x) + x
@@ -78,3 +79,27 @@ def test_rows_sharing_one_history_score_as_if_each_had_its_own() -> None:
     torch.testing.assert_close(shared, want, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(per_row[:-1], want[:-1], rtol=1e-5, atol=1e-4)
     assert not torch.isclose(per_row[-1], want[-1])
+
+
+def test_a_feature_far_outside_the_training_range_counts_as_the_clip() -> None:
+    """A brand-new user's 365 days since a last event, standardised by a training spread of
+    0.001, was 5,900 sd out and took the logits to millions: clipped, it weighs as 5 sd."""
+    torch.manual_seed(2)
+    model = Ranker(dict.fromkeys(CATEGORICAL, 40))
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    model.eval()
+    rows = 8
+    numeric = torch.randn(rows, len(NUMERIC))
+    categorical = torch.randint(0, 40, (rows, len(CATEGORICAL)))
+    recent = torch.randint(1, 40, (rows, 10))
+    j = NUMERIC.index("user_days_since_last")
+    model.scale[j] = 0.001
+    far, at_clip = numeric.clone(), numeric.clone()
+    far[:, j] = model.mean[j] + 5_900 * model.scale[j]
+    at_clip[:, j] = model.mean[j] + model.clip * model.scale[j]
+    with torch.no_grad():
+        got = model(far, categorical, recent, recent)
+        want = model(at_clip, categorical, recent, recent)
+    torch.testing.assert_close(got, want)
+    assert got.abs().max() < 100
