@@ -2,9 +2,10 @@
 
 Categorical features get embeddings; numeric ones are standardised (mean and spread of the
 training rows, stored with the model) and clipped to ±5 spreads, so a value no training row
-came near (a brand-new user against a window of active ones) cannot dominate the logit. The candidate attends over the user's recent items
-(DIN-style target attention: weights from the candidate, each recent item's embedding and
-their product), so "similar to what I just looked at" is learned per candidate. A DCN-v2 cross
+came near (a brand-new user against a window of active ones) cannot dominate the logit. The
+candidate attends over the user's recent items (DIN-style target attention: weights from the
+candidate, each recent item's embedding and their product), so "similar to what I just
+looked at" is learned per candidate. A DCN-v2 cross
 network (x_{l+1} = x_0 ⊙ (W x_l + b) + x_l) learns explicit feature crosses beside a deep MLP;
 one logit comes out, trained with binary cross-entropy.
 
