@@ -84,6 +84,11 @@ def test_each_variant_is_answered_by_its_model_version(tmp_path: Path) -> None:
         return body
 
     with TestClient(app) as client:
+        # every hosted version replays the log in the background after start: a variant
+        # whose version is not ready yet is served by the primary (readyz says when it is)
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
         bodies = {u: check(client, u) for u in USERS}
         # one event, POSTed once, changes the next answer of either version
         for chosen in ("control", "treatment"):
