@@ -33,6 +33,15 @@ def _plain(model: Ranker, numeric, categorical, recent, recent_category) -> torc
     return prior + residual
 
 
+def _random_ranker(seed: int) -> Ranker:
+    """A ranker in eval mode with every weight random (the zero-initialised head too)."""
+    torch.manual_seed(seed)
+    model = Ranker(dict.fromkeys(CATEGORICAL, 40))
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    return model.eval()
+
+
 def test_forward_is_the_plain_formula() -> None:
     torch.manual_seed(0)
     model = Ranker(dict.fromkeys(CATEGORICAL, 40), embedding_dropout=0.5)
@@ -59,11 +68,7 @@ def test_rows_sharing_one_history_score_as_if_each_had_its_own() -> None:
     """A request's candidates share the user's recent items: the pass embeds them once,
     with the same logits as the per-row pass (checked by breaking the sharing in one row
     that is then left out)."""
-    torch.manual_seed(1)
-    model = Ranker(dict.fromkeys(CATEGORICAL, 40))
-    for parameter in model.parameters():
-        torch.nn.init.normal_(parameter, std=0.3)
-    model.eval()
+    model = _random_ranker(1)
     rows = 30
     numeric = torch.randn(rows, len(NUMERIC))
     categorical = torch.randint(0, 40, (rows, len(CATEGORICAL)))
@@ -84,11 +89,7 @@ def test_rows_sharing_one_history_score_as_if_each_had_its_own() -> None:
 def test_a_feature_far_outside_the_training_range_counts_as_the_clip() -> None:
     """A brand-new user's 365 days since a last event, standardised by a training spread of
     0.001, was 5,900 sd out and took the logits to millions: clipped, it weighs as 5 sd."""
-    torch.manual_seed(2)
-    model = Ranker(dict.fromkeys(CATEGORICAL, 40))
-    for parameter in model.parameters():
-        torch.nn.init.normal_(parameter, std=0.3)
-    model.eval()
+    model = _random_ranker(2)
     rows = 8
     numeric = torch.randn(rows, len(NUMERIC))
     categorical = torch.randint(0, 40, (rows, len(CATEGORICAL)))
