@@ -548,7 +548,7 @@ def served_candidates(model: Path) -> int:
 
 #: the in-process gauge of this machine's speed beside each load run (see `in_process_ms`)
 _GAUGE = """
-import os, sys, time
+import sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
 from marketrec.pipeline.recommender import Recommender

@@ -30,6 +30,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -57,6 +58,11 @@ def enabled() -> bool:
     """Whether inference may run through ONNX Runtime here."""
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
+    return _installed()
+
+
+@cache
+def _installed() -> bool:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -88,20 +94,13 @@ def onnx_forward(
     if module.training or not enabled():
         return None
     threads = torch.get_num_threads()
-    variants = _cache.get(module)
-    entry = _missing if variants is None else variants.get(variant, _missing)
-    if entry is None:
-        return None  # failed before
-    if entry is not _missing and entry.threads == threads and _current(entry):
-        return OnnxForward(entry)
     with _lock:
         variants = _cache.setdefault(module, {})
-        entry = variants.get(variant, _missing)
-        if entry is None:
-            return None
-        if entry is _missing or entry.threads != threads or not _current(entry):
-            entry = _export(module, variant, export, threads)
-            variants[variant] = entry
+        if variant in variants and variants[variant] is None:
+            return None  # failed before
+        entry = variants.get(variant)
+        if entry is None or entry.threads != threads or not _current(entry):
+            entry = variants[variant] = _export(module, variant, export, threads)
     return None if entry is None else OnnxForward(entry)
 
 
@@ -109,9 +108,6 @@ def _current(entry: _Entry) -> bool:
     """Whether the exported tensors are unchanged (reading their version counters: walking
     the module for them took 50 µs a call)."""
     return all(t._version == v for t, v in zip(entry.tensors, entry.versions, strict=True))
-
-
-_missing = _Entry(None, (), (), (), 0)
 
 
 def _export(

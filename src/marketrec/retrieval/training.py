@@ -331,23 +331,25 @@ def _users_onnx(
     if tower.training:
         return None
 
+    def long_term() -> torch.Tensor:
+        with torch.no_grad():
+            return tower._long_term(f["bag_items"], f["bag_offsets"])
+
     def export() -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, dict[int, str]]]:
-        example = {"long_term": long_term, "history": history, "queries": f["queries"]}
+        example = {"long_term": long_term(), "history": history, "queries": f["queries"]}
         example.update({name: f[name] for name in USER_INPUTS})
         dynamic = {name: {0: "users"} for name in example}
         for name in ("history", "hist_event", "hist_age", "hist_mask"):
             dynamic[name][1] = "history"
         return UserTowerInference(tower), example, dynamic
 
-    with torch.no_grad():
-        long_term = tower._long_term(f["bag_items"], f["bag_offsets"])
     engine = onnx_forward(tower, "eval", export)
     if engine is None:
-        return None
+        return None  # the bag not computed: the torch pass computes it
     arrays = {name: f[name].numpy() for name in USER_INPUTS}
     return torch.from_numpy(
         engine.run(
-            long_term=long_term.numpy(),
+            long_term=long_term().numpy(),
             history=history.detach().numpy(),
             queries=f["queries"].numpy(),
             **arrays,
