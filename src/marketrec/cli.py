@@ -24,6 +24,7 @@ from rich.table import Table
 
 from marketrec.core.errors import ConfigError, DataError, MarketrecError
 from marketrec.core.logging import configure_logging
+from marketrec.pipeline.config import SERVING_MAX_BATCH
 
 console = Console()
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -297,6 +298,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port,
         store=args.store,
         workers=args.workers,
+        max_batch=args.max_batch,
         store_prefix=args.store_prefix,
         experiments=args.experiments,
         rollouts=args.rollouts,
@@ -1081,6 +1083,13 @@ def build_parser() -> argparse.ArgumentParser:
         "test runs share one database; SQLite ignores it",
     )
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=SERVING_MAX_BATCH,
+        help="requests that queued while a worker was busy answered in one pass of the "
+        f"pipeline (default {SERVING_MAX_BATCH}; 1: one at a time)",
+    )
     p.add_argument(
         "--experiments",
         metavar="FILE",

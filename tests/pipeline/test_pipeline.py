@@ -262,6 +262,31 @@ def test_one_user_lists_are_the_detailed_lists(market) -> None:
         model.recommend_one("u00", 0)
 
 
+def test_many_users_lists_are_each_users_own_list(market) -> None:
+    """`recommend_many` (the service's queued requests in one pass) gives each user the list
+    `recommend_one` gives alone, whatever else is in the pass: repeated users with other
+    regions, new users, users whose region leaves nothing to show."""
+    model = Recommender(
+        create("itemknn"),
+        PipelineConfig(candidates=12, diversity_strength=0.3, exploration_share=0.3),
+        RankingParams(epochs=2, random_negatives=3, candidates=12),
+    ).fit(market)
+    assert model.ranking is not None
+    model.ranking.active = True
+    asked = [("u00", None), ("u21", "south"), ("newbie", None), ("u00", "north"), ("u21", None)]
+    lists = model.recommend_many([u for u, _ in asked], 6, regions=[r for _, r in asked])
+    assert len(lists) == len(asked)
+    for (user, region), many in zip(asked, lists, strict=True):
+        one = model.recommend_one(user, 6, region=region)
+        assert [e.item_id for e in many] == [e.item_id for e in one], (user, region)
+        assert [e.source for e in many] == [e.source for e in one]
+        assert [e.new_listing for e in many] == [e.new_listing for e in one]
+        assert [e.score for e in many] == pytest.approx([e.score for e in one], rel=1e-5)
+    assert model.recommend_many([], 6) == []
+    with pytest.raises(ConfigError, match="k must be"):
+        model.recommend_many(["u00"], 0)
+
+
 @pytest.mark.parametrize("timed", [True, False])
 def test_ranker_without_time_features_ignores_the_clock(market, tmp_path, timed) -> None:
     model = Recommender(

@@ -106,6 +106,7 @@ class HostedVersions:
             observer=self.primary.observer,
             trained_up_to=trained_offset(path),
             follow_swaps=False,
+            max_batch=self.primary.max_batch,
         )
 
     def _load_later(self, path: Path) -> None:

@@ -10,7 +10,12 @@ already reflects every write acknowledged by any worker before it, and a worker 
 
 Model state is mutated by `sync` and read by recommendations, from the threads of the HTTP
 server's pool: one lock serialises both. With the GIL the model's Python work runs one thread
-at a time anyway; throughput comes from worker processes, not threads.
+at a time anyway; throughput comes from worker processes, not threads. Requests that arrive
+while a list is being computed queue, and the next thread to take the lock answers all of
+them in one pass of the pipeline (up to `max_batch`; the same lists, since lists are computed
+per user at the model's clock): most of a request's cost is fixed per pass (the Python of each
+stage, the network calls, the index search), so under load a worker answers several requests
+for little more than one, and a request that finds the worker idle waits for nothing.
 
 The clock: requests pass no ranking moment (`at=None`), so they rank at the model's own
 "now": one second past its training data, moved forward by the events and listings it absorbs
@@ -61,7 +66,7 @@ from marketrec.online.records import (
     parse_user_update,
 )
 from marketrec.online.versions import model_version, trained_offset
-from marketrec.pipeline.config import SERVING_RANK_BUDGET_MS, PipelineConfig
+from marketrec.pipeline.config import SERVING_MAX_BATCH, SERVING_RANK_BUDGET_MS, PipelineConfig
 from marketrec.pipeline.recommender import Recommender, load_recommender
 
 log = logging.getLogger(__name__)
@@ -104,6 +109,8 @@ class Observer(Protocol):
 
     def swapped(self, old: str, new: str) -> None: ...
 
+    def batch(self, requests: int) -> None: ...
+
 
 class _NoObserver:
     def stage(self, name: str, seconds: float) -> None:
@@ -116,6 +123,9 @@ class _NoObserver:
         pass
 
     def swapped(self, old: str, new: str) -> None:
+        pass
+
+    def batch(self, requests: int) -> None:
         pass
 
 
@@ -139,6 +149,27 @@ class _State:
     appended_at: dict[int, float] = field(default_factory=dict)  # own appends: offset → clock
 
 
+@dataclass(eq=False)
+class _Request:
+    """A recommendation request waiting for a pass of the pipeline (`LiveRecommender`)."""
+
+    user_id: str
+    k: int
+    region: str | None
+    settings: Mapping[str, Any] | None
+    items: list[dict[str, Any]] | None = None
+    version: str = ""
+    error: Exception | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.items is not None or self.error is not None
+
+    def group(self) -> tuple[int, tuple[tuple[str, Any], ...]]:
+        """Requests one pass may answer together: the same k and settings."""
+        return self.k, tuple(sorted((self.settings or {}).items(), key=lambda kv: kv[0]))
+
+
 class LiveRecommender:
     """One worker's online state: `model` + the `log` it follows up to `offset`."""
 
@@ -153,12 +184,16 @@ class LiveRecommender:
         clock: Callable[[], float] = time.time,
         trained_up_to: int = 0,
         follow_swaps: bool = True,
+        max_batch: int = SERVING_MAX_BATCH,
     ) -> None:
         """`trained_up_to`: the log offset the model was trained up to (a retrained or
         fine-tuned folder's `trained_offset`): those records are in the model already and
         are not replayed again. `follow_swaps`: swap in the models that `model` records
         name (False: keep this version whatever the log publishes, as the extra versions a
-        service hosts for experiments do)."""
+        service hosts for experiments do). `max_batch`: queued requests answered in one pass
+        (1: one at a time)."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model = _for_serving(model)
         self.log = log
         self.version = version
@@ -166,6 +201,8 @@ class LiveRecommender:
         self.history_size = history_size
         self._clock = clock
         self._lock = threading.Lock()
+        self.max_batch = max_batch
+        self._queue: deque[_Request] = deque()  # appended and popped whole: no lock needed
         self._state = _State(offset=trained_up_to)
         self.follow_swaps = follow_swaps
         self._ready = False
@@ -189,15 +226,20 @@ class LiveRecommender:
         *,
         recover: bool = True,
         prefix: str = DEFAULT_REDIS_PREFIX,
+        max_batch: int = SERVING_MAX_BATCH,
     ) -> LiveRecommender:
         """Load a model folder and its event log (`store` URL; default: SQLite in
         MODEL/state/; `prefix`: the Redis store's key prefix), then, with `recover`, replay
-        the log."""
+        the log; `max_batch`: see the constructor."""
         folder = Path(model_folder)
         model = load_recommender(folder)
         event_log = open_log(store, folder / STATE_FOLDER, prefix=prefix)
         live = cls(
-            model, event_log, version=model_version(folder), trained_up_to=trained_offset(folder)
+            model,
+            event_log,
+            version=model_version(folder),
+            trained_up_to=trained_offset(folder),
+            max_batch=max_batch,
         )
         if recover:
             live.recover()
@@ -270,22 +312,56 @@ class LiveRecommender:
         `settings`: pipeline settings for this request only (an experiment variant's
         candidates, diversity_strength, exploration_share); a single-stage model has none."""
         self._check_ready()
-        started = time.perf_counter()
-        with self._lock:
-            self._sync_locked()
-            synced = time.perf_counter()
-            items, new = self._top(user_id, k, region, settings)
-            self._count_impressions(new)
-            version = self.version
-        done = time.perf_counter()
-        self.observer.stage("sync", synced - started)
-        self.observer.stage("model", done - synced)
+        request = _Request(user_id, k, region, settings)
+        self._queue.append(request)
+        while not request.answered:
+            with self._lock:
+                if not request.answered:
+                    self._answer_queued()
+        if request.error is not None:
+            raise request.error
         return {
             "user_id": user_id,
-            "items": items,
-            "model_version": version,
+            "items": request.items,
+            "model_version": request.version,
             "request_id": request_id or uuid.uuid4().hex,
         }
+
+    def _answer_queued(self) -> None:
+        """Under the lock: apply the log, then answer up to `max_batch` queued requests, oldest
+        first, one pass per group of the same k and settings. Every request taken was queued
+        before this sync, so each reflects every write acknowledged before it was made. A
+        failure reaches every request it left unanswered (each raises it), never a hang."""
+        started = time.perf_counter()
+        taken: list[_Request] = []
+        while self._queue and len(taken) < self.max_batch:
+            taken.append(self._queue.popleft())
+        try:
+            self._sync_locked()
+            synced = time.perf_counter()
+            groups: dict[tuple[int, tuple[tuple[str, Any], ...]], list[_Request]] = {}
+            for request in taken:
+                groups.setdefault(request.group(), []).append(request)
+            for group in groups.values():
+                try:
+                    answers = self._top(group)
+                except Exception as exc:  # each request of the group raises it
+                    for request in group:
+                        request.error = exc
+                    continue
+                for request, (items, new) in zip(group, answers, strict=True):
+                    self._count_impressions(new)
+                    request.version, request.items = self.version, items
+        except Exception as exc:
+            for request in taken:
+                if not request.answered:
+                    request.error = exc
+            return
+        done = time.perf_counter()
+        self.observer.batch(len(taken))
+        for _ in taken:
+            self.observer.stage("sync", synced - started)
+            self.observer.stage("model", done - synced)
 
     def history(self, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
         """The user's most recent online events as logged, newest first (each with its log
@@ -520,31 +596,40 @@ class LiveRecommender:
             names = retrieval.region_names
             return known, names[index] if 0 <= index < len(names) else None
 
-    def _top(
-        self, user_id: str, k: int, region: str | None, settings: Mapping[str, Any] | None = None
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        """The response's items, and the new listings among them (`_count_impressions`)."""
-        model = self.model
+    def _top(self, group: list[_Request]) -> list[tuple[list[dict[str, Any]], list[str]]]:
+        """Each request's items, and the new listings among them (`_count_impressions`);
+        the requests share k and settings."""
+        model, k, settings = self.model, group[0].k, group[0].settings
+        users, regions = [r.user_id for r in group], [r.region for r in group]
         if isinstance(model, Recommender):
             model.on_stage = self.observer.stage
             config = _with_settings(model.config, settings) if settings else None
-            one = model.recommend_one(user_id, k, region=region, config=config)
-            items = [
-                {"item_id": e.item_id, "score": _finite(e.score), "source": e.source} for e in one
+            lists = model.recommend_many(users, k, regions=regions, config=config)
+            return [
+                (
+                    [
+                        {"item_id": e.item_id, "score": _finite(e.score), "source": e.source}
+                        for e in one
+                    ],
+                    [e.item_id for e in one if e.new_listing],
+                )
+                for one in lists
             ]
-            return items, [e.item_id for e in one if e.new_listing]
-        frame = model.recommend([user_id], k, regions=[region])
-        known = model.user_rows(pl.Series([user_id], dtype=pl.String))[0] >= 0
-        source = "retrieval" if known else "fallback"
-        items = [
-            {"item_id": item, "score": _finite(score), "source": source}
-            for item, score in zip(
-                frame.get_column("item_id").to_list(),
-                frame.get_column("score").to_list(),
-                strict=True,
-            )
-        ]
-        return items, []  # a single model does not explore
+        answers = []
+        for user, region in zip(users, regions, strict=True):  # single models: rarely served
+            frame = model.recommend([user], k, regions=[region])
+            known = model.user_rows(pl.Series([user], dtype=pl.String))[0] >= 0
+            source = "retrieval" if known else "fallback"
+            items = [
+                {"item_id": item, "score": _finite(score), "source": source}
+                for item, score in zip(
+                    frame.get_column("item_id").to_list(),
+                    frame.get_column("score").to_list(),
+                    strict=True,
+                )
+            ]
+            answers.append((items, []))  # a single model does not explore
+        return answers
 
     def _count_impressions(self, new: list[str]) -> None:
         """Count the new listings a list showed (exploration's misses are impressions

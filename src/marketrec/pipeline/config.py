@@ -46,3 +46,6 @@ class PipelineConfig(BaseModel):
 
 #: The ranking budget the service gives a request when the model folder names none.
 SERVING_RANK_BUDGET_MS = 50.0
+#: Queued requests a service worker answers in one pass of the pipeline
+#: (`marketrec.online.live.LiveRecommender.recommend`; `marketrec serve --max-batch`).
+SERVING_MAX_BATCH = 8

@@ -269,27 +269,44 @@ class Recommender:
         region: str | None = None,
         config: PipelineConfig | None = None,
     ) -> list[Listed]:
-        """One user's list now, best first: the lists of `recommend_detailed` without their
-        signals and without a data frame around them (the live service's request, which
-        needs neither), each item marked when exploration counts it as a new listing (only
-        in a list that explores: the mask is not computed otherwise)."""
+        """One user's list now, best first (`recommend_many` for one user)."""
+        return self.recommend_many([user_id], k, regions=[region], config=config)[0]
+
+    def recommend_many(
+        self,
+        user_ids: Sequence[str],
+        k: int,
+        *,
+        regions: Sequence[str | None] | None = None,
+        config: PipelineConfig | None = None,
+    ) -> list[list[Listed]]:
+        """Each user's list now, best first: the lists of `recommend_detailed` without their
+        signals and without a data frame around them (the live service's requests, which
+        need neither; it passes the requests that queued while a batch ran together, which
+        share most of a request's fixed costs), each item marked when exploration counts it
+        as a new listing (only in lists that explore: the mask is not computed otherwise)."""
         self._check_request(k)
-        ids = pl.Series("user_id", [user_id], dtype=pl.String)
-        moments = _moments(None, 1, self._reference_ts)
+        if not user_ids:
+            return []
+        ids = pl.Series("user_id", list(user_ids), dtype=pl.String)
+        moments = _moments(None, ids.len(), self._reference_ts)
         cfg = config or self.config
-        out = self._chunk_lists(ids, k, False, [region], moments, False, False, False, cfg)
+        wanted = None if regions is None else list(regions)
+        out = self._chunk_lists(ids, k, False, wanted, moments, False, False, False, cfg)
         columns = np.asarray(out["item_idx"], dtype=np.int64)
         new = (
             self._new_items(float(moments[0]))[columns]
             if cfg.exploration_share > 0
             else np.zeros(len(columns), dtype=bool)
         )
-        return [
+        entries = [
             Listed(*entry)
             for entry in zip(
                 self._item_names(out), out["score"], out["source"], new.tolist(), strict=True
             )
         ]
+        ends = np.cumsum(out["list_length"]).tolist()
+        return [entries[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
     def _frame(self, out: dict[str, list[Any]], with_signals: bool) -> pl.DataFrame:
         """`_chunk_lists` columns as the CONTRACT §2 frame (plus source and signals)."""
@@ -317,7 +334,7 @@ class Recommender:
         cfg: PipelineConfig | None,
     ) -> dict[str, list[Any]]:
         """The lists of a chunk of users as columns (user_id, item_idx, rank, score, source,
-        signals), every step of the pipeline included."""
+        signals), every step of the pipeline included; `list_length`: each user's rows."""
         started = time.perf_counter()
         assert self._seen is not None and self.stats is not None
         cfg, retrieval = cfg or self.config, self.retrieval
@@ -375,9 +392,11 @@ class Recommender:
         ranked = self.ranking is not None and not notes
         rank_done = time.perf_counter()
         out: dict[str, list[Any]] = {
-            name: [] for name in ("user_id", "item_idx", "rank", "score", "source", "signals")
+            name: []
+            for name in ("user_id", "item_idx", "rank", "score", "source", "signals", "list_length")
         }
         for u, user in enumerate(ids.to_list()):
+            before = len(out["item_idx"])
             seed = (cfg.seed, int(rows[u]) + 1, int(np.nan_to_num(moments[u])))
             explorer = ThompsonExplorer(
                 cfg.exploration_prior, self.stats, np.random.default_rng(seed)
@@ -403,6 +422,7 @@ class Recommender:
                 with_signals=with_signals,
                 cfg=cfg,
             )
+            out["list_length"].append(len(out["item_idx"]) - before)
         if self.on_stage is not None:
             self.on_stage("retrieve", retrieved - started)
             self.on_stage("rank", rank_done - retrieved)

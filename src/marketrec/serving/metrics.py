@@ -56,7 +56,9 @@ class ServiceMetrics:
             "marketrec_stage_seconds",
             "Time per stage of a recommendation: sync (apply the log), retrieve, rank and "
             "finish (rules, diversity, exploration) inside model (the whole recommender), "
-            "total (the whole endpoint).",
+            "total (the whole endpoint). sync, model and total count requests; retrieve, "
+            "rank and finish count passes of the pipeline, which may answer several queued "
+            "requests together (marketrec_batch_requests).",
             ["stage"],
             buckets=_BUCKETS,
             registry=self.registry,
@@ -92,6 +94,13 @@ class ServiceMetrics:
             "longer than its queue lasts); the responses themselves were served.",
             registry=self.registry,
         )
+        self.batches = Histogram(
+            "marketrec_batch_requests",
+            "Requests answered by one pass of the pipeline: those that queued while the "
+            "previous pass ran (1 when the worker keeps up).",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+            registry=self.registry,
+        )
         self.swaps = Counter(
             "marketrec_model_swaps",
             "Retrained models swapped in by this worker since it started.",
@@ -112,6 +121,9 @@ class ServiceMetrics:
         self.model_info.labels(version=old).set(0)
         self.model_info.labels(version=new).set(1)
         self.swaps.inc()
+
+    def batch(self, requests: int) -> None:
+        self.batches.observe(requests)
 
     def hosting(self, versions: list[str]) -> None:
         """Every hosted version is served (1)."""
