@@ -9,6 +9,8 @@ clients on the same machine.
 - freshness: server A and server B (two processes, one store); 100 new products PUT
   through A, each timed from sending the PUT until B's `GET /v1/items/{id}` (polled every
   few ms) says `recommendable: true`. Both stores.
+- batching: the load section's server at a few rates with `--max-batch 1` (one request per
+  pass of the pipeline) and with the default, taking turns, on the SQLite store.
 - load: `marketrec serve --workers 2` (one compute thread each); an open-loop generator
   (asyncio streams, raw HTTP/1.1 keep-alive over a pool of `--connections` taking turns:
   requests sent on a fixed schedule whatever the answers, latency counted from the
@@ -668,6 +670,49 @@ def load_section(
     )
 
 
+def batching_section(
+    model: Path, workdir: Path, items: int, rates: list[float], seconds: float, rounds: int
+) -> str:
+    """The same server (two workers, SQLite) answering one request per pass
+    (`--max-batch 1`) and with the default batching, taking turns: each round runs both
+    settings over the same rates."""
+    from marketrec.pipeline.config import SERVING_MAX_BATCH
+
+    users = read_ids(workdir, "users", items)
+    settings = [1, SERVING_MAX_BATCH]
+    rows = []
+    for round_ in range(1, rounds + 1):
+        gauge = in_process_ms(model, users)
+        for max_batch in settings:
+            store = new_store("sqlite", workdir)
+            store.args += ["--max-batch", str(max_batch)]
+            with serving(model, store, workdir, workers=2) as (server,):
+
+                def run(rate: float, span: float, seed: int) -> Step:
+                    return asyncio.run(
+                        open_loop(server.url, rate, span, users, seed, 10.0, CONNECTIONS)
+                    )
+
+                run(20, 5, 0)  # warm-up
+                for j, rate in enumerate(rates):
+                    step = run(rate, seconds, 100 * round_ + j)
+                    rows.append(step_row(f"{round_} | {max_batch} | {gauge:.2f}", step))
+                    log.info("batching: %s", rows[-1])
+                    drain(server, users)
+    return (
+        f"### Batching: `--max-batch 1` against the default {SERVING_MAX_BATCH}, side by side\n\n"
+        f"The load section's generator and model ({served_candidates(model)} candidates), "
+        f"`--workers 2` on a fresh SQLite store; {seconds:.0f} s per rate, "
+        f"{', '.join(f'{r:.0f}' for r in rates)} rps, both settings in each of {rounds} "
+        "rounds (one server per setting and round, started fresh); `in process`: the "
+        "model's `recommend_one` p50 in a fresh process at the start of the round (the "
+        "machine's speed).\n\n"
+        "| round | max batch | in process ms | rps | s | requests | p50 ms | p90 ms | p99 ms | "
+        "max ms | errors | max send lag ms | client CPU |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -694,6 +739,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp", type=float, nargs="+", default=[25, 50, 100, 200, 400, 800])
     parser.add_argument("--ramp-seconds", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--batching-rates", type=float, nargs="+", default=[100, 150, 200, 250, 300]
+    )
+    parser.add_argument("--batching-seconds", type=float, default=20.0)
+    parser.add_argument("--batching-rounds", type=int, default=2)
     parser.add_argument("--note", default="", help="a sentence added to each section")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
@@ -723,17 +773,33 @@ def main(argv: list[str] | None = None) -> int:
             )
             models = [build_model(args.workdir, args.items, n) for n in args.candidates]
             part = load_section(models, args.workdir, args.items, args.stores, plan)
+        elif name == "batching":
+            part = batching_section(
+                model,
+                args.workdir,
+                args.items,
+                args.batching_rates,
+                args.batching_seconds,
+                args.batching_rounds,
+            )
         else:
-            raise SystemExit(f"unknown section {name!r} (ingest, freshness, load)")
+            raise SystemExit(f"unknown section {name!r} (ingest, freshness, load, batching)")
         command = (
             f"Command: `.venv/bin/python benchmarks/service.py --sections {name}"
-            + (f" --stores {' '.join(args.stores)}" if name != "ingest" else "")
+            + (f" --stores {' '.join(args.stores)}" if name in ("freshness", "load") else "")
             + (
                 f" --candidates {' '.join(map(str, args.candidates))}"
                 if args.candidates != [300]
                 else ""
             )
             + (f" --ramp {' '.join(f'{r:g}' for r in args.ramp)}" if name == "load" else "")
+            + (
+                f" --batching-rates {' '.join(f'{r:g}' for r in args.batching_rates)}"
+                f" --batching-seconds {args.batching_seconds:g}"
+                f" --batching-rounds {args.batching_rounds}"
+                if name == "batching"
+                else ""
+            )
             + f" --write docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "
             f"{time.perf_counter() - section_started:.0f} s; {machine()}; servers and "
             "clients on the same machine)."
