@@ -18,6 +18,8 @@ def test_lookup_sorted_and_unsorted_vocabularies_agree() -> None:
     unsorted = IdVocab(pl.Series("id", ids))  # rows in the given order, joined instead
     assert unsorted.lookup(query).tolist() == [3, -1, -1, 2, 1, -1, 0]
     assert IdVocab.from_series(pl.Series([], dtype=pl.String)).lookup(query).tolist() == [-1] * 7
+    nothing = pl.Series([], dtype=pl.String)
+    assert sorted_vocab.lookup(nothing).tolist() == unsorted.lookup(nothing).tolist() == []
 
 
 def test_lookup_of_few_and_many_ids_agree() -> None:

@@ -16,6 +16,7 @@ from marketrec.models.registry import create
 from marketrec.pipeline.config import PipelineConfig
 from marketrec.pipeline.diversity import capped_order, category_similarity, mmr_order
 from marketrec.pipeline.exploration import (
+    ExplorationPool,
     ExplorationStats,
     ThompsonExplorer,
     exploration_positions,
@@ -125,6 +126,30 @@ def test_exploration_share_is_respected_and_slots_go_to_new_items(market: Datase
     assert none.filter(source="exploration").height == 0
 
 
+def test_exploration_follows_delistings_and_impressions_at_once(market: Dataset) -> None:
+    """Exploration's pools are kept between requests: a delisting, a listing and new
+    impressions still reach the very next list."""
+    model = pipeline(market, exploration_share=0.25, new_item_days=3.0)
+    users = [f"u{u:02d}" for u in range(40)]
+
+    def explored() -> set[str]:
+        recs = model.recommend_detailed(users, 8).filter(source="exploration")
+        return set(recs.get_column("item_id").to_list())
+
+    assert explored() == {f"new{j}" for j in range(4)}
+    model.delist(["new0"])
+    assert explored() == {"new1", "new2", "new3"}
+    # shown 10,000 times without a click: drawn far below the never-shown items' prior
+    model.record_impressions({"new1": 10_000, "new2": 10_000})
+    assert explored() == {"new3"} | ({"new1", "new2"} & explored())
+    picks = model.recommend_detailed(users, 8).filter(source="exploration")
+    assert picks.filter(item_id="new3").height == len(users)  # in every list
+    model.upsert_items(
+        pl.DataFrame({"item_id": ["fresh"], "title": ["A puzzle"], "category": ["c9"]})
+    )
+    assert "fresh" in explored()
+
+
 def test_fractional_exploration_share_averages_out() -> None:
     explorer = ThompsonExplorer((1.0, 20.0), ExplorationStats.empty(5), np.random.default_rng(1))
     slots = [explorer.slots(10, 0.15) for _ in range(4000)]
@@ -148,8 +173,9 @@ def test_never_shown_items_are_drawn_uniformly_from_the_eligible_ones() -> None:
     eligible = np.zeros(40, dtype=bool)
     eligible[:20] = True
     explorer = ThompsonExplorer((1.0, 20.0), stats, np.random.default_rng(2))
+    pool = ExplorationPool.build(eligible, stats)
     drawn = np.concatenate(
-        [explorer._never_shown(eligible, stats.impressions > 0, 2) for _ in range(3400)]
+        [explorer._never_shown(pool, np.zeros(0, dtype=np.int64), 2) for _ in range(3400)]
     )
     counts = np.bincount(drawn, minlength=40)
     assert counts[:3].sum() == 0 and counts[20:].sum() == 0
@@ -168,6 +194,42 @@ def test_rare_never_shown_items_are_still_found() -> None:
     assert sorted(pick.items.tolist()) == [5, 70_000, 99_999]
     assert explorer.pick(eligible, 5).items.size == 3
     assert explorer.pick(np.zeros(100_000, dtype=bool), 2).items.size == 0
+
+
+def test_a_shared_pool_less_a_lists_exclusions_picks_as_the_lists_own_mask() -> None:
+    """A request explores from its region's shared pool minus its own exclusions: the same
+    items and draws, from the same random state, as from a mask of exactly what it may
+    pick; and a pool built once stays right while its statistics object is unchanged."""
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n_items = int(rng.integers(1, 400))
+        stats = ExplorationStats.empty(n_items)
+        stats.add(rng.integers(0, n_items, 50), rng.integers(1, 4, 50))
+        stats.add(
+            np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), rng.integers(0, n_items, 10)
+        )
+        base = rng.random(n_items) < rng.choice([0.02, 0.3, 0.9])
+        removed = rng.integers(0, n_items, int(rng.integers(0, 30)))  # repeats, outside too
+        mask = base.copy()
+        mask[removed] = False
+        n = int(rng.integers(0, 5))
+        seed = int(rng.integers(1 << 30))
+        alone = ThompsonExplorer((1.0, 20.0), stats, np.random.default_rng(seed)).pick(mask, n)
+        shared = ThompsonExplorer((1.0, 20.0), stats, np.random.default_rng(seed)).pick_from(
+            ExplorationPool.build(base, stats), removed, n
+        )
+        assert shared.items.tolist() == alone.items.tolist(), trial
+        assert shared.draws.tolist() == alone.draws.tolist()
+
+
+def test_exploration_statistics_change_only_through_add() -> None:
+    stats = ExplorationStats.empty(4)
+    with pytest.raises(ValueError, match="read-only"):
+        stats.impressions[0] += 1
+    before = stats.version
+    stats.record(np.array([1, 1, 3]), np.array([1]))
+    assert stats.impressions.tolist() == [0, 2, 0, 1] and stats.clicks.tolist() == [0, 1, 0, 0]
+    assert stats.version > before
 
 
 def test_exploration_positions() -> None:
@@ -313,14 +375,19 @@ def test_mmr_by_category_rows_equals_mmr_over_the_matrix() -> None:
     from marketrec.pipeline.diversity import mmr_order_by_category
 
     rng = np.random.default_rng(3)
-    relevance = rng.random(40)
-    categories = rng.integers(0, 6, 40)
-    tops = np.where(categories > 0, (categories + 1) // 2, 0)
-    for strength in (0.0, 0.3, 0.8):
-        assert np.array_equal(
-            mmr_order_by_category(relevance, categories, tops, 10, strength),
-            mmr_order(relevance, category_similarity(categories, tops), 10, strength),
-        )
+    for trial in range(60):
+        n = int(rng.integers(1, 60))
+        # ties (rounded relevance) and uncategorised items (code 0) included
+        relevance = np.round(rng.random(n), 1 if trial % 2 else 6)
+        categories = rng.integers(0, 6, n)
+        tops = np.where(categories > 0, (categories + 1) // 2, 0)
+        tops[rng.random(n) < 0.1] = 0  # a category without a top level
+        for strength in (0.0, 0.3, 0.5, 0.8, 1.0):
+            for k in (1, 10, n + 3):
+                assert np.array_equal(
+                    mmr_order_by_category(relevance, categories, tops, k, strength),
+                    mmr_order(relevance, category_similarity(categories, tops), k, strength),
+                ), (trial, strength, k)
 
 
 def test_a_saved_two_stage_model_serves_the_same_ranker_features(market, tmp_path) -> None:

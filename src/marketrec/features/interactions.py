@@ -94,7 +94,8 @@ class IdVocab:
             position = np.minimum(np.searchsorted(self._id_bytes, wanted), n - 1)
             width = self._id_bytes.dtype.itemsize
             present = np.array(
-                [v is not None and len(e) <= width for v, e in zip(values, encoded, strict=True)]
+                [v is not None and len(e) <= width for v, e in zip(values, encoded, strict=True)],
+                dtype=bool,
             )
             hit = (self._id_bytes[position] == wanted) & present
             return np.where(hit, position, -1).astype(np.int64)

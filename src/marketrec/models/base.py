@@ -83,6 +83,7 @@ class CollaborativeRecommender:
         self._user_region: np.ndarray | None = None
         self._regions: tuple[str, ...] = ()
         self._sellable: np.ndarray | None = None  # (n_regions + 1, n_items); last = no region
+        self._sellable_changes = 0  # `sellable_version`
         self._listed_at = np.zeros(0)  # per item: listing time, epoch seconds (NaN = unknown)
         self._now = np.nan  # the default ranking moment: one second past the last training event
         self._train_summary: dict[str, Any] = {}
@@ -100,6 +101,7 @@ class CollaborativeRecommender:
         self._history = interactions.matrix
         self._user_region, self._regions = user_region, regions
         self._sellable = _sellable_matrix(data, interactions.items, regions)
+        self._sellable_changes += 1
         self._listed_at = listing_times(data, interactions.items.ids)
         last = interactions.reference_time
         self._now = last.timestamp() + 1.0 if last is not None else np.nan
@@ -290,9 +292,7 @@ class CollaborativeRecommender:
         blocked = np.zeros(n_items, dtype=bool)
         cols = np.zeros((len(rows), k), dtype=np.int64)
         best = np.full((len(rows), k), -np.inf, dtype=np.float32)
-        allowed = {
-            int(r): np.packbits(self._sellable[r], bitorder="little") for r in np.unique(region_idx)
-        }
+        allowed = {int(r): self.sellable_bits(int(r)) for r in np.unique(region_idx)}
         for u in range(len(rows)):
             # one query per user: the lists scanned depend on k only, never on the batch
             labels, scores = index.search(
@@ -576,6 +576,29 @@ class CollaborativeRecommender:
         `features.listing`), empty for a model folder written before they were kept."""
         return self._listed_at
 
+    @property
+    def sellable_version(self) -> int:
+        """Counts every change of the sellable matrix (fit, load, listings, delistings): what
+        is derived from it (`sellable_bits`, the pipeline's exploration pools) is kept
+        while this stays the same."""
+        return self._sellable_changes
+
+    def sellable_bits(self, region: int) -> np.ndarray:
+        """`sellable([region])[0]` packed 8 items a byte (little bit order: the ANN index's
+        filter), kept per region until the matrix changes."""
+        assert self._sellable is not None
+        key = (self._sellable_changes, id(self._sellable))
+        cache = self.__dict__.get("_sellable_bits")
+        if cache is None or cache[0] != key:
+            cache = (key, {})
+            self.__dict__["_sellable_bits"] = cache
+        bits = cache[1].get(region)
+        if bits is None:
+            bits = np.packbits(self._sellable[region], bitorder="little")
+            bits.flags.writeable = False
+            cache[1][region] = bits
+        return bits
+
     def sellable_pairs(self, regions: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each (region index, item column) pair may be shown, elementwise."""
         assert self._sellable is not None
@@ -674,6 +697,7 @@ class CollaborativeRecommender:
         assert self._items is not None and self._sellable is not None
         cols = self.item_columns(pl.Series(list(item_ids), dtype=pl.String))
         self._sellable[:, cols[cols >= 0]] = False
+        self._sellable_changes += 1
         self._live = True
 
     def upsert_items(self, items: pl.DataFrame) -> list[str]:
@@ -714,6 +738,7 @@ class CollaborativeRecommender:
             if row.get("available") is False:
                 allowed[:] = False
             self._sellable[:, col] = allowed
+        self._sellable_changes += 1
         self._live = True
         return fresh.get_column("item_id").to_list()
 
@@ -797,6 +822,7 @@ class CollaborativeRecommender:
                 shape=tuple(state["history_shape"]),
             )
             self._sellable = state["sellable"]
+            self._sellable_changes += 1
             # folders written before listing times were kept: every item counts as listed
             self._listed_at = state["listed_at"] if "listed_at" in state else np.zeros(0)
             self._now = float(state["now"][0]) if "now" in state else np.nan

@@ -36,6 +36,7 @@ from marketrec.models.registry import load_model, unfitted_like
 from marketrec.pipeline.config import PipelineConfig
 from marketrec.pipeline.diversity import capped_order, mmr_order_by_category
 from marketrec.pipeline.exploration import (
+    ExplorationPool,
     ExplorationStats,
     ThompsonExplorer,
     exploration_positions,
@@ -411,7 +412,8 @@ class Recommender:
                 valid + 1,
                 k,
                 explorer,
-                partial(self._eligible, region_idx[u], exclude, u),
+                partial(self._exploration_pool, int(region_idx[u]), float(moments[u])),
+                exclude.indices[exclude.indptr[u] : exclude.indptr[u + 1]],
                 moment=moments[u],
                 source="fallback" if cold[u] else "retrieval",
                 why=None
@@ -429,11 +431,24 @@ class Recommender:
             self.on_stage("finish", time.perf_counter() - rank_done)
         return out
 
-    def _eligible(self, region: int, exclude: sp.csr_matrix, u: int) -> np.ndarray:
-        """What exploration may pick for user u: sellable in the region, not excluded."""
-        mask = self.retrieval.sellable(np.array([region]))[0]
-        mask[exclude.indices[exclude.indptr[u] : exclude.indptr[u + 1]]] = False
-        return mask
+    def _exploration_pool(self, region: int, moment: float) -> ExplorationPool:
+        """What exploration may pick in a region at a moment: new items (`_new_items`)
+        sellable there. Kept for the last few (region, moment) pairs while the catalogue's
+        sellable matrix and the exploration statistics are unchanged (their versions), so a
+        request's exploration reads no catalogue-sized array."""
+        assert self.stats is not None
+        retrieval, stats = self.retrieval, self.stats
+        new = self._new_items(moment)
+        key = (region, moment, retrieval.sellable_version, stats.version)
+        cache = self.__dict__.setdefault("_pool_cache", {})
+        hit = cache.get(key)
+        if hit is not None and hit[0] is new and hit[1] is stats and hit[2] is retrieval:
+            return hit[3]
+        pool = ExplorationPool.build(retrieval.sellable(np.array([region]))[0] & new, stats)
+        if len(cache) >= 16:
+            cache.pop(next(iter(cache)))
+        cache[key] = (new, stats, retrieval, pool)
+        return pool
 
     def _served_by_fallback(self, rows: np.ndarray) -> np.ndarray:
         """Users the retrieval model answers with its popularity fallback (no history, and a
@@ -455,7 +470,8 @@ class Recommender:
         retrieval_rank: np.ndarray,
         k: int,
         explorer: ThompsonExplorer,
-        eligible: Callable[[], np.ndarray],
+        pool: Callable[[], ExplorationPool],
+        excluded: np.ndarray,
         moment: float,
         source: str,
         why: Callable[[np.ndarray], list[dict[str, float]]] | None = None,
@@ -466,7 +482,8 @@ class Recommender:
     ) -> None:
         """One user's list, appended to the `out` columns; `why(positions)` gives the
         ranker's top signal groups of those candidates (None without a ranker);
-        `eligible()` the mask of items exploration may pick."""
+        `pool()` what exploration may pick in the user's region, less `excluded` (the
+        user's excluded columns, ascending) and the list's own items."""
         cfg, info = cfg or self.config, self._items
         assert info is not None
         n_explore = explorer.slots(k, cfg.exploration_share)
@@ -491,10 +508,8 @@ class Recommender:
                     signals.update(notes)
             entries.append((item, raw, source, signals))
         if n_explore and cfg.exploration_share > 0:
-            new = eligible()
-            new &= self._new_items(moment)
-            new[picked[: k - n_explore]] = False
-            pick = explorer.pick(new, n_explore)
+            removed = np.concatenate([excluded, picked[: k - n_explore]])
+            pick = explorer.pick_from(pool(), removed, n_explore)
             kept = entries[: k - len(pick.items)]
             for spot, item, draw in zip(
                 exploration_positions(len(kept) + len(pick.items), len(pick.items)),
@@ -614,13 +629,15 @@ class Recommender:
         starts from a log's counts (`online.retrain.carry_exploration`)."""
         if self.stats is None:
             return
-        for counts, target in ((shown, self.stats.impressions), (clicked or {}, self.stats.clicks)):
+
+        def known(counts: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
             if not counts:
-                continue
+                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
             cols = self.retrieval.item_columns(pl.Series(list(counts), dtype=pl.String))
             times = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
-            known = cols >= 0
-            np.add.at(target, cols[known], times[known])
+            return cols[cols >= 0], times[cols >= 0]
+
+        self.stats.add(*known(shown), *known(clicked or {}))
 
     def _follow_clock(self) -> None:
         """Rank at the retrieval model's clock once live events or listings moved it past
