@@ -230,6 +230,9 @@ def test_exploration_statistics_change_only_through_add() -> None:
     stats.record(np.array([1, 1, 3]), np.array([1]))
     assert stats.impressions.tolist() == [0, 2, 0, 1] and stats.clicks.tolist() == [0, 1, 0, 0]
     assert stats.version > before
+    before = stats.version
+    stats.record(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))  # nothing new
+    assert stats.version == before
 
 
 def test_exploration_positions() -> None:

@@ -66,7 +66,7 @@ class ExplorationStats:
                 np.add.at(target, np.asarray(cols, dtype=np.int64), counts)
             finally:
                 target.flags.writeable = False
-        self.version += 1
+            self.version += 1
 
 
 @dataclass(frozen=True)
