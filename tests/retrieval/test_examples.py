@@ -218,3 +218,56 @@ def test_inserted_live_events_equal_a_rebuild_with_them() -> None:
     np.testing.assert_array_equal(inserted.user_end, rebuilt.user_end)
     window = history_window(inserted, np.array([3]), inserted.user_end[[3]], 2)
     assert inserted.item[window[0][window[0] >= 0]].tolist() == [4]
+
+
+def test_random_live_batches_equal_a_rebuild_with_them() -> None:
+    """`insert_events` recomputes first touches and pair weights only in the runs of the
+    users with new events: random stored and live events (same seconds, repeated pairs,
+    older live events, users first seen live) still give a rebuild's arrays."""
+    from marketrec.retrieval.examples import grow_users, insert_events
+
+    kinds = {"view": (1, 1.0), "click": (2, 2.0), "add_to_cart": (3, 4.0), "purchase": (4, 8.0)}
+    rng = np.random.default_rng(11)
+    empty = pl.DataFrame(
+        schema={"user_idx": pl.Int64, "ts": pl.Datetime("us", "UTC"), "query_code": pl.Int64}
+    )
+
+    def rows(n: int, users: int) -> list[tuple[int, int, int, str, float]]:
+        out = []
+        for _ in range(n):
+            kind = str(rng.choice(list(kinds)))
+            out.append(
+                (int(rng.integers(users)), int(rng.integers(8)), int(rng.integers(30)), kind)
+            )
+        return [(u, i, t, k, kinds[k][1]) for u, i, t, k in out]
+
+    def frame(data: list[tuple[int, int, int, str, float]]) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "user_idx": [r[0] for r in data],
+                "item_idx": [r[1] for r in data],
+                "ts": [T0 + timedelta(seconds=r[2]) for r in data],
+                "event": [r[3] for r in data],
+                "weight": [r[4] for r in data],
+                "device_code": [0] * len(data),
+            },
+            schema_overrides={"user_idx": pl.Int64, "item_idx": pl.Int64},
+        )
+
+    for _ in range(40):
+        stored, live = rows(int(rng.integers(1, 40)), 5), rows(int(rng.integers(1, 12)), 7)
+        base = grow_users(build_sequences(frame(stored), empty, n_users=5), 7)
+        inserted = insert_events(
+            base,
+            np.array([r[0] for r in live]),
+            np.array([r[1] for r in live]),
+            np.array([T0.timestamp() + r[2] for r in live]),
+            np.array([kinds[r[3]][0] for r in live]),
+            np.zeros(len(live), dtype=np.int64),
+            np.array([r[4] for r in live], dtype=np.float32),
+        )
+        rebuilt = build_sequences(frame(stored + live), empty, n_users=7)
+        for name in ("user", "item", "ts", "first_touch", "pair_weight", "run_start"):
+            np.testing.assert_array_equal(getattr(inserted, name), getattr(rebuilt, name), name)
+        np.testing.assert_array_equal(inserted.user_start, rebuilt.user_start)
+        np.testing.assert_array_equal(inserted.user_end, rebuilt.user_end)

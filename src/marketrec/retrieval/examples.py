@@ -203,8 +203,9 @@ def insert_events(
     `build_sequences` holds again: (user, time) order, run starts, first touches and pair
     weights. Rows must exist already (`grow_users`).
 
-    Cost: one pass over the arrays per call (a copy), so a live service applies events in
-    batches; a user's history window then reads the new events like any other."""
+    Cost: one copy of the arrays per call, plus a sort of the affected users' own events
+    (not of every stored pair: a live event costs the same at any history size); a user's
+    history window then reads the new events like any other."""
     if len(user) == 0:
         return seq
     order = np.lexsort((ts, user))
@@ -225,14 +226,25 @@ def insert_events(
     idx = np.arange(n)
     change = np.ones(n, dtype=bool)
     change[1:] = (new_user[1:] != new_user[:-1]) | (new_ts[1:] != new_ts[:-1])
-    pair = new_user * (int(new_item.max()) + 1) + new_item
-    _, first = np.unique(pair, return_index=True)
-    first_touch = np.zeros(n, dtype=bool)
-    first_touch[first] = True
-    _, inverse = np.unique(pair, return_inverse=True)
-    best = np.full(int(inverse.max()) + 1, -np.inf, dtype=np.float32)
-    np.maximum.at(best, inverse, new_weight)
     rows = np.arange(len(seq.user_start))
+    user_start = seq.user_start + np.searchsorted(user, rows, "left")
+    user_end = seq.user_end + np.searchsorted(user, rows, "right")
+    # first touches and pair weights change only in the runs of the users with new events:
+    # recomputed there (the rest moves with the insert), not over every stored pair
+    touched = np.unique(user)
+    starts, lengths = user_start[touched], user_end[touched] - user_start[touched]
+    ends = np.cumsum(lengths)
+    positions = np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]))
+    run_items = new_item[positions]
+    pair = new_user[positions] * (int(run_items.max()) + 1) + run_items
+    _, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+    first_touch = np.insert(seq.first_touch, where, False)
+    first_touch[positions] = False
+    first_touch[positions[first]] = True
+    best = np.full(len(first), -np.inf, dtype=np.float32)
+    np.maximum.at(best, inverse, new_weight[positions])
+    pair_weight = np.insert(seq.pair_weight, where, np.float32(0.0))
+    pair_weight[positions] = best[inverse]
     return dataclasses.replace(
         seq,
         user=new_user,
@@ -242,8 +254,8 @@ def insert_events(
         device=np.insert(seq.device, where, device.astype(np.int64)),
         weight=new_weight,
         first_touch=first_touch,
-        pair_weight=best[inverse],
+        pair_weight=pair_weight,
         run_start=np.maximum.accumulate(np.where(change, idx, 0)).astype(np.int64),
-        user_start=seq.user_start + np.searchsorted(user, rows, "left"),
-        user_end=seq.user_end + np.searchsorted(user, rows, "right"),
+        user_start=user_start,
+        user_end=user_end,
     )
