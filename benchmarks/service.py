@@ -11,6 +11,9 @@ clients on the same machine.
   few ms) says `recommendable: true`. Both stores.
 - batching: the load section's server at a few rates with `--max-batch 1` (one request per
   pass of the pipeline) and with the default, taking turns, on the SQLite store.
+- mixed: the load section's server at `--rate` reads/s while single events are POSTed at
+  each of `--event-rates` per second, `--ramp-seconds` each, SQLite, one server per
+  `--apply-lag-ms` value.
 - load: `marketrec serve --workers 2` (one compute thread each); an open-loop generator
   (asyncio streams, raw HTTP/1.1 keep-alive over a pool of `--connections` taking turns:
   requests sent on a fixed schedule whatever the answers, latency counted from the
@@ -713,6 +716,93 @@ def batching_section(
     )
 
 
+async def post_events_at(
+    url: str, rate: float, seconds: float, users: list[str], items: list[str], seed: int
+) -> tuple[int, Counter]:
+    """One event per `POST /v1/events` at fixed times `i / rate` (no ts: stamped on
+    arrival); (events accepted, failures by kind)."""
+    if rate <= 0:
+        return 0, Counter()
+    (events,) = event_batches(users, items, int(rate * seconds), int(rate * seconds), seed)
+    loop = asyncio.get_running_loop()
+    failed: Counter = Counter()
+    accepted = 0
+
+    async def one(client: httpx.AsyncClient, event: dict) -> None:
+        nonlocal accepted
+        try:
+            response = await client.post("/v1/events", json=event)
+        except httpx.HTTPError as exc:
+            failed[type(exc).__name__] += 1
+            return
+        if response.status_code == 202:
+            accepted += 1
+        else:
+            failed[str(response.status_code)] += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+        tasks = []
+        start = loop.time() + 0.05
+        for i, event in enumerate(events):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(client, event)))
+        await asyncio.gather(*tasks)
+    return accepted, failed
+
+
+def mixed_section(
+    model: Path,
+    workdir: Path,
+    items: int,
+    rate: float,
+    event_rates: list[float],
+    lags_ms: list[float],
+    seconds: float,
+) -> str:
+    """Reads at `rate` while single events arrive at each of `event_rates`, on one server
+    (two workers, SQLite) per `--apply-lag-ms` value: what applying live events costs the
+    requests, and what letting other users' events wait saves."""
+    users = read_ids(workdir, "users", items)
+    item_ids = read_ids(workdir, "items", items)
+    gauge = in_process_ms(model, users)
+    rows = []
+    for lag in lags_ms:
+        store = new_store("sqlite", workdir)
+        store.args += ["--apply-lag-ms", f"{lag:g}"]
+        with serving(model, store, workdir, workers=2) as (server,):
+
+            async def both(events_per_s: float, seed: int) -> tuple[Step, tuple[int, Counter]]:
+                return await asyncio.gather(
+                    open_loop(server.url, rate, seconds, users, seed, 10.0, CONNECTIONS),
+                    post_events_at(server.url, events_per_s, seconds, users, item_ids, seed),
+                )
+
+            asyncio.run(open_loop(server.url, 20, 5, users, 0, 10.0, CONNECTIONS))  # warm-up
+            for j, events_per_s in enumerate(event_rates):
+                step, (accepted, failed) = asyncio.run(both(events_per_s, 1 + j))
+                lost = ", ".join(f"{n} {k}" for k, n in failed.most_common()) or "0"
+                rows.append(step_row(f"{lag:g} | {events_per_s:.0f} | {accepted:,} | {lost}", step))
+                log.info("mixed: %s", rows[-1])
+                drain(server, users)
+    return (
+        f"### Reads while events arrive: `GET /v1/recommendations` at {rate:.0f} rps with "
+        "single-event `POST /v1/events` alongside\n\n"
+        f"The load section's generator and model ({served_candidates(model)} candidates), "
+        f"`--workers 2` on a fresh SQLite store per `--apply-lag-ms`, {seconds:.0f} s per "
+        "events rate; each event (random known user and item, mostly views) is its own "
+        "POST, sent on a fixed schedule by a second client in the same process. Every "
+        "worker applies every event: with `--apply-lag-ms 0` before its next list, "
+        "otherwise before the next list of that event's user or once the event has waited "
+        f"that long. In process just before: p50 {gauge:.2f} ms.\n\n"
+        "| apply lag ms | events/s | events accepted | event failures | reads/s | s | "
+        "requests | p50 ms | p90 ms | p99 ms | max ms | errors | max send lag ms | "
+        "client CPU |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -743,6 +833,8 @@ def main(argv: list[str] | None = None) -> int:
         "--batching-rates", type=float, nargs="+", default=[100, 150, 200, 250, 300]
     )
     parser.add_argument("--batching-seconds", type=float, default=20.0)
+    parser.add_argument("--event-rates", type=float, nargs="+", default=[0, 20, 100])
+    parser.add_argument("--apply-lag-ms", type=float, nargs="+", default=[0, 200])
     parser.add_argument("--batching-rounds", type=int, default=2)
     parser.add_argument("--note", default="", help="a sentence added to each section")
     parser.add_argument("--write", type=Path)
@@ -782,8 +874,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.batching_seconds,
                 args.batching_rounds,
             )
+        elif name == "mixed":
+            part = mixed_section(
+                model,
+                args.workdir,
+                args.items,
+                args.rate,
+                args.event_rates,
+                args.apply_lag_ms,
+                args.ramp_seconds,
+            )
         else:
-            raise SystemExit(f"unknown section {name!r} (ingest, freshness, load, batching)")
+            raise SystemExit(f"unknown section {name!r} (ingest, freshness, load, batching, mixed)")
         command = (
             f"Command: `.venv/bin/python benchmarks/service.py --sections {name}"
             + (f" --stores {' '.join(args.stores)}" if name in ("freshness", "load") else "")
@@ -798,6 +900,12 @@ def main(argv: list[str] | None = None) -> int:
                 f" --batching-seconds {args.batching_seconds:g}"
                 f" --batching-rounds {args.batching_rounds}"
                 if name == "batching"
+                else ""
+            )
+            + (
+                f" --event-rates {' '.join(f'{r:g}' for r in args.event_rates)}"
+                f" --apply-lag-ms {' '.join(f'{r:g}' for r in args.apply_lag_ms)}"
+                if name == "mixed"
                 else ""
             )
             + f" --write docs/benchmarks.md` ({datetime.now(UTC):%Y-%m-%d}, "

@@ -90,7 +90,12 @@ def _event_objects(events: pl.DataFrame) -> list[dict[str, Any]]:
 def serve_and_replay(folder: Path, split: Split, points: Any) -> StreamingReport:
     """`marketrec serve` on a fresh SQLite log in a temporary folder, replayed over HTTP."""
     workdir = Path(tempfile.mkdtemp(prefix="p2-serve-"))
-    with serving(folder, new_store("sqlite", workdir), workdir) as (server,):
+    store = new_store("sqlite", workdir)
+    # the protocol asks each list given the same live history as the anchors: every event
+    # before the point, other users' included (the service may otherwise let those wait
+    # up to its default 200 ms)
+    store.args += ["--apply-lag-ms", "0"]
+    with serving(folder, store, workdir) as (server,):
         return replay(OverHttp(server.url), split, points)
 
 

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from marketrec.core.errors import ConfigError, DataError, MarketrecError
 from marketrec.core.logging import configure_logging
-from marketrec.pipeline.config import SERVING_MAX_BATCH
+from marketrec.pipeline.config import SERVING_APPLY_LAG_MS, SERVING_MAX_BATCH
 
 console = Console()
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -42,6 +42,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -299,6 +309,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         store=args.store,
         workers=args.workers,
         max_batch=args.max_batch,
+        apply_lag_ms=args.apply_lag_ms,
         store_prefix=args.store_prefix,
         experiments=args.experiments,
         rollouts=args.rollouts,
@@ -1089,6 +1100,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=SERVING_MAX_BATCH,
         help="requests that queued while a worker was busy answered in one pass of the "
         f"pipeline (default {SERVING_MAX_BATCH}; 1: one at a time)",
+    )
+    p.add_argument(
+        "--apply-lag-ms",
+        type=_non_negative_float,
+        default=SERVING_APPLY_LAG_MS,
+        help="how long other users' events may wait before a worker applies them (a "
+        "user's own events, item and user updates are applied before their next list "
+        f"always; default {SERVING_APPLY_LAG_MS:g}; 0: apply the whole log before every list)",
     )
     p.add_argument(
         "--experiments",

@@ -107,6 +107,7 @@ class HostedVersions:
             trained_up_to=trained_offset(path),
             follow_swaps=False,
             max_batch=self.primary.max_batch,
+            apply_lag_s=self.primary.apply_lag_s,
         )
 
     def _load_later(self, path: Path) -> None:

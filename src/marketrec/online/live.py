@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -185,15 +185,19 @@ class LiveRecommender:
         trained_up_to: int = 0,
         follow_swaps: bool = True,
         max_batch: int = SERVING_MAX_BATCH,
+        apply_lag_s: float = 0.0,
     ) -> None:
         """`trained_up_to`: the log offset the model was trained up to (a retrained or
         fine-tuned folder's `trained_offset`): those records are in the model already and
         are not replayed again. `follow_swaps`: swap in the models that `model` records
         name (False: keep this version whatever the log publishes, as the extra versions a
         service hosts for experiments do). `max_batch`: queued requests answered in one pass
-        (1: one at a time)."""
+        (1: one at a time). `apply_lag_s`: how long other users' events may wait before a
+        pass applies them (`_may_wait`; 0: every pass applies the whole log first)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if not apply_lag_s >= 0:
+            raise ValueError(f"apply_lag_s must be 0 or more, got {apply_lag_s}")
         self.model = _for_serving(model)
         self.log = log
         self.version = version
@@ -204,6 +208,11 @@ class LiveRecommender:
         self.max_batch = max_batch
         self._queue: deque[_Request] = deque()  # appended and popped whole: no lock needed
         self._state = _State(offset=trained_up_to)
+        self.apply_lag_s = apply_lag_s
+        self._pending: list[Record] = []  # read from the log, not applied yet
+        self._pending_users: set[str] = set()  # the users of the pending events
+        self._pending_other = False  # a pending record that is not an event
+        self._pending_since = 0.0
         self.follow_swaps = follow_swaps
         self._ready = False
         self._recovering = False
@@ -227,10 +236,11 @@ class LiveRecommender:
         recover: bool = True,
         prefix: str = DEFAULT_REDIS_PREFIX,
         max_batch: int = SERVING_MAX_BATCH,
+        apply_lag_s: float = 0.0,
     ) -> LiveRecommender:
         """Load a model folder and its event log (`store` URL; default: SQLite in
         MODEL/state/; `prefix`: the Redis store's key prefix), then, with `recover`, replay
-        the log; `max_batch`: see the constructor."""
+        the log; `max_batch`, `apply_lag_s`: see the constructor."""
         folder = Path(model_folder)
         model = load_recommender(folder)
         event_log = open_log(store, folder / STATE_FOLDER, prefix=prefix)
@@ -240,6 +250,7 @@ class LiveRecommender:
             version=model_version(folder),
             trained_up_to=trained_offset(folder),
             max_batch=max_batch,
+            apply_lag_s=apply_lag_s,
         )
         if recover:
             live.recover()
@@ -337,7 +348,7 @@ class LiveRecommender:
         while self._queue and len(taken) < self.max_batch:
             taken.append(self._queue.popleft())
         try:
-            self._sync_locked()
+            self._sync_locked(serving={request.user_id for request in taken})
             synced = time.perf_counter()
             groups: dict[tuple[int, tuple[tuple[str, Any], ...]], list[_Request]] = {}
             for request in taken:
@@ -467,7 +478,7 @@ class LiveRecommender:
         appended = time.perf_counter()
         with self._lock:
             self._state.appended_at[last] = appended
-            self._sync_locked()
+            self._sync_locked(serving=())  # events may wait for the pass that needs them
         return last
 
     # ----------------------------------------------------------------- applying the log
@@ -476,21 +487,55 @@ class LiveRecommender:
         with self._lock:
             return self._sync_locked()
 
-    def _sync_locked(self) -> SyncReport:
+    def _sync_locked(self, serving: Collection[str] | None = None) -> SyncReport:
+        """Read what the log gained and apply it. `serving`: the users a pass is about to
+        answer; their own events, and every record that is not an event, are applied now,
+        while other users' events may wait up to `apply_lag_s` (`_may_wait`); None: apply
+        everything now."""
         report = SyncReport(offset=self._state.offset)
         while True:
-            records = self.log.read(self._state.offset, limit=PAGE)
-            if not records:
-                break
-            for batch in _runs(records):
-                self._apply(batch, report)
-                self._state.offset = batch[-1].offset
-            report.records += len(records)
+            after = self._pending[-1].offset if self._pending else self._state.offset
+            records = self.log.read(after, limit=PAGE)
+            if records:
+                if not self._pending:
+                    self._pending_since = time.monotonic()
+                self._pending.extend(records)
+                for record in records:
+                    if record.kind == "event":
+                        self._pending_users.add(record.key)
+                    else:
+                        self._pending_other = True
+            if self._pending and not self._may_wait(serving):
+                self._apply_pending(report)
             if len(records) < PAGE:
                 break
         report.offset = self._state.offset
         self._observe_effects()
         return report
+
+    def _may_wait(self, serving: Collection[str] | None) -> bool:
+        """Whether the records read but not applied may wait for a later pass: only other
+        users' events, for at most `apply_lag_s` and `PAGE` records. Applying a batch of
+        events costs milliseconds however few it holds (every worker applies every event),
+        so a worker that applied the log before each pass spent its time on other users'
+        single events under a steady stream of them; their effect on this user's list (item
+        trends, co-occurrence, exploration's clicks) may arrive a moment later."""
+        return (
+            serving is not None
+            and self.apply_lag_s > 0
+            and not self._pending_other
+            and len(self._pending) < PAGE
+            and time.monotonic() - self._pending_since < self.apply_lag_s
+            and self._pending_users.isdisjoint(serving)
+        )
+
+    def _apply_pending(self, report: SyncReport) -> None:
+        records = self._pending
+        self._pending, self._pending_users, self._pending_other = [], set(), False
+        for batch in _runs(records):
+            self._apply(batch, report)
+            self._state.offset = batch[-1].offset
+        report.records += len(records)
 
     def _apply(self, batch: list[Record], report: SyncReport) -> None:
         """One run of records of one kind, to the serving model and this worker's state."""

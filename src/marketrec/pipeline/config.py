@@ -49,3 +49,7 @@ SERVING_RANK_BUDGET_MS = 50.0
 #: Queued requests a service worker answers in one pass of the pipeline
 #: (`marketrec.online.live.LiveRecommender.recommend`; `marketrec serve --max-batch`).
 SERVING_MAX_BATCH = 8
+#: Milliseconds a service worker may leave other users' events unapplied before a pass
+#: (`marketrec.online.live.LiveRecommender`; `marketrec serve --apply-lag-ms`): a user's own
+#: events, listings, delistings and profile updates are applied before the next list always.
+SERVING_APPLY_LAG_MS = 200.0

@@ -33,6 +33,7 @@ ENV_ROLLOUTS = "MARKETREC_SERVE_ROLLOUTS"
 ENV_EXPOSURES = "MARKETREC_SERVE_EXPOSURES"
 ENV_MODELS = "MARKETREC_SERVE_MODELS"
 ENV_MAX_BATCH = "MARKETREC_SERVE_MAX_BATCH"
+ENV_APPLY_LAG_MS = "MARKETREC_SERVE_APPLY_LAG_MS"
 TARGET = "marketrec.serving.server:worker_app"
 #: Model folder manifests: a pipeline's, then a single model's.
 _MANIFESTS = ("pipeline.json", "manifest.json")
@@ -64,6 +65,7 @@ def serve(
     store: str | None = None,
     workers: int = 1,
     max_batch: int | None = None,
+    apply_lag_ms: float | None = None,
     store_prefix: str | None = None,
     experiments: str | Path | None = None,
     rollouts: str | Path | None = None,
@@ -76,7 +78,8 @@ def serve(
     MODEL/state/events.sqlite; `redis://HOST:PORT/DB`); `store_prefix`: the Redis keys'
     prefix (default `marketrec:`), so several deployments or tests share one database.
     `max_batch`: queued requests a worker answers in one pass (default
-    `marketrec.pipeline.config.SERVING_MAX_BATCH`).
+    `marketrec.pipeline.config.SERVING_MAX_BATCH`); `apply_lag_ms`: how long other users'
+    events may wait before a worker applies them (default `SERVING_APPLY_LAG_MS`).
     `models`: extra model folders every worker hosts beside MODEL (`--model-version DIR`),
     for the variants and rollouts that name their versions; the folders variants name
     (`model = "DIR"`) are hosted as well."""
@@ -87,6 +90,8 @@ def serve(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if max_batch is not None and max_batch < 1:
         raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
+    if apply_lag_ms is not None and not apply_lag_ms >= 0:
+        raise ConfigError(f"--apply-lag-ms must be 0 or more, got {apply_lag_ms}")
     if not 0 < port < 65_536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
     if store_prefix is not None and not store_prefix:
@@ -102,10 +107,11 @@ def serve(
     else:
         os.environ[ENV_STORE] = store
     os.environ[ENV_STORE_PREFIX] = prefix
-    if max_batch is None:
-        os.environ.pop(ENV_MAX_BATCH, None)
-    else:
-        os.environ[ENV_MAX_BATCH] = str(max_batch)
+    for name, value in ((ENV_MAX_BATCH, max_batch), (ENV_APPLY_LAG_MS, apply_lag_ms)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
     extra = [check_model_folder(m) for m in models]
     os.environ[ENV_MODELS] = os.pathsep.join(str(m) for m in extra)
     if experiments is None:
@@ -169,7 +175,7 @@ def worker_app() -> FastAPI:
     app's startup replays the log in the background while `/readyz` answers 503."""
     from marketrec.online.live import LiveRecommender
     from marketrec.online.log import DEFAULT_REDIS_PREFIX
-    from marketrec.pipeline.config import SERVING_MAX_BATCH
+    from marketrec.pipeline.config import SERVING_APPLY_LAG_MS, SERVING_MAX_BATCH
     from marketrec.serving.app import create_app
     from marketrec.serving.logs import configure_service_logging
 
@@ -184,6 +190,7 @@ def worker_app() -> FastAPI:
         recover=False,
         prefix=os.environ.get(ENV_STORE_PREFIX) or DEFAULT_REDIS_PREFIX,
         max_batch=int(os.environ.get(ENV_MAX_BATCH) or SERVING_MAX_BATCH),
+        apply_lag_s=float(os.environ.get(ENV_APPLY_LAG_MS) or SERVING_APPLY_LAG_MS) / 1000.0,
     )
     log.info("worker %d: model %s loaded", os.getpid(), live.version)
     models = [m for m in os.environ.get(ENV_MODELS, "").split(os.pathsep) if m]
