@@ -306,6 +306,9 @@ def ingest_section(model: Path, workdir: Path, items: int, total: int, batch: in
             asyncio.run(post_all(server.url, warm, 1))  # first requests pay imports
             seconds, accepted = asyncio.run(post_all(server.url, batches, in_flight))
             loads.append(load_note())
+            # a user's history applies everything logged first (events may otherwise wait
+            # for a list that needs them: `--apply-lag-ms`); readyz then says how far
+            httpx.get(f"{server.url}/v1/users/{quote(users[0])}/history").raise_for_status()
             offset = httpx.get(f"{server.url}/readyz").json()["offset"]
         if accepted != total or offset < total + 2 * batch:
             raise RuntimeError(f"accepted {accepted} of {total} events, log offset {offset}")
@@ -318,9 +321,13 @@ def ingest_section(model: Path, workdir: Path, items: int, total: int, batch: in
     return (
         f"### Ingest: `POST /v1/events` in batches, embedded SQLite store, one worker "
         f"({items:,}-item model)\n\n"
-        "Each batch is validated, appended to the log in one transaction (WAL, "
-        "`synchronous=FULL`: fsynced before the 202) and applied to the model (histories, "
-        "seen items, ranker counters, exploration). Target (issue 5): ≥ 5,000 events/s.\n\n"
+        "Each batch is validated and appended to the log in one transaction (WAL, "
+        "`synchronous=FULL`: fsynced before the 202); the worker applies the events to the "
+        "model (histories, seen items, ranker counters, exploration) before the next list of "
+        "one of their users, or once 2,000 records or `--apply-lag-ms` (200 ms) have "
+        "gathered, so the timed rate includes applying them in runs of 2,000, all but the "
+        "last (a history read applies it after the clock stops, before the offset check). "
+        "Target (issue 5): ≥ 5,000 events/s.\n\n"
         "| POSTs in flight | batches | events accepted | seconds | events/s | ms per POST |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"Load average before and after each run: {', '.join(loads)}."
