@@ -4,9 +4,11 @@ The event log (`marketrec.online.log`) is the source of truth; a `LiveRecommende
 deterministic function of it. Every write (`ingest`, `put_item`, `delete_item`, `put_user`)
 appends to the log first, durably, and only then applies what it wrote, and every read
 (`recommend`, `history`) first applies whatever other writers appended since the last read
-(`sync`). So with several worker processes tailing one log, a request answered by any worker
-already reflects every write acknowledged by any worker before it, and a worker that starts
-(or restarts) rebuilds the same state by replaying the log from the beginning (`recover`).
+(`sync`; a recommendation may leave other users' events for up to `apply_lag_s`: see
+`_may_wait`). So with several worker processes tailing one log, a request answered by any
+worker already reflects every write acknowledged by any worker before it (other users'
+events: within the lag), and a worker that starts (or restarts) rebuilds the same state by
+replaying the log from the beginning (`recover`).
 
 Model state is mutated by `sync` and read by recommendations, from the threads of the HTTP
 server's pool: one lock serialises both. With the GIL the model's Python work runs one thread
