@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from marketrec.models.registry import create
-from marketrec.online.live import LiveRecommender
+from marketrec.online.live import LiveRecommender, NullObserver
 from marketrec.online.log import SQLiteEventLog
 from marketrec.online.versions import model_version
 from marketrec.pipeline.config import PipelineConfig
@@ -33,23 +33,11 @@ ASKED = [
 ]
 
 
-class Recording:
+class Recording(NullObserver):
     """An observer that keeps the pass sizes."""
 
     def __init__(self) -> None:
         self.passes: list[int] = []
-
-    def stage(self, name: str, seconds: float) -> None:
-        pass
-
-    def ingested(self, count: int) -> None:
-        pass
-
-    def effect(self, seconds: float) -> None:
-        pass
-
-    def swapped(self, old: str, new: str) -> None:
-        pass
 
     def batch(self, requests: int) -> None:
         self.passes.append(requests)

@@ -297,9 +297,8 @@ def test_two_stage_trains_a_ranker_and_serves_through_the_same_path(market, tmp_
     assert loaded.recommend_detailed(users, 5).equals(recs)
 
 
-def test_one_user_lists_are_the_detailed_lists(market) -> None:
-    """The service's `recommend_one` is `recommend_detailed` for one user: the same items,
-    scores and sources (exploration and MMR included), only without signals and frame."""
+def exploring_two_stage(market: Dataset) -> Recommender:
+    """Item-kNN, a ranker switched on, MMR and 30 % exploration: every step of a list."""
     model = Recommender(
         create("itemknn"),
         PipelineConfig(candidates=12, diversity_strength=0.3, exploration_share=0.3),
@@ -307,6 +306,13 @@ def test_one_user_lists_are_the_detailed_lists(market) -> None:
     ).fit(market)
     assert model.ranking is not None
     model.ranking.active = True
+    return model
+
+
+def test_one_user_lists_are_the_detailed_lists(market) -> None:
+    """The service's `recommend_one` is `recommend_detailed` for one user: the same items,
+    scores and sources (exploration and MMR included), only without signals and frame."""
+    model = exploring_two_stage(market)
     sources = set()
     for user, region in [("u00", None), ("u21", "south"), ("newbie", None), ("nobody", "north")]:
         detailed = model.recommend_detailed([user], 6, regions=[region])
@@ -331,13 +337,7 @@ def test_many_users_lists_are_each_users_own_list(market) -> None:
     """`recommend_many` (the service's queued requests in one pass) gives each user the list
     `recommend_one` gives alone, whatever else is in the pass: repeated users with other
     regions, new users, users whose region leaves nothing to show."""
-    model = Recommender(
-        create("itemknn"),
-        PipelineConfig(candidates=12, diversity_strength=0.3, exploration_share=0.3),
-        RankingParams(epochs=2, random_negatives=3, candidates=12),
-    ).fit(market)
-    assert model.ranking is not None
-    model.ranking.active = True
+    model = exploring_two_stage(market)
     asked = [("u00", None), ("u21", "south"), ("newbie", None), ("u00", "north"), ("u21", None)]
     lists = model.recommend_many([u for u, _ in asked], 6, regions=[r for _, r in asked])
     assert len(lists) == len(asked)

@@ -114,7 +114,9 @@ class Observer(Protocol):
     def batch(self, requests: int) -> None: ...
 
 
-class _NoObserver:
+class NullObserver:
+    """An `Observer` that keeps nothing (the default; a base for one that keeps a part)."""
+
     def stage(self, name: str, seconds: float) -> None:
         pass
 
@@ -203,7 +205,7 @@ class LiveRecommender:
         self.model = _for_serving(model)
         self.log = log
         self.version = version
-        self.observer: Observer = observer or _NoObserver()
+        self.observer: Observer = observer or NullObserver()
         self.history_size = history_size
         self._clock = clock
         self._lock = threading.Lock()
