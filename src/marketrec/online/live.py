@@ -345,8 +345,9 @@ class LiveRecommender:
     def _answer_queued(self) -> None:
         """Under the lock: apply the log, then answer up to `max_batch` queued requests, oldest
         first, one pass per group of the same k and settings. Every request taken was queued
-        before this sync, so each reflects every write acknowledged before it was made. A
-        failure reaches every request it left unanswered (each raises it), never a hang."""
+        before this sync, so each reflects every write acknowledged before it was made (other
+        users' events: once applied, within `apply_lag_s`). A failure reaches every request
+        it left unanswered (each raises it), never a hang."""
         started = time.perf_counter()
         taken: list[_Request] = []
         while self._queue and len(taken) < self.max_batch:
