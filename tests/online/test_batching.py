@@ -4,6 +4,7 @@ would have got alone."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -109,6 +110,55 @@ def test_queued_requests_get_their_own_lists_in_fewer_passes(folder: Path, tmp_p
             [i["score"] for i in items], rel=1e-5
         )
     assert len({a["request_id"] for a in answers}) == len(ASKED)
+    live.close()
+
+
+def test_requests_on_an_event_loop_share_passes_on_that_loop(folder: Path, tmp_path: Path) -> None:
+    """`recommend_async` (the HTTP endpoint's way): the requests the loop takes in before
+    the scheduled pass runs are answered by it, on the loop's own thread, with the lists
+    they get alone."""
+    live = open_live(folder, tmp_path / "events.sqlite", max_batch=4)
+    alone = [live.recommend(user, k, region)["items"] for user, k, region in ASKED]
+    observer = live.observer
+    assert isinstance(observer, Recording)
+    observer.passes.clear()
+
+    async def together() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(live.recommend_async(u, k, r) for u, k, r in ASKED))
+
+    answers = asyncio.run(together())
+    assert observer.passes == [4, 2]
+    for (user, _, _), answer, items in zip(ASKED, answers, alone, strict=True):
+        assert answer["user_id"] == user and answer["model_version"] == live.version
+        assert [i["item_id"] for i in answer["items"]] == [i["item_id"] for i in items]
+    # one at a time on a loop: a pass each, nothing waits for a batch to fill
+    observer.passes.clear()
+
+    async def one_by_one() -> None:
+        for user, k, region in ASKED[:3]:
+            await live.recommend_async(user, k, region)
+
+    asyncio.run(one_by_one())
+    assert observer.passes == [1, 1, 1]
+    live.close()
+
+
+def test_a_failed_pass_fails_its_requests_on_an_event_loop(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = open_live(folder, tmp_path / "events.sqlite", max_batch=8)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("ranker exploded")
+
+    monkeypatch.setattr(live.model, "recommend_many", broken)
+
+    async def together() -> list[Any]:
+        calls = (live.recommend_async(u, k, r) for u, k, r in ASKED[:3])
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = asyncio.run(asyncio.wait_for(together(), timeout=30))
+    assert all(isinstance(a, RuntimeError) and "exploded" in str(a) for a in answers)
     live.close()
 
 

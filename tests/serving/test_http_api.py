@@ -490,10 +490,10 @@ def test_openapi_lists_the_paths(client: TestClient) -> None:
 def test_a_bug_is_a_json_500_with_the_request_id(
     client: TestClient, live: LiveRecommender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(*args: object, **kwargs: object) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(live, "recommend", broken)
+    monkeypatch.setattr(live, "recommend_async", broken)
     response = client.get(RECS, params={"user_id": "u00"})
     assert response.status_code == 500
     assert response.headers["x-request-id"] in error_of(response)

@@ -28,6 +28,7 @@ from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from marketrec import __version__
@@ -203,32 +204,51 @@ def create_app(
         response_model_exclude_unset=True,  # no `experiments` key without experiments
         responses=_ERRORS,
     )
-    def recommendations(
+    async def recommendations(
         request: Request,
         user_id: Annotated[str, Query(**_ID)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         region: Annotated[str | None, Query(max_length=512)] = None,
         device: Annotated[str | None, Query(max_length=512)] = None,
     ) -> dict[str, Any]:
-        """Top k for a user; unknown users are valid (cold start)."""
+        """Top k for a user; unknown users are valid (cold start). Without experiments the
+        list is computed by a pass on this event loop (`LiveRecommender.recommend_async`,
+        which batches the requests that queue meanwhile); with them, in the thread pool
+        (assignment reads the user's state under the worker's lock)."""
         started = time.perf_counter()
-        assignments: list[Assignment] = []
-        settings = None
-        serving = live
-        if experiments is not None:
-            known, home = live.user_context(user_id)
-            context = RequestContext(
-                user_id=user_id, region=region or home, device=device, is_new_user=not known
+        if experiments is None:
+            body = await live.recommend_async(
+                user_id, k, region, device, request_id=_request_id(request)
             )
-            assignments, serving = _hosted(experiments.assign(context), hosts)
-            settings = experiments.settings(assignments).model_dump(exclude_none=True)
+            metrics.stage("total", time.perf_counter() - started)
+            return body
+        return await run_in_threadpool(
+            with_experiments, request, user_id, k, region, device, started
+        )
+
+    def with_experiments(
+        request: Request,
+        user_id: str,
+        k: int,
+        region: str | None,
+        device: str | None,
+        started: float,
+    ) -> dict[str, Any]:
+        """`recommendations` under the experiments' assignment (a pool thread)."""
+        assert experiments is not None
+        assignments: list[Assignment] = []
+        known, home = live.user_context(user_id)
+        context = RequestContext(
+            user_id=user_id, region=region or home, device=device, is_new_user=not known
+        )
+        assignments, serving = _hosted(experiments.assign(context), hosts)
+        settings = experiments.settings(assignments).model_dump(exclude_none=True)
         body = serving.recommend(
             user_id, k, region, device, request_id=_request_id(request), settings=settings
         )
-        if experiments is not None:
-            body["experiments"] = [
-                {"experiment": a.experiment, "variant": a.variant} for a in assignments
-            ]
+        body["experiments"] = [
+            {"experiment": a.experiment, "variant": a.variant} for a in assignments
+        ]
         if exposures is not None and assignments:
             shown = [item["item_id"] for item in body["items"]]
             exposures.record(
