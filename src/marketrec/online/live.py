@@ -188,6 +188,17 @@ class _Request:
         elif not loop.is_closed():
             loop.call_soon_threadsafe(_finish, future)
 
+    def body(self, request_id: str | None) -> dict[str, Any]:
+        """The answered request's CONTRACT §6 body; raises what failed its pass."""
+        if self.error is not None:
+            raise self.error
+        return {
+            "user_id": self.user_id,
+            "items": self.items,
+            "model_version": self.version,
+            "request_id": request_id or uuid.uuid4().hex,
+        }
+
     def group(self) -> tuple[int, tuple[tuple[str, Any], ...]]:
         """Requests one pass may answer together: the same k and settings."""
         return self.k, tuple(sorted((self.settings or {}).items(), key=lambda kv: kv[0]))
@@ -359,14 +370,7 @@ class LiveRecommender:
             with self._lock:
                 if not request.answered:
                     self._answer_queued()
-        if request.error is not None:
-            raise request.error
-        return {
-            "user_id": user_id,
-            "items": request.items,
-            "model_version": request.version,
-            "request_id": request_id or uuid.uuid4().hex,
-        }
+        return request.body(request_id)
 
     async def recommend_async(
         self,
@@ -392,14 +396,7 @@ class LiveRecommender:
             loop.call_soon(self._pass_on_loop, loop)
         assert request.future is not None
         await request.future
-        if request.error is not None:
-            raise request.error
-        return {
-            "user_id": user_id,
-            "items": request.items,
-            "model_version": request.version,
-            "request_id": request_id or uuid.uuid4().hex,
-        }
+        return request.body(request_id)
 
     def _pass_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """One pass on the loop's thread, then another later while requests remain."""
