@@ -454,6 +454,8 @@ def test_metrics_name_every_series(client: TestClient, live: LiveRecommender) ->
         f'marketrec_model_info{{version="{live.version}"}} 1.0',
         'marketrec_errors_total{status="400"} 1.0',
         "marketrec_event_to_effect_seconds_count 1.0",
+        "marketrec_batch_requests_count 1.0",  # one pass, answering one request
+        "marketrec_batch_requests_sum 1.0",
     ):
         assert name in text, name
 
