@@ -587,10 +587,9 @@ class CollaborativeRecommender:
         """`sellable([region])[0]` packed 8 items a byte (little bit order: the ANN index's
         filter), kept per region until the matrix changes."""
         assert self._sellable is not None
-        key = (self._sellable_changes, id(self._sellable))
         cache = self.__dict__.get("_sellable_bits")
-        if cache is None or cache[0] != key:
-            cache = (key, {})
+        if cache is None or cache[0] != self._sellable_changes:
+            cache = (self._sellable_changes, {})
             self.__dict__["_sellable_bits"] = cache
         bits = cache[1].get(region)
         if bits is None:

@@ -13,8 +13,9 @@ replaying the log from the beginning (`recover`).
 Model state is mutated by `sync` and read by recommendations, from the threads of the HTTP
 server's pool: one lock serialises both. With the GIL the model's Python work runs one thread
 at a time anyway; throughput comes from worker processes, not threads. Requests that arrive
-while a list is being computed queue, and the next thread to take the lock answers all of
-them in one pass of the pipeline (up to `max_batch`; the same lists, since lists are computed
+while a list is being computed queue, and the next pass (the HTTP endpoint's, scheduled on the
+worker's event loop: `recommend_async`; or a calling thread's) answers all of them in one pass
+of the pipeline (up to `max_batch`; the same lists, since lists are computed
 per user at the model's clock): most of a request's cost is fixed per pass (the Python of each
 stage, the network calls, the index search), so under load a worker answers several requests
 for little more than one, and a request that finds the worker idle waits for nothing.
@@ -419,6 +420,7 @@ class LiveRecommender:
         taken: list[_Request] = []
         while self._queue and len(taken) < self.max_batch:
             taken.append(self._queue.popleft())
+        failed = False
         try:
             self._sync_locked(serving={request.user_id for request in taken})
             synced = time.perf_counter()
@@ -436,14 +438,16 @@ class LiveRecommender:
                     self._count_impressions(new)
                     request.version, request.items = self.version, items
         except Exception as exc:
+            failed = True
             for request in taken:
                 if not request.answered:
                     request.error = exc
+        finally:
+            for request in taken:
                 request.settle()
+        if failed:
             return
         done = time.perf_counter()
-        for request in taken:
-            request.settle()
         self.observer.batch(len(taken))
         for _ in taken:
             self.observer.stage("sync", synced - started)

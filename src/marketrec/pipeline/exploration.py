@@ -41,9 +41,7 @@ class ExplorationStats:
     def record(self, shown: np.ndarray, clicked: np.ndarray | None = None) -> None:
         """Count one impression of each of `shown` and one click on each of `clicked`
         (column indices, repeats counted)."""
-        self.add(shown, np.ones(len(shown), dtype=np.int64))
-        if clicked is not None:
-            self.add(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), clicked)
+        self.add(shown, np.ones(len(shown), dtype=np.int64), clicked)
 
     def add(
         self,

@@ -236,7 +236,6 @@ def create_app(
     ) -> dict[str, Any]:
         """`recommendations` under the experiments' assignment (a pool thread)."""
         assert experiments is not None
-        assignments: list[Assignment] = []
         known, home = live.user_context(user_id)
         context = RequestContext(
             user_id=user_id, region=region or home, device=device, is_new_user=not known
