@@ -312,3 +312,41 @@ def test_column_index_rows_bitmaps_and_growth() -> None:
     assert len(index) == N + 1
     rows, _ = index.search(q[:1], 3)
     assert rows[0, 0] == N
+
+
+@needs_faiss
+def test_column_index_round_trips_and_updates_rows_under_its_centroids() -> None:
+    """`to_bytes` / `from_bytes` give the same index (nothing retrained); `updated` keeps the
+    centroids and the lists of kept rows, places the other rows at their nearest centroid,
+    and names a bad `kept_from`."""
+    x = _vectors(N, 3)
+    q = _vectors(4, 4)
+    index = ColumnIndex(x, FaissConfig(nlist=20, nprobe=3))
+    copy = ColumnIndex.from_bytes(index.to_bytes(), index.config)
+    assert len(copy) == N and copy.nlist == 20
+    assert np.array_equal(copy.lists(), index.lists())
+    for got, want in zip(copy.search(q, 10), index.search(q, 10), strict=True):
+        assert np.array_equal(got, want)
+    # new matrix: row 0 is new (a far-away vector), rows 1.. are the old rows 1.. reversed,
+    # the odd ones moved
+    moved = x[1:][::-1].copy()
+    moved[1::2] = _vectors(len(moved[1::2]), 5)
+    y = np.vstack([q[:1] * 100.0, moved])
+    kept_from = np.r_[-1, np.arange(N - 1, 0, -1)]
+    kept_from[2::2] = -1  # the moved rows
+    updated = index.updated(y, kept_from)
+    assert len(updated) == N and len(index) == N  # the old index is untouched
+    centroids = index._ivf.quantizer.reconstruct_n(0, 20)
+    assert np.array_equal(updated._ivf.quantizer.reconstruct_n(0, 20), centroids)
+    lists = updated.lists()
+    keep = kept_from >= 0
+    assert np.array_equal(lists[keep], index.lists()[kept_from[keep]])
+    assert np.array_equal(lists[~keep], np.argmax(y[~keep] @ centroids.T, axis=1))
+    every = ColumnIndex.from_bytes(updated.to_bytes(), FaissConfig(nprobe=20))
+    rows, _ = every.search(q, 10)
+    exact = np.argsort(-(q @ y.T), axis=1, kind="stable")[:, :10]
+    assert (np.sort(rows, 1) == np.sort(exact, 1)).all()
+    with pytest.raises(ConfigError, match="kept_from"):
+        index.updated(y, kept_from[:-1])
+    with pytest.raises(ConfigError, match="kept_from"):
+        index.updated(y, np.full(N, N))

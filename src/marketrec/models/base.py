@@ -134,7 +134,9 @@ class CollaborativeRecommender:
                 f"model '{self.name}' cannot be fine-tuned from '{previous.name}': "
                 "retrain it instead (marketrec retrain)"
             )
-        tune(previous.scorer, since_ts, epochs, learning_rate_scale)
+        if previous._items is None:
+            raise ModelError(f"model '{previous.name}' is not fitted")
+        tune(previous.scorer, since_ts, epochs, learning_rate_scale, item_ids=previous._items.ids)
 
     # ----------------------------------------------------------------- serving
     def recommend(

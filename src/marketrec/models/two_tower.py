@@ -128,7 +128,8 @@ class TwoTowerScorer:
         #: (the CLI draws its progress bar from it)
         self.on_epoch: Callable[[dict[str, float]], None] | None = None
         #: set by `fine_tune_from`: the next `fit` starts from another model's weights
-        self._warm: tuple[Any, dict[str, Any]] | None = None
+        #: (the start, that model's metadata, the model and its item ids)
+        self._warm: tuple[Any, dict[str, Any], TwoTowerScorer, pl.Series] | None = None
 
     # ----------------------------------------------------------------- training
     def fine_tune_from(
@@ -137,24 +138,42 @@ class TwoTowerScorer:
         since_ts: float,
         epochs: int = 1,
         learning_rate_scale: float = 0.1,
+        item_ids: pl.Series | None = None,
     ) -> None:
         """Make the next `fit` fine-tune `previous`'s weights on the targets at or after
         `since_ts` instead of training from scratch. The vocabularies and the text encoder
         stay `previous`'s (unseen categories and brands take the unknown code, new ids
         their hashed buckets, as they do when served live), so every weight keeps its
-        shape and meaning; a new region needs a full retrain."""
+        shape and meaning; a new region needs a full retrain.
+
+        The new catalogue re-embeds only the items whose vectors changed, and its serving
+        index is `previous`'s with those rows placed afresh under the same centroids
+        (`_tuned_catalogue`). Which items those are depends on the clock: a model that reads
+        trends (`time_features`) places every trained item by its share of all recent events,
+        which moves with every event, so every vector changes and the item layers learn too.
+        Without time features the item tower's shared layers stay frozen
+        (`WarmStart.item_layers`), and only the items whose id rows or trained flags moved
+        are re-embedded. `item_ids`: `previous`'s item columns as loaded from its folder
+        (its recommender's vocabulary), which map its vectors onto the new columns; without
+        them every item is re-embedded and the index built anew."""
         from marketrec.retrieval.training import WarmStart
 
         if previous._model is None:
             raise ModelError("fine-tuning needs a fitted two-tower model to start from")
+        if item_ids is not None and len(item_ids) != len(previous._item_vectors):
+            raise ModelError(
+                f"fine-tuning: {len(item_ids)} item ids for a catalogue of "
+                f"{len(previous._item_vectors)} (the model must be as loaded from its folder)"
+            )
         state = {k: v.detach().clone() for k, v in previous._model.state_dict().items()}
-        warm = WarmStart(state, float(since_ts), epochs, learning_rate_scale)
-        self._warm = (warm, previous._meta)
+        timed = bool(previous._data.timed)
+        warm = WarmStart(state, float(since_ts), epochs, learning_rate_scale, item_layers=timed)
+        self._warm = (warm, previous._meta, previous, item_ids)
 
     def fit(self, ctx: TrainContext) -> None:
         from marketrec.retrieval.training import item_vectors, train_two_tower
 
-        warm, frozen = self._warm if self._warm is not None else (None, None)
+        warm, frozen, previous, previous_ids = self._warm or (None, None, None, None)
         self._warm = None  # one fit only: a later refit trains from scratch again
         self._set_threads(self.params.training_threads)  # None: the serving threads
         try:
@@ -174,7 +193,15 @@ class TwoTowerScorer:
                 "history": report.history,
             },
         }
-        self._item_vectors = item_vectors(model, data, at=meta["reference_ts"])
+        self._ann = None
+        if previous is not None and previous_ids is not None:
+            tuned = _tuned_catalogue(previous, previous_ids, self, ctx.interactions.items.ids)
+            self._item_vectors = tuned.vectors
+            self._meta["report"]["reembedded_items"] = int(tuned.reembedded.sum())
+            if tuned.index is not None:
+                self._ann = (self._item_vectors, tuned.index)
+        else:
+            self._item_vectors = item_vectors(model, data, at=meta["reference_ts"])
         self.serving_index()  # large catalogues: built now, not in a first request
 
     @cached_property
@@ -297,14 +324,20 @@ class TwoTowerScorer:
             return None
         if self._ann is not None and self._ann[0] is self._item_vectors:
             return self._ann[1]
-        from marketrec.retrieval.index import ColumnIndex, FaissConfig
+        from marketrec.retrieval.index import ColumnIndex
 
         log.info(
             "two-tower: building the serving index over %s items", f"{len(self._item_vectors):,}"
         )
-        index = ColumnIndex(self.index_vectors(), FaissConfig(nprobe=self.params.ann_nprobe))
+        index = ColumnIndex(self.index_vectors(), self._index_config)
         self._ann = (self._item_vectors, index)
         return index
+
+    @property
+    def _index_config(self) -> Any:
+        from marketrec.retrieval.index import FaissConfig
+
+        return FaissConfig(nprobe=self.params.ann_nprobe)
 
     def query_vectors(
         self, user_rows: np.ndarray, region_idx: np.ndarray, at: np.ndarray | None = None
@@ -491,6 +524,10 @@ class TwoTowerScorer:
         out["item_trained"] = d.item_trained
         out["item_category"] = d.item_category
         out["item_vectors"] = self._item_vectors
+        if self._ann is not None and self._ann[0] is self._item_vectors:
+            # loading trains and fills no index (seconds at 100k items, in every worker on
+            # every hot swap)
+            out["ann_index"] = self._ann[1].to_bytes()
         meta = {**self._meta, "sizes": d.sizes.to_dict()}
         text_state = meta.pop("text_state", None)
         if text_state:
@@ -533,7 +570,38 @@ class TwoTowerScorer:
         self._meta = {**meta, **({"text_state": text_state} if text_state else {})}
         self._item_vectors = arrays["item_vectors"]
         self._ann = self._reserved = None
+        if "ann_index" in arrays:
+            from marketrec.retrieval.index import ColumnIndex
+
+            index = ColumnIndex.from_bytes(arrays["ann_index"], self._index_config)
+            if len(index) == len(self._item_vectors) and index.dim == self._item_vectors.shape[1]:
+                self._ann = (self._item_vectors, index)
         self.serving_index()
+
+
+def _tuned_catalogue(
+    previous: TwoTowerScorer, previous_ids: pl.Series, tuned: TwoTowerScorer, item_ids: pl.Series
+) -> Any:
+    """`tuned`'s catalogue (its model and data are fitted) from `previous`'s: see
+    `retrieval.reembedding`."""
+    from marketrec.features.interactions import IdVocab
+    from marketrec.retrieval.reembedding import Catalogue, tuned_catalogue
+
+    before = Catalogue(
+        previous._model,
+        previous._data,
+        previous._item_vectors,
+        float(previous._meta["reference_ts"]),
+    )
+    return tuned_catalogue(
+        before,
+        previous.serving_index(),
+        tuned._model,
+        tuned._data,
+        float(tuned._meta["reference_ts"]),
+        IdVocab(previous_ids).lookup(item_ids),
+        tuned._scaled,
+    )
 
 
 def _build_data(

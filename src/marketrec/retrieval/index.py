@@ -604,8 +604,10 @@ class ColumnIndex:
     `search` takes a bitmap of the rows it may return (bit i of byte i // 8, little-endian:
     the sellable items of a region), checked during the scan as in `FaissIndex`, and repeats
     a query with 4× the lists when the probed ones ran out of admissible rows. `extend` adds
-    rows after the last (products listed live); a row's vector is never replaced (a new
-    catalogue gets a new index).
+    rows after the last (products listed live). A row's vector is never replaced in place:
+    `updated` gives a new index over a new matrix that keeps this one's centroids and the
+    lists of the rows whose vectors did not change (a fine-tuned model's catalogue), and
+    `to_bytes` / `from_bytes` keep an index in a model folder, so loading one trains nothing.
     """
 
     def __init__(self, vectors: np.ndarray, config: FaissConfig | None = None) -> None:
@@ -628,6 +630,67 @@ class ColumnIndex:
         self._quantizer, self._ivf = quantizer, ivf
         self._size = 0
         self.extend(x)
+
+    @classmethod
+    def _wrapping(cls, ivf: Any, config: FaissConfig, quantizer: Any = None) -> ColumnIndex:
+        """An index around a trained faiss IVF whose labels are 0 .. ntotal - 1."""
+        index = cls.__new__(cls)
+        index._faiss, index.config = _import_faiss(), config
+        index.dim = int(ivf.d)
+        index._quantizer, index._ivf = quantizer, ivf
+        index._size = int(ivf.ntotal)
+        return index
+
+    def to_bytes(self) -> np.ndarray:
+        """The whole index (centroids and lists) as a uint8 array, for a model folder."""
+        return np.asarray(self._faiss.serialize_index(self._ivf), dtype=np.uint8)
+
+    @classmethod
+    def from_bytes(cls, data: np.ndarray, config: FaissConfig | None = None) -> ColumnIndex:
+        """The index `to_bytes` wrote (its lists as they were: nothing is trained or assigned)."""
+        faiss = _import_faiss()
+        ivf = faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+        if not isinstance(ivf, faiss.IndexIVFFlat):
+            raise ConfigError(f"not a column index: a serialized {type(ivf).__name__}")
+        return cls._wrapping(ivf, config or FaissConfig())
+
+    def lists(self) -> np.ndarray:
+        """The inverted list each row is in (-1: none)."""
+        faiss, ivf = self._faiss, self._ivf
+        out = np.full(self._size, -1, dtype=np.int64)
+        lists = ivf.invlists
+        for list_no in range(ivf.nlist):
+            size = lists.list_size(list_no)
+            if size:
+                rows = faiss.rev_swig_ptr(lists.get_ids(list_no), size)
+                out[np.asarray(rows, dtype=np.int64)] = list_no
+        return out
+
+    def updated(self, vectors: np.ndarray, kept_from: np.ndarray) -> ColumnIndex:
+        """A new index over `vectors` (row i = new column i) with this index's centroids:
+        row i goes to the list of this index's row `kept_from[i]` (its vector is unchanged
+        there), or, at -1, to its nearest centroid, as `extend` places a row. Only those
+        rows are compared with the centroids: the rest is a copy."""
+        faiss = self._faiss
+        x = _check_vectors(vectors, self.dim, "item vectors")
+        kept = np.asarray(kept_from, dtype=np.int64)
+        if kept.shape != (len(x),) or (kept >= self._size).any():
+            raise ConfigError(
+                f"kept_from needs one row of this index (< {self._size}) or -1 per vector"
+            )
+        faiss.omp_set_num_threads(self.config.threads)
+        assign = np.where(kept >= 0, self.lists()[np.maximum(kept, 0)], -1)
+        fresh = np.flatnonzero(assign < 0)
+        if len(fresh):
+            _, nearest = self._ivf.quantizer.search(x[fresh], 1)
+            assign[fresh] = nearest[:, 0]
+        quantizer = faiss.clone_index(self._ivf.quantizer)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.is_trained = True
+        labels = np.arange(len(x), dtype=np.int64)
+        assign = np.ascontiguousarray(assign)
+        ivf.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(labels), faiss.swig_ptr(assign))
+        return ColumnIndex._wrapping(ivf, self.config, quantizer)
 
     def __len__(self) -> int:
         return self._size

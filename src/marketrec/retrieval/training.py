@@ -109,6 +109,11 @@ class WarmStart:
     #: by about the learning rate whatever its gradient's size (no moment estimates yet),
     #: a large jolt to weights that were already trained
     learning_rate_scale: float = 0.1
+    #: False: the item tower's shared layers (everything but the item id table) and its
+    #: untrained-item shift stay as they were, so an item's vector changes only when its id
+    #: row, its inputs (trend, age, catalogue fields) or its trained flag do, and a new
+    #: version re-embeds those items alone (`retrieval.reembedding`)
+    item_layers: bool = True
 
 
 @dataclass(frozen=True)
@@ -441,8 +446,11 @@ def train_two_tower(
     seq = data.seq
     targets = training_targets(seq)
     model, best_state = _fresh_model(data, config), None
+    frozen: list[torch.nn.Parameter] = []
     if warm is not None:
         model.load_state_dict(warm.state)
+        if not warm.item_layers:
+            frozen = [p for name, p in model.items.named_parameters() if not name.startswith("id.")]
         targets = targets[seq.ts[targets] >= warm.since_ts]
         scale = warm.learning_rate_scale
         config = dataclasses.replace(
@@ -461,19 +469,23 @@ def train_two_tower(
         model.eval()
         report.seconds = time.perf_counter() - started
         return model, report
+    for parameter in frozen:  # no gradient: neither the optimizer nor the average moves them
+        parameter.requires_grad_(False)
+    # the shift calibrates content-only items against trained ones under the item layers;
+    # with those frozen it stays as it was (recalibrating would move every untrained item)
+    calibrate = _full_softmax(data, config) and not frozen
     optimizer = _Optimizer(model, config)
     averaged = _WeightAverage(model, config.weight_averaging > 0)
     rng, dropout_rng = _generators(config)
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
     stale = 0
-    full_softmax = _full_softmax(data, config)
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         loss = _epoch(
             model, optimizer, data, fit_pos, config, (rng, dropout_rng), epoch - 1, averaged
         )
         served = averaged.model
-        if full_softmax:
+        if calibrate:
             calibrate_untrained(served, data, val_pos if n_val else fit_pos, config)
         recall = _validation_recall(served, data, val_pos, config) if n_val else math.nan
         row = {"epoch": float(epoch), "loss": loss, "val_recall@100": recall}
@@ -506,10 +518,12 @@ def train_two_tower(
             )
             log.info("two-tower refit epoch %d/%d: loss %.4f", epoch, report.best_epoch, loss)
         model = averaged.model
-        if full_softmax:
+        if calibrate:
             calibrate_untrained(model, data, all_pos, config)
     elif best_state is not None:
         model.load_state_dict(best_state)
+    for parameter in model.items.parameters():
+        parameter.requires_grad_(True)
     model.eval()
     report.seconds = time.perf_counter() - started
     return model, report
