@@ -221,7 +221,11 @@ def create_app(
                 user_id, k, region, device, request_id=_request_id(request)
             )
             metrics.stage("total", time.perf_counter() - started)
-            return body
+            # the body is built to the schema (`_Request.body`: strings and finite floats), so
+            # it is written as it is: validating it against `Recommendations` and encoding it
+            # through pydantic cost about 10 % of a small model's served request (measured
+            # side by side, server CPU per request)
+            return Response(json.dumps(body).encode(), media_type="application/json")
         return await run_in_threadpool(
             with_experiments, request, user_id, k, region, device, started
         )
