@@ -13,10 +13,8 @@ import pytest
 
 from marketrec.models.registry import create
 from marketrec.online.live import LiveRecommender
-from marketrec.online.log import SQLiteEventLog
-from marketrec.online.versions import model_version
 from marketrec.pipeline.config import PipelineConfig
-from marketrec.pipeline.recommender import Recommender, load_recommender
+from marketrec.pipeline.recommender import Recommender
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
 from market_model import market
@@ -30,14 +28,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def open_live(folder: Path, log_file: Path, lag_s: float) -> LiveRecommender:
-    live = LiveRecommender(
-        load_recommender(folder),
-        SQLiteEventLog(log_file),
-        version=model_version(folder),
-        apply_lag_s=lag_s,
-    )
-    live.recover()
-    return live
+    return LiveRecommender.open(folder, f"sqlite:///{log_file}", apply_lag_s=lag_s)
 
 
 def bought(live: LiveRecommender, user: str) -> list[dict]:

@@ -15,10 +15,8 @@ import pytest
 
 from marketrec.models.registry import create
 from marketrec.online.live import LiveRecommender, NullObserver
-from marketrec.online.log import SQLiteEventLog
-from marketrec.online.versions import model_version
 from marketrec.pipeline.config import PipelineConfig
-from marketrec.pipeline.recommender import Recommender, load_recommender
+from marketrec.pipeline.recommender import Recommender
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
 from market_model import market
@@ -53,13 +51,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def open_live(folder: Path, log_file: Path, max_batch: int) -> LiveRecommender:
-    live = LiveRecommender(
-        load_recommender(folder),
-        SQLiteEventLog(log_file),
-        version=model_version(folder),
-        observer=Recording(),
-        max_batch=max_batch,
-    )
+    live = LiveRecommender.open(folder, f"sqlite:///{log_file}", recover=False, max_batch=max_batch)
+    live.observer = Recording()
     live.impression_flush_s = 3600.0  # no impressions record between the two runs
     live.recover()
     return live

@@ -84,6 +84,8 @@ class CollaborativeRecommender:
         self._regions: tuple[str, ...] = ()
         self._sellable: np.ndarray | None = None  # (n_regions + 1, n_items); last = no region
         self._sellable_changes = 0  # `sellable_version`
+        #: `sellable_bits` per region, for the `sellable_version` they were packed at
+        self._sellable_bits: tuple[int, dict[int, np.ndarray]] = (-1, {})
         self._listed_at = np.zeros(0)  # per item: listing time, epoch seconds (NaN = unknown)
         self._now = np.nan  # the default ranking moment: one second past the last training event
         self._train_summary: dict[str, Any] = {}
@@ -589,10 +591,9 @@ class CollaborativeRecommender:
         """`sellable([region])[0]` packed 8 items a byte (little bit order: the ANN index's
         filter), kept per region until the matrix changes."""
         assert self._sellable is not None
-        cache = self.__dict__.get("_sellable_bits")
-        if cache is None or cache[0] != self._sellable_changes:
-            cache = (self._sellable_changes, {})
-            self.__dict__["_sellable_bits"] = cache
+        cache = self._sellable_bits
+        if cache[0] != self._sellable_changes:
+            cache = self._sellable_bits = (self._sellable_changes, {})
         bits = cache[1].get(region)
         if bits is None:
             bits = np.packbits(self._sellable[region], bitorder="little")

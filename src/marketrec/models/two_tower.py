@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -24,6 +24,9 @@ from pydantic import Field
 from marketrec.core.errors import ModelError
 from marketrec.data.schema import epoch_seconds
 from marketrec.models.scoring import Params, TrainContext
+
+if TYPE_CHECKING:
+    from marketrec.retrieval.reembedding import TunedCatalogue
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +131,8 @@ class TwoTowerScorer:
         #: (the CLI draws its progress bar from it)
         self.on_epoch: Callable[[dict[str, float]], None] | None = None
         #: set by `fine_tune_from`: the next `fit` starts from another model's weights
-        #: (the start, that model's metadata, the model and its item ids)
-        self._warm: tuple[Any, dict[str, Any], TwoTowerScorer, pl.Series] | None = None
+        #: (the start, that model and its item ids)
+        self._warm: tuple[Any, TwoTowerScorer, pl.Series | None] | None = None
 
     # ----------------------------------------------------------------- training
     def fine_tune_from(
@@ -168,15 +171,16 @@ class TwoTowerScorer:
         state = {k: v.detach().clone() for k, v in previous._model.state_dict().items()}
         timed = bool(previous._data.timed)
         warm = WarmStart(state, float(since_ts), epochs, learning_rate_scale, item_layers=timed)
-        self._warm = (warm, previous._meta, previous, item_ids)
+        self._warm = (warm, previous, item_ids)
 
     def fit(self, ctx: TrainContext) -> None:
         from marketrec.retrieval.training import item_vectors, train_two_tower
 
-        warm, frozen, previous, previous_ids = self._warm or (None, None, None, None)
+        warm, previous, previous_ids = self._warm or (None, None, None)
         self._warm = None  # one fit only: a later refit trains from scratch again
         self._set_threads(self.params.training_threads)  # None: the serving threads
         try:
+            frozen = None if previous is None else previous._meta  # its vocabularies, encoder
             data, meta = _build_data(ctx, self.params, frozen)
             model, report = train_two_tower(data, self._config, on_epoch=self.on_epoch, warm=warm)
         finally:
@@ -581,7 +585,7 @@ class TwoTowerScorer:
 
 def _tuned_catalogue(
     previous: TwoTowerScorer, previous_ids: pl.Series, tuned: TwoTowerScorer, item_ids: pl.Series
-) -> Any:
+) -> TunedCatalogue:
     """`tuned`'s catalogue (its model and data are fitted) from `previous`'s: see
     `retrieval.reembedding`."""
     from marketrec.features.interactions import IdVocab

@@ -147,6 +147,9 @@ class Recommender:
         self._reference_ts = float("nan")
         self._clock_moved = False  # live events later than the training data arrived
         self.stats: ExplorationStats | None = None
+        #: `_exploration_pool`'s last few pools: (region, moment, versions) → (new-items
+        #: mask, statistics, retrieval model they were built from, pool)
+        self._pool_cache: dict[tuple[int, float, int, int], tuple[Any, ...]] = {}
         #: Called with (stage, seconds) for each stage of a request: retrieve, rank (also when
         #: skipped: ~0) and finish (rules, diversity, exploration, the list); the
         #: service's per-stage histograms. Not saved with the model.
@@ -440,7 +443,7 @@ class Recommender:
         retrieval, stats = self.retrieval, self.stats
         new = self._new_items(moment)
         key = (region, moment, retrieval.sellable_version, stats.version)
-        cache = self.__dict__.setdefault("_pool_cache", {})
+        cache = self._pool_cache
         hit = cache.get(key)
         if hit is not None and hit[0] is new and hit[1] is stats and hit[2] is retrieval:
             return hit[3]
