@@ -72,7 +72,7 @@ def run(workdir: Path, users: int, noise: float, share: float) -> str:
         noise * float(np.abs(matrix).mean())
     )
     known = (workdir / "users-100000.txt").read_text().split()  # written by build_model
-    picked = random.Random(1).sample(known, users)
+    picked = random.Random(1).sample(known, min(users, len(known)))
     rows = loaded.retrieval.user_rows(pl.Series("user_id", picked))
     regions = loaded.retrieval.regions_of(rows, None)
     queries = scorer.query_vectors(rows, regions)
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=0.05)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
+    if args.users < 1 or not args.noise > 0 or not 0 < args.share <= 1:
+        parser.error("--users must be positive, --noise above 0 and --share in (0, 1]")
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     started = time.perf_counter()
     part = run(args.workdir, args.users, args.noise, args.share)

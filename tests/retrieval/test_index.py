@@ -350,3 +350,5 @@ def test_column_index_round_trips_and_updates_rows_under_its_centroids() -> None
         index.updated(y, kept_from[:-1])
     with pytest.raises(ConfigError, match="kept_from"):
         index.updated(y, np.full(N, N))
+    with pytest.raises(ConfigError, match="not a serialized faiss index"):
+        ColumnIndex.from_bytes(np.frombuffer(b"garbage!" * 4, dtype=np.uint8))

@@ -649,7 +649,10 @@ class ColumnIndex:
     def from_bytes(cls, data: np.ndarray, config: FaissConfig | None = None) -> ColumnIndex:
         """The index `to_bytes` wrote (its lists as they were: nothing is trained or assigned)."""
         faiss = _import_faiss()
-        ivf = faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+        try:
+            ivf = faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+        except RuntimeError as exc:  # faiss's message names the C++ reader and its line
+            raise ConfigError(f"not a serialized faiss index: {str(exc)[-120:]}") from None
         if not isinstance(ivf, faiss.IndexIVFFlat):
             raise ConfigError(f"not a column index: a serialized {type(ivf).__name__}")
         return cls._wrapping(ivf, config or FaissConfig())
