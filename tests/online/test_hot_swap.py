@@ -3,6 +3,7 @@ caught up with the log after the offset it was trained up to, without failing a 
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -75,6 +76,62 @@ def test_a_published_model_serves_with_the_events_after_its_training(
     for user in ("walk-in", "u00", "u07", "stranger"):
         assert listed(live, user) == listed(reference, user) == listed(late, user), user
     for state in (live, reference, late):
+        state.close()
+
+
+def test_a_restart_starts_from_the_newest_model_in_the_log(
+    served: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, log_file = served
+    live = open_live(folder, log_file)
+    live.ingest([event("walk-in", "c1-2"), event("u00", "c2-3")])
+    v2, _ = retrain(folder, market(), live.log, tmp_path / "v2")
+    publish(live.log, v2)
+    live.ingest(event("walk-in", "c2-1", ts=1.77e9 + 60))
+    v3, _ = retrain(folder, market(), live.log, tmp_path / "v3")
+    live.ingest(event("u07", "c0-5", ts=1.77e9 + 90))  # trained on by no version: replayed
+    version, _ = publish(live.log, v3)
+    live.ingest(event("walk-in", "c0-4", ts=1.77e9 + 120))
+    assert live.wait_for_swap(30) and live.version == version
+
+    from marketrec.online import live as live_module
+
+    applied: list[tuple[str, str]] = []  # (the folder of the model applied to, record kind)
+    loaded: list[str] = []
+    real_apply, real_load = live_module._apply_to, live_module._load_for_swap
+    folders: dict[int, str] = {}
+
+    def load(record):  # type: ignore[no-untyped-def]
+        loaded.append(record.key)
+        model, offset = real_load(record)
+        folders[id(model)] = record.key
+        return model, offset
+
+    def apply(model, batch):  # type: ignore[no-untyped-def]
+        applied.append((folders.get(id(model), "start"), batch[0].kind))
+        return real_apply(model, batch)
+
+    monkeypatch.setattr(live_module, "_apply_to", apply)
+    monkeypatch.setattr(live_module, "_load_for_swap", load)
+    late = open_live(folder, log_file)
+    # only the newest version was loaded, and the starting model was given nothing
+    assert late.version == version and loaded == [version]
+    assert applied and all(name == version for name, _ in applied)
+    for user in ("walk-in", "u00", "u07", "stranger"):
+        assert listed(late, user) == listed(live, user), user
+    # this worker's own record of the log still covers the records before the newest model
+    assert [e["item_id"] for e in late.history("walk-in")] == ["c0-4", "c2-1", "c1-2"]
+    assert late.history("u00") == live.history("u00")
+
+    # a newest model that no longer loads: the whole log is replayed, and the last version
+    # that loads serves, as it would have in a worker that followed the log
+    monkeypatch.setattr(live_module, "_apply_to", real_apply)
+    monkeypatch.setattr(live_module, "_load_for_swap", real_load)
+    shutil.rmtree(v3)
+    fallback = open_live(folder, log_file)
+    assert fallback.version == model_version(v2) and "v3" in (fallback.swap_error or "")
+    assert [e["item_id"] for e in fallback.history("walk-in")] == ["c0-4", "c2-1", "c1-2"]
+    for state in (live, late, fallback):
         state.close()
 
 

@@ -198,12 +198,31 @@ def test_replayed_events_equal_the_parsed_ones(log: EventLog) -> None:
     assert replayed.equals(parse_events(body, 1.8e9))
 
 
+def test_newest_record_of_a_kind(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert log.newest("model") is None  # an empty log
+    log.append(events(3))
+    assert log.newest("model") is None  # none of that kind
+    first = log.append([("model", "v1@a", {"folder": "/models/v1"})])
+    # more records after it than one backwards page of the Redis scan holds
+    monkeypatch.setattr("marketrec.online.log._SCAN_PAGE", 4)
+    log.append(events(9))
+    found = log.newest("model")
+    assert found is not None and (found.offset, found.key) == (first, "v1@a")
+    assert found.payload == {"folder": "/models/v1"}
+    second = log.append([("model", "v2@b", {"folder": "/models/v2"}), *events(2)]) - 2
+    assert log.newest("model") == next(r for r in log.read(0) if r.offset == second)
+    assert log.newest("event") == log.read(0)[-1]
+    assert log.newest("item") is None
+
+
 def test_a_closed_log_refuses_calls(log: EventLog) -> None:
     log.close()
     with pytest.raises(EventLogError, match="closed"):
         log.append(events(1))
     with pytest.raises(EventLogError, match="closed"):
         log.read(0)
+    with pytest.raises(EventLogError, match="closed"):
+        log.newest("model")
 
 
 # --- SQLite specifics --------------------------------------------------------------------------

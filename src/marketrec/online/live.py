@@ -299,11 +299,17 @@ class LiveRecommender:
         return live
 
     def recover(self) -> SyncReport:
-        """Replay the whole log (what a fresh worker does before it is ready)."""
+        """Rebuild this worker's state from the log (what a fresh worker does before it is
+        ready): from the newest model the log names, when there is one
+        (`_start_from_newest_model`), then every record after it."""
         started = time.perf_counter()
         self._recovering = True
         try:
+            with self._lock:
+                skipped = self._start_from_newest_model()
             report = self.sync()
+            report.records += skipped.records
+            report.events += skipped.events
         except Exception as exc:
             self.recovery_error = f"{type(exc).__name__}: {exc}"
             raise
@@ -616,6 +622,52 @@ class LiveRecommender:
             self._state.offset = batch[-1].offset
         report.records += len(records)
 
+    def _start_from_newest_model(self) -> SyncReport:
+        """Recovery's shortcut: load the newest model the log names and replay into it only
+        the records after the offset it was trained up to, as the swap to it did when the
+        record was first applied; the records before it only teach this worker's own state
+        (`_note`). A full replay would apply every event to every older model and load each
+        of them in turn, all to be thrown away at the newest one's record, so a restart
+        cost grew with the whole log and every version ever published. When the newest
+        model does not load, nothing is skipped: the full replay swaps to each model in
+        turn and keeps the last that loads, as a running worker would have."""
+        report = SyncReport(offset=self._state.offset)
+        record = self.log.newest("model") if self.follow_swaps else None
+        if record is None or record.offset <= self._state.offset:
+            return report
+        try:
+            model, trained = _load_for_swap(record)
+        except Exception as exc:
+            log.warning(
+                "recovery: the newest model %s (log offset %d) does not load (%s: %s); "
+                "replaying the whole log",
+                record.key,
+                record.offset,
+                type(exc).__name__,
+                exc,
+            )
+            return report
+        offset = self._state.offset
+        while offset < record.offset:
+            records = [r for r in self.log.read(offset, limit=PAGE) if r.offset <= record.offset]
+            if not records:
+                break
+            for batch in _runs(records):
+                self._note(batch)
+                report.events += len(batch) if batch[0].kind == "event" else 0
+            report.records += len(records)
+            offset = records[-1].offset
+        _replay(model, self.log, trained, record.offset)
+        self._state.offset = record.offset
+        self._install(model, record)
+        log.info(
+            "recovery: started from model %s (log offset %d, trained up to %d)",
+            record.key,
+            record.offset,
+            trained,
+        )
+        return report
+
     def _apply(self, batch: list[Record], report: SyncReport) -> None:
         """One run of records of one kind, to the serving model and this worker's state."""
         kind = batch[0].kind
@@ -632,9 +684,15 @@ class LiveRecommender:
         if not _apply_to(self.model, batch):
             report.failed += len(batch)
             return
-        state = self._state
         if kind == "event":
             report.events += len(batch)
+        self._note(batch)
+
+    def _note(self, batch: list[Record]) -> None:
+        """What a run of records teaches this worker beyond the model: each user's recent
+        events, the items first PUT through the log."""
+        kind, state = batch[0].kind, self._state
+        if kind == "event":
             for record in batch:
                 kept = state.history.get(record.key)
                 if kept is None:

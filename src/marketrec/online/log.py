@@ -84,6 +84,11 @@ class EventLog(Protocol):
         """The offset of the newest record; 0 when the log is empty."""
         ...
 
+    def newest(self, kind: RecordKind) -> Record | None:
+        """The newest record of `kind`, or None when the log holds none (a worker that
+        starts reads the newest `model` record first: see `LiveRecommender.recover`)."""
+        ...
+
     def close(self) -> None:
         """Release the connection; further calls fail."""
         ...
@@ -179,6 +184,24 @@ class SQLiteEventLog:
                 raise EventLogError(f"event log {self.path}: read failed ({exc})") from exc
         return int(row[0] or 0)
 
+    def newest(self, kind: RecordKind) -> Record | None:
+        # backwards by offset (the rowid) until one matches: no index on `kind`, which
+        # every append would pay for, and the newest model record is usually near the end
+        with self._lock:
+            try:
+                row = (
+                    self._connection()
+                    .execute(
+                        'SELECT "offset", kind, key, payload FROM log WHERE kind = ? '
+                        'ORDER BY "offset" DESC LIMIT 1',
+                        (kind,),
+                    )
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                raise EventLogError(f"event log {self.path}: read failed ({exc})") from exc
+        return None if row is None else Record(int(row[0]), row[1], row[2], json.loads(row[3]))
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
@@ -206,6 +229,10 @@ def _rollback(db: sqlite3.Connection) -> None:
 
 
 # --- Redis -------------------------------------------------------------------------------------
+
+
+#: entries per round trip when `RedisEventLog.newest` walks the stream backwards
+_SCAN_PAGE = 1_000
 
 
 class RedisEventLog:
@@ -295,6 +322,25 @@ class RedisEventLog:
         self._check_open()
         try:
             return self._last(self._redis)
+        except redis.RedisError as exc:
+            raise EventLogError(
+                f"event log at {redact_url(self.url)}: read failed ({exc})"
+            ) from exc
+
+    def newest(self, kind: RecordKind) -> Record | None:
+        self._check_open()
+        # backwards through the stream a page at a time (a stream cannot be searched by a
+        # field); the newest model record is usually near the end
+        end = "+"
+        try:
+            while True:
+                entries = self._redis.xrevrange(self._stream, max=end, min="-", count=_SCAN_PAGE)
+                for entry_id, fields in entries or []:
+                    if fields["kind"] == kind:
+                        return _record(entry_id, fields)
+                if not entries or len(entries) < _SCAN_PAGE:
+                    return None
+                end = f"({entries[-1][0]}"  # exclusive: before the page's oldest entry
         except redis.RedisError as exc:
             raise EventLogError(
                 f"event log at {redact_url(self.url)}: read failed ({exc})"
