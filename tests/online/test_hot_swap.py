@@ -122,6 +122,16 @@ def test_a_restart_starts_from_the_newest_model_in_the_log(
     # this worker's own record of the log still covers the records before the newest model
     assert [e["item_id"] for e in late.history("walk-in")] == ["c0-4", "c2-1", "c1-2"]
     assert late.history("u00") == live.history("u00")
+    # the same state as the full replay, through every version
+    full = LiveRecommender(
+        load_recommender(folder), SQLiteEventLog(log_file), version=model_version(folder)
+    )
+    full.recover(from_newest_model=False)
+    assert full.version == version and full.offset == late.offset
+    assert loaded[1:] == [model_version(v2), version]
+    for user in ("walk-in", "u00", "u07", "stranger"):
+        assert listed(full, user) == listed(late, user), user
+        assert full.history(user) == late.history(user)
 
     # a newest model that no longer loads: the whole log is replayed, and the last version
     # that loads serves, as it would have in a worker that followed the log
@@ -131,7 +141,7 @@ def test_a_restart_starts_from_the_newest_model_in_the_log(
     fallback = open_live(folder, log_file)
     assert fallback.version == model_version(v2) and "v3" in (fallback.swap_error or "")
     assert [e["item_id"] for e in fallback.history("walk-in")] == ["c0-4", "c2-1", "c1-2"]
-    for state in (live, late, fallback):
+    for state in (live, late, full, fallback):
         state.close()
 
 

@@ -298,15 +298,21 @@ class LiveRecommender:
             live.recover()
         return live
 
-    def recover(self) -> SyncReport:
+    def recover(self, from_newest_model: bool = True) -> SyncReport:
         """Rebuild this worker's state from the log (what a fresh worker does before it is
         ready): from the newest model the log names, when there is one
-        (`_start_from_newest_model`), then every record after it."""
+        (`_start_from_newest_model`), then every record after it. `from_newest_model`
+        False: replay every record through every version instead (what the shortcut
+        equals; tests and `benchmarks/recovery.py` compare the two)."""
         started = time.perf_counter()
         self._recovering = True
         try:
             with self._lock:
-                skipped = self._start_from_newest_model()
+                skipped = (
+                    self._start_from_newest_model()
+                    if from_newest_model
+                    else SyncReport(offset=self._state.offset)
+                )
             report = self.sync()
             report.records += skipped.records
             report.events += skipped.events
