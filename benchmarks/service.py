@@ -97,6 +97,7 @@ def build_model(workdir: Path, items: int, candidates: int = 300) -> Path:
     model.fit(split.train)
     assert model.ranking is not None
     model.ranking.active = True  # the full path, whatever one epoch learned
+    model.warm_up()  # as `marketrec train` does: the folder carries its ONNX exports
     model.save(folder)
     users = model.retrieval.user_ids.to_list()
     (workdir / f"users-{items}.txt").write_text("\n".join(users) + "\n")

@@ -251,6 +251,7 @@ def _train_two_stage(args: argparse.Namespace, config: Any) -> None:
     started = time.perf_counter()
     with console.status("training the two-stage model (retrieval twice, then the ranker)…"):
         model = Recommender(retrieval, pipeline, ranking).fit(data)
+        model.warm_up()  # the folder then carries the ONNX exports each worker would make
         model.save(args.out)
     _record_training_data(args.out, args.data)
     report = model.ranking.report if model.ranking is not None else None

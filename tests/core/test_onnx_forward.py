@@ -124,3 +124,74 @@ def test_user_tower_through_onnx_equals_torch_for_one_and_several_users() -> Non
     assert not tower.training  # the export's wrapper did not switch the tower to training
     tower.train()
     assert _users_onnx(tower, *inputs(2, 4)) is None
+
+
+def _no_export(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make any new export fail the test's expectations: returns the variants exported."""
+    exported: list[str] = []
+    real = onnx_forward._exported
+
+    def counting(export):  # type: ignore[no-untyped-def]
+        exported.append("export")
+        return real(export)
+
+    monkeypatch.setattr(onnx_forward, "_exported", counting)
+    return exported
+
+
+def test_saved_exports_serve_a_loaded_copy_without_exporting(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _ranker(5)
+    shared, rows = _features(30, True, 1), _features(9, False, 2)
+    predict(model, shared, fast=True)
+    predict(model, rows, fast=True)
+    written = onnx_forward.save_exports({"ranker": model}, tmp_path)
+    assert sorted(written) == ["ranker/rows.onnx", "ranker/shared.onnx"]
+
+    copy = _ranker(5)  # the same weights, as a model folder loads them
+    assert onnx_forward.load_exports({"ranker": copy}, tmp_path) == [
+        "ranker/rows",
+        "ranker/shared",
+    ]
+    exported = _no_export(monkeypatch)
+    for features in (shared, rows, _features(4, True, 3)):
+        np.testing.assert_allclose(
+            predict(copy, features, fast=True), _torch_logits(copy, features), rtol=1e-5, atol=2e-5
+        )
+    assert exported == [] and set(onnx_forward._cache[copy]) == {"shared", "rows"}
+
+    # weights changed after loading: the saved export is stale, a new one is made
+    with torch.no_grad():
+        copy.head.weight.add_(0.5)
+    after = predict(copy, shared, fast=True)
+    np.testing.assert_allclose(after, _torch_logits(copy, shared), rtol=1e-5, atol=2e-5)
+    assert exported == ["export"]
+
+
+def test_saved_exports_of_other_weights_or_damaged_are_not_used(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = _ranker(6)
+    shared = _features(12, True, 4)
+    predict(model, shared, fast=True)
+    onnx_forward.save_exports({"ranker": model}, tmp_path)
+    other = _ranker(7)  # other weights under the same name
+    assert onnx_forward.load_exports({"ranker": other}, tmp_path) == []
+    assert "other weights" in caplog.text
+    exported = _no_export(monkeypatch)
+    np.testing.assert_allclose(
+        predict(other, shared, fast=True), _torch_logits(other, shared), rtol=1e-5, atol=2e-5
+    )
+    assert exported == ["export"]
+
+    (tmp_path / "ranker" / "shared.onnx").write_bytes(b"not an onnx model")
+    damaged = _ranker(6)
+    assert onnx_forward.load_exports({"ranker": damaged}, tmp_path) == ["ranker/shared"]
+    np.testing.assert_allclose(
+        predict(damaged, shared, fast=True), _torch_logits(damaged, shared), rtol=1e-5, atol=2e-5
+    )
+    assert exported == ["export", "export"] and "exporting again" in caplog.text
+    # nothing saved for a module that never ran through ONNX; nothing to load is no error
+    assert onnx_forward.save_exports({"idle": _ranker(8)}, tmp_path / "none") == []
+    assert onnx_forward.load_exports({"idle": _ranker(8)}, tmp_path / "none") == []

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from marketrec.cli import main
+from marketrec.core import onnx_forward
 from marketrec.core.errors import ModelError
 from marketrec.online.finetune import ContinuousTrainer, current_folder, fine_tune
 from marketrec.online.live import LiveRecommender
@@ -106,7 +107,7 @@ def test_fine_tuning_starts_from_the_served_weights_and_keeps_its_vocabularies(
 
 
 def test_a_worker_started_on_a_fine_tuned_folder_does_not_replay_what_it_learned(
-    tower_folder: Path, tmp_path: Path
+    tower_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log_file = tmp_path / "events.sqlite"
     log = SQLiteEventLog(log_file)
@@ -115,9 +116,16 @@ def test_a_worker_started_on_a_fine_tuned_folder_does_not_replay_what_it_learned
     assert result is not None
     view = {"user_id": "u01", "item_id": "c2-2", "event": "view", "ts": LATER}
     log.append([("event", "u01", view)])
+    # the version carries its user tower's ONNX exports: the worker makes none of its own
+    assert (result.folder / "onnx" / "user_tower" / "eval.onnx").is_file()
+    exported: list[object] = []
+    monkeypatch.setattr(onnx_forward, "_exported", exported.append)
     live = LiveRecommender.open(result.folder, f"sqlite:///{log_file}", recover=False)
     report = live.recover()
     assert report.records == 1 and live.offset == result.offset + 1  # only the record after
+    assert exported == [] and live.recommend("u01", 3)["items"]
+    tower = live.model.retrieval.scorer._model.users
+    assert onnx_forward._cache[tower]["eval"] is not None  # served through ONNX Runtime
     live.close()
     log.close()
 

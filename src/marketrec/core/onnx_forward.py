@@ -18,11 +18,20 @@ optimizers and loading update in place). Training never comes here (callers chec
 
 Off with `MARKETREC_ONNX=0` (or without onnxruntime installed): callers then run the module
 itself. An export or session that fails is logged once and the module is used from then on.
+
+An export costs seconds (the 100k-item model's user tower about 2 s), and every serving
+worker made its own at every start and every hot swap, in the process that serves. A model
+folder therefore carries them (`save_exports` when the model is saved for serving,
+`load_exports` when it is loaded): a saved export is used instead of a new one only while
+the module's parameters are those it was exported from (a fingerprint of their bytes, checked
+at load, then the version counters as for any export).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
 import threading
@@ -31,6 +40,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +53,10 @@ ENV_SWITCH = "MARKETREC_ONNX"
 
 _lock = threading.Lock()
 _cache: weakref.WeakKeyDictionary[nn.Module, dict[str, _Entry | None]] = weakref.WeakKeyDictionary()
+#: exports read from a model folder (`load_exports`), used instead of exporting again
+_saved: weakref.WeakKeyDictionary[nn.Module, _Saved] = weakref.WeakKeyDictionary()
+#: what `save_exports` writes beside the .onnx files
+EXPORTS_FILE = "exports.json"
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,16 @@ class _Entry:
     tensors: tuple[torch.Tensor, ...]  # the module's parameters and buffers when exported
     versions: tuple[int, ...]  # and their version counters then
     threads: int
+    data: bytes  # the serialized ONNX model (`save_exports` writes it)
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """Exports of a module read from a model folder, valid while its tensors are these."""
+
+    variants: dict[str, bytes]
+    tensors: tuple[torch.Tensor, ...]
+    versions: tuple[int, ...]
 
 
 def enabled() -> bool:
@@ -104,10 +128,75 @@ def onnx_forward(
     return None if entry is None else OnnxForward(entry)
 
 
-def _current(entry: _Entry) -> bool:
+def _current(entry: _Entry | _Saved) -> bool:
     """Whether the exported tensors are unchanged (reading their version counters: walking
     the module for them took 50 µs a call)."""
     return all(t._version == v for t, v in zip(entry.tensors, entry.versions, strict=True))
+
+
+def _tensors(module: nn.Module) -> tuple[torch.Tensor, ...]:
+    return (*module.parameters(), *module.buffers())
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A digest of the module's parameters and buffers (names, shapes, bytes)."""
+    digest = hashlib.sha1()
+    for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+        data = tensor.detach().contiguous().cpu().numpy()
+        digest.update(f"{name}:{data.dtype}:{data.shape};".encode())
+        digest.update(data.tobytes())
+    return digest.hexdigest()
+
+
+def save_exports(modules: dict[str, nn.Module], folder: Path) -> list[str]:
+    """Write the current exports of each named module under `folder` (`<name>/<variant>.onnx`
+    and the module's fingerprint); returns the files written. Exports are made by running
+    the module through ONNX first (a model's `warm_up`); a module without any writes
+    nothing and exports on first use after loading, as before."""
+    written: list[str] = []
+    for name, module in modules.items():
+        with _lock:
+            entries = {
+                variant: entry
+                for variant, entry in _cache.get(module, {}).items()
+                if entry is not None and _current(entry)
+            }
+        if not entries:
+            continue
+        target = Path(folder) / name
+        target.mkdir(parents=True, exist_ok=True)
+        for variant, entry in entries.items():
+            (target / f"{variant}.onnx").write_bytes(entry.data)
+            written.append(f"{name}/{variant}.onnx")
+        manifest = {"fingerprint": fingerprint(module), "variants": sorted(entries)}
+        (target / EXPORTS_FILE).write_text(json.dumps(manifest, indent=2))
+    return written
+
+
+def load_exports(modules: dict[str, nn.Module], folder: Path) -> list[str]:
+    """Remember the exports `save_exports` wrote under `folder` for each named module whose
+    parameters are the ones they were exported from (a fingerprint mismatch, a missing or
+    unreadable file: that module exports on first use, as without them); returns the
+    variants taken, as `<name>/<variant>`."""
+    taken: list[str] = []
+    for name, module in modules.items():
+        source = Path(folder) / name
+        try:
+            manifest = json.loads((source / EXPORTS_FILE).read_text())
+            if manifest.get("fingerprint") != fingerprint(module):
+                log.warning("%s: ONNX exports of other weights; exporting again", source)
+                continue
+            variants = {v: (source / f"{v}.onnx").read_bytes() for v in manifest["variants"]}
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: ONNX exports unreadable (%s); exporting again", source, exc)
+            continue
+        tensors = _tensors(module)
+        with _lock:
+            _saved[module] = _Saved(variants, tensors, tuple(t._version for t in tensors))
+        taken += [f"{name}/{v}" for v in sorted(variants)]
+    return taken
 
 
 def _export(
@@ -116,41 +205,21 @@ def _export(
     export: Callable[[], tuple[nn.Module, dict[str, torch.Tensor], dict[str, dict[int, str]]]],
     threads: int,
 ) -> _Entry | None:
-    import onnxruntime as ort
-
     name = f"{type(module).__name__}/{variant}"
-    tensors = (*module.parameters(), *module.buffers())
+    tensors = _tensors(module)
     versions = tuple(t._version for t in tensors)
+    saved = _saved.get(module)
+    data = saved.variants.get(variant) if saved is not None and _current(saved) else None
+    session = None
+    if data is not None:
+        try:
+            session = _session(data, threads)
+        except Exception as exc:  # a damaged file: export afresh
+            log.warning("saved ONNX export of %s unusable (%s); exporting again", name, exc)
     try:
-        network, example, dynamic = export()
-        # the exporter restores each module's mode after the trace, and a fresh wrapper
-        # starts in training mode, which it would hand down to `module`: both set to eval
-        network.eval()
-        buffer = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():
-            # the trace warns about every Python condition it fixes: the variants are chosen
-            # by the caller for exactly those conditions
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                network,
-                tuple(t.clone() for t in example.values()),
-                buffer,
-                dynamo=False,
-                input_names=list(example),
-                output_names=["out"],
-                dynamic_axes=dynamic,
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        # with more than one thread, ORT's pool spins between runs by default: CPU taken
-        # from the other workers and requests of a serving machine
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(
-            buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-        )
+        if session is None:
+            data = _exported(export)
+            session = _session(data, threads)
     except Exception as exc:  # the eager module still answers: slower, not wrong
         module.eval()
         log.warning(
@@ -160,4 +229,43 @@ def _export(
     module.eval()
     inputs = tuple(i.name for i in session.get_inputs())
     log.debug("exported %s to ONNX (%d inputs)", name, len(inputs))
-    return _Entry(session, inputs, tensors, versions, threads)
+    assert data is not None
+    return _Entry(session, inputs, tensors, versions, threads, data)
+
+
+def _session(data: bytes, threads: int) -> object:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    # with more than one thread, ORT's pool spins between runs by default: CPU taken from
+    # the other workers and requests of a serving machine
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _exported(
+    export: Callable[[], tuple[nn.Module, dict[str, torch.Tensor], dict[str, dict[int, str]]]],
+) -> bytes:
+    network, example, dynamic = export()
+    # the exporter restores each module's mode after the trace, and a fresh wrapper starts
+    # in training mode, which it would hand down to the module: both set to eval
+    network.eval()
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # the trace warns about every Python condition it fixes: the variants are chosen by
+        # the caller for exactly those conditions
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            network,
+            tuple(t.clone() for t in example.values()),
+            buffer,
+            dynamo=False,
+            input_names=list(example),
+            output_names=["out"],
+            dynamic_axes=dynamic,
+        )
+    return buffer.getvalue()

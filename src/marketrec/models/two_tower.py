@@ -515,6 +515,11 @@ class TwoTowerScorer:
             self._data, users=dataclasses.replace(self._data.users, region=region)
         )
 
+    def serving_networks(self) -> dict[str, Any]:
+        """The networks a request runs (through ONNX Runtime: `core.onnx_forward`), by the
+        name their saved exports go under in a pipeline folder."""
+        return {"user_tower": self._model.users}
+
     # ----------------------------------------------------------------- persistence
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {

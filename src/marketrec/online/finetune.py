@@ -84,6 +84,7 @@ def fine_tune(
     )
     model = fine_tuned(previous, fold.data, fold.new_since_ts, epochs, learning_rate_scale)
     carry_exploration(model, fold)
+    model.warm_up()  # its folder then carries the ONNX exports every worker would make
     model.save(out)
     (out / TRAINED_LOG).write_text(json.dumps({"offset": fold.offset}))
     source = training_data(model_folder)

@@ -923,16 +923,13 @@ def _apply_to(model: Model, batch: list[Record]) -> bool:
 
 
 def _warm_up(model: Model) -> None:
-    """One list for a known user and one for a new one, answered and thrown away: a model's
-    first request builds its lazy caches (the new items' vectors, masks, search keys) and
-    cost 18 ms against 3 at 100k items; this way no live request pays that after a start
-    or a swap. It only reads the model; a failure is logged and the model still serves."""
+    """`Recommender.warm_up` before a model serves: no live request pays for its lazy caches
+    or its networks' exports after a start or a swap. It only reads the model; a failure is
+    logged and the model still serves."""
     if not isinstance(model, Recommender):
         return
-    users = model.retrieval.user_ids
     try:
-        for user in ([users[0]] if len(users) else []) + [f"warm-up-{uuid.uuid4().hex}"]:
-            model.recommend_one(user, 10)
+        model.warm_up()
     except Exception:
         log.exception("warming up the model failed; it serves anyway")
 

@@ -177,6 +177,8 @@ def retrain(
     )
     model.fit(fold.data)
     carry_exploration(model, fold)
+    if isinstance(model, Recommender):
+        model.warm_up()  # its folder then carries the ONNX exports every worker would make
     model.save(out)
     (out / TRAINED_LOG).write_text(json.dumps({"offset": fold.offset}))
     source = training_data(model_folder)
