@@ -405,6 +405,8 @@ class Step:
     errors: Counter = field(default_factory=Counter)
     max_send_lag_ms: float = 0.0
     client_cpu: float = 0.0  # generator CPU seconds per wall second
+    #: each request's scheduled send time (`time.monotonic()`), in `latencies_ms` order
+    scheduled_at: list[float] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -495,6 +497,7 @@ async def open_loop(
             failed = None if status == 200 else str(status)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             failed = type(exc).__name__
+        step.scheduled_at.append(scheduled)
         if failed is None:
             step.latencies_ms.append((loop.time() - scheduled) * 1000)
         else:

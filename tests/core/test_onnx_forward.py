@@ -195,3 +195,40 @@ def test_saved_exports_of_other_weights_or_damaged_are_not_used(
     # nothing saved for a module that never ran through ONNX; nothing to load is no error
     assert onnx_forward.save_exports({"idle": _ranker(8)}, tmp_path / "none") == []
     assert onnx_forward.load_exports({"idle": _ranker(8)}, tmp_path / "none") == []
+
+
+def test_an_export_in_progress_blocks_no_other_module() -> None:
+    """A worker swapping in a new version exports its networks in a background thread; the
+    serving version's requests go on meanwhile (they waited for it under one shared lock)."""
+    import threading
+
+    serving, incoming = _ranker(9), _ranker(10)
+    features = _features(20, True, 5)
+    predict(serving, features, fast=True)  # exported and cached
+    release, entered = threading.Event(), threading.Event()
+
+    def slow_export() -> tuple:
+        entered.set()
+        release.wait(30)
+        raise RuntimeError("not this time")
+
+    exporting = threading.Thread(
+        target=onnx_forward.onnx_forward, args=(incoming, "shared", slow_export)
+    )
+    exporting.start()
+    try:
+        assert entered.wait(10)
+        answered: list[np.ndarray] = []
+        request = threading.Thread(
+            target=lambda: answered.append(predict(serving, features, fast=True))
+        )
+        request.start()
+        request.join(10)
+        assert answered, "a request waited for another module's export"
+        np.testing.assert_allclose(
+            answered[0], _torch_logits(serving, features), rtol=1e-5, atol=2e-5
+        )
+    finally:
+        release.set()
+        exporting.join(10)
+    assert onnx_forward._cache[incoming]["shared"] is None  # its failure recorded as before

@@ -55,6 +55,8 @@ _lock = threading.Lock()
 _cache: weakref.WeakKeyDictionary[nn.Module, dict[str, _Entry | None]] = weakref.WeakKeyDictionary()
 #: exports read from a model folder (`load_exports`), used instead of exporting again
 _saved: weakref.WeakKeyDictionary[nn.Module, _Saved] = weakref.WeakKeyDictionary()
+#: one lock per module for its exports (`onnx_forward`)
+_export_locks: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
 #: what `save_exports` writes beside the .onnx files
 EXPORTS_FILE = "exports.json"
 
@@ -118,14 +120,39 @@ def onnx_forward(
     if module.training or not enabled():
         return None
     threads = torch.get_num_threads()
+    found, usable = _cached(module, variant, threads)
+    if usable:
+        return None if found is None else OnnxForward(found)
+    # exported under this module's own lock, not the shared one: a worker that swaps in a
+    # new version exports (or reads) its networks in a background thread for up to seconds,
+    # and under one lock for all modules every request of the serving version waited for it
+    with _module_lock(module):
+        found, usable = _cached(module, variant, threads)  # another thread's export
+        if not usable:
+            found = _export(module, variant, export, threads)
+            with _lock:
+                _cache.setdefault(module, {})[variant] = found
+    return None if found is None else OnnxForward(found)
+
+
+def _cached(module: nn.Module, variant: str, threads: int) -> tuple[_Entry | None, bool]:
+    """The cached variant and whether it may be used as it is (a variant that failed before
+    is usable: as None, the module runs in torch)."""
     with _lock:
-        variants = _cache.setdefault(module, {})
+        variants = _cache.get(module, {})
         if variant in variants and variants[variant] is None:
-            return None  # failed before
+            return None, True  # failed before
         entry = variants.get(variant)
-        if entry is None or entry.threads != threads or not _current(entry):
-            entry = variants[variant] = _export(module, variant, export, threads)
-    return None if entry is None else OnnxForward(entry)
+    usable = entry is not None and entry.threads == threads and _current(entry)
+    return entry, usable
+
+
+def _module_lock(module: nn.Module) -> threading.Lock:
+    with _lock:
+        lock = _export_locks.get(module)
+        if lock is None:
+            lock = _export_locks[module] = threading.Lock()
+        return lock
 
 
 def _current(entry: _Entry | _Saved) -> bool:
