@@ -568,11 +568,15 @@ class TwoTowerScorer:
             sizes=sizes,
             timed=self.params.time_features,
         )
-        model = TwoTower(sizes, self.params.dim, self.params.dropout)
+        # built on the meta device and given the saved tensors (`assign`): a model built
+        # on the CPU drew random initial values for every table first, only to overwrite
+        # them (a third of a 100k-item load, in every worker at every start and swap)
+        with torch.device("meta"):
+            model = TwoTower(sizes, self.params.dim, self.params.dropout)
         state = {
             k[2:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("w/")
         }
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)
         model.eval()
         self._model = model
         text_state = {k[5:]: v for k, v in arrays.items() if k.startswith("text/")}
