@@ -140,8 +140,21 @@ def test_a_saved_version_loads_its_index_without_training_one(
         raise AssertionError("the loaded model built a new serving index")
 
     monkeypatch.setattr(index_module.ColumnIndex, "__init__", no_training)
+    drawn: list[tuple[int, ...]] = []  # what the load drew random initial values for
+    real_normal = torch.nn.init.normal_
+
+    def normal_(tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.append(tuple(tensor.shape))
+        return real_normal(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", normal_)
     loaded = load_model(tmp_path / "v2")
     assert isinstance(loaded, CollaborativeRecommender)
+    # the id tables (thousands of rows here) were not drawn, only to be overwritten
+    assert drawn and max(shape[0] for shape in drawn) < 1_000
+    saved, restored = tuned.scorer._model.state_dict(), loaded.scorer._model.state_dict()
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(saved[name], restored[name]) for name in saved)
     index = loaded.scorer.serving_index()
     assert index is not None and len(index) == len(loaded.scorer._item_vectors)
     users = tuned.user_ids.to_list()[:20]

@@ -568,11 +568,10 @@ class TwoTowerScorer:
             sizes=sizes,
             timed=self.params.time_features,
         )
-        # built on the meta device and given the saved tensors (`assign`): a model built
-        # on the CPU drew random initial values for every table first, only to overwrite
-        # them (a third of a 100k-item load, in every worker at every start and swap)
-        with torch.device("meta"):
-            model = TwoTower(sizes, self.params.dim, self.params.dropout)
+        # its id tables left uninitialised and given the saved tensors (`assign`): drawing
+        # random values for them first was a third of a 100k-item load (the meta device,
+        # which skips that too, imported torch._dynamo on first use: 2-3 s more per process)
+        model = TwoTower(sizes, self.params.dim, self.params.dropout, initialise=False)
         state = {
             k[2:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("w/")
         }

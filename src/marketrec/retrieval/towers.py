@@ -90,9 +90,16 @@ def _mlp(inputs: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
 
 
 class ItemTower(nn.Module):
-    def __init__(self, sizes: TowerSizes, dim: int, dropout: float, sparse_ids: bool) -> None:
+    def __init__(
+        self, sizes: TowerSizes, dim: int, dropout: float, sparse_ids: bool, initialise: bool = True
+    ) -> None:
         super().__init__()
-        self.id = nn.Embedding(sizes.item_ids, dim, sparse=sparse_ids)
+        self.id = nn.Embedding(
+            sizes.item_ids,
+            dim,
+            sparse=sparse_ids,
+            _weight=_uninitialised(sizes.item_ids, dim, initialise),
+        )
         self.category = nn.Embedding(sizes.categories, dim)
         self.top_category = nn.Embedding(sizes.top_categories, dim)
         self.brand = nn.Embedding(sizes.brands, dim)
@@ -265,10 +272,21 @@ class SummaryAttention(nn.Module):
 
 class UserTower(nn.Module):
     def __init__(
-        self, sizes: TowerSizes, dim: int, dropout: float, sparse_ids: bool, heads: int = 2
+        self,
+        sizes: TowerSizes,
+        dim: int,
+        dropout: float,
+        sparse_ids: bool,
+        heads: int = 2,
+        initialise: bool = True,
     ) -> None:
         super().__init__()
-        self.id = nn.Embedding(sizes.user_ids, dim, sparse=sparse_ids)
+        self.id = nn.Embedding(
+            sizes.user_ids,
+            dim,
+            sparse=sparse_ids,
+            _weight=_uninitialised(sizes.user_ids, dim, initialise),
+        )
         self.region = nn.Embedding(sizes.regions, dim)
         self.attributes = nn.ModuleList(nn.Embedding(n, dim) for n in sizes.attributes)
         self.numeric = nn.Linear(sizes.numeric, dim) if sizes.numeric else None
@@ -281,7 +299,12 @@ class UserTower(nn.Module):
         self.history = SummaryAttention(dim, heads)
         self.queries = nn.Linear(sizes.text_dim, dim)
         self.long_term = nn.EmbeddingBag(
-            sizes.item_ids, dim, mode="mean", padding_idx=0, sparse=sparse_ids
+            sizes.item_ids,
+            dim,
+            mode="mean",
+            padding_idx=0,
+            sparse=sparse_ids,
+            _weight=_uninitialised(sizes.item_ids, dim, initialise),
         )
         self.mlp = _mlp(9 * dim, 2 * dim, dim, dropout)
 
@@ -454,18 +477,39 @@ class _BagMean(torch.autograd.Function):
 SPARSE_ID_MIN_ROWS = 50_000
 
 
+#: tables of at least this many rows are left uninitialised when a load replaces them
+_UNINITIALISED_ROWS = 1_000
+
+
+def _uninitialised(rows: int, dim: int, initialise: bool) -> Tensor | None:
+    """Storage for an id table a load fills at once (None: the table initialises itself)."""
+    if initialise or rows < _UNINITIALISED_ROWS:
+        return None
+    return torch.empty(rows, dim)
+
+
 class TwoTower(nn.Module):
     def __init__(
-        self, sizes: TowerSizes, dim: int, dropout: float, sparse_ids: bool | None = None
+        self,
+        sizes: TowerSizes,
+        dim: int,
+        dropout: float,
+        sparse_ids: bool | None = None,
+        initialise: bool = True,
     ) -> None:
+        """`initialise` False: the id tables are left uninitialised, for a model whose
+        saved weights replace them at once (a load: drawing random values for the 100k-item
+        model's tables first was a third of it, in every worker at every start and swap)."""
         super().__init__()
         self.sizes = sizes
         if sparse_ids is None:
             sparse_ids = sizes.item_ids + sizes.user_ids >= SPARSE_ID_MIN_ROWS
-        self.items = ItemTower(sizes, dim, dropout, sparse_ids)
-        self.users = UserTower(sizes, dim, dropout, sparse_ids)
+        self.items = ItemTower(sizes, dim, dropout, sparse_ids, initialise=initialise)
+        self.users = UserTower(sizes, dim, dropout, sparse_ids, initialise=initialise)
         for module in self.modules():
             # small initial embeddings: a code no training example touched (a new user's
             # attribute value) then stays close to "nothing known" instead of random noise
-            if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            if isinstance(module, nn.Embedding | nn.EmbeddingBag) and (
+                initialise or module.weight.shape[0] < _UNINITIALISED_ROWS
+            ):
                 nn.init.normal_(module.weight, std=0.02)
