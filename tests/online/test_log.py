@@ -354,3 +354,15 @@ def test_payloads_are_stored_as_compact_json(tmp_path: Path) -> None:
     stored = db.execute("SELECT payload FROM log").fetchone()[0]
     db.close()
     assert stored == '{"name":"Zoë","n":1}' and json.loads(stored) == {"name": "Zoë", "n": 1}
+
+
+def test_payloads_read_back_exactly_beyond_what_orjson_parses(log: EventLog) -> None:
+    """Payloads are read with orjson, and with json where orjson stops (integers beyond 64
+    bits, which json writes): every record reads back as it was appended."""
+    payloads = [
+        {"user_id": "u1", "item_id": "i1", "event": "view", "ts": 1768031415.499604},
+        {"attributes": {"age": 10**30, "name": "Zoë ☃", "score": -1e-300, "none": None}},
+        {"nested": [1, 2.5, {"a": [True, False]}], "big": -(2**64)},
+    ]
+    log.append([("user", f"u{i}", p) for i, p in enumerate(payloads)])
+    assert [r.payload for r in log.read(0)] == payloads

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, Self, get_args
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import redis
 
 from marketrec.core.errors import ConfigError
@@ -174,7 +175,7 @@ class SQLiteEventLog:
                 )
             except sqlite3.Error as exc:
                 raise EventLogError(f"event log {self.path}: read failed ({exc})") from exc
-        return [Record(int(o), kind, key, json.loads(body)) for o, kind, key, body in rows]
+        return [Record(int(o), kind, key, _decode(body)) for o, kind, key, body in rows]
 
     def last_offset(self) -> int:
         with self._lock:
@@ -200,7 +201,7 @@ class SQLiteEventLog:
                 )
             except sqlite3.Error as exc:
                 raise EventLogError(f"event log {self.path}: read failed ({exc})") from exc
-        return None if row is None else Record(int(row[0]), row[1], row[2], json.loads(row[3]))
+        return None if row is None else Record(int(row[0]), row[1], row[2], _decode(row[3]))
 
     def close(self) -> None:
         with self._lock:
@@ -381,7 +382,7 @@ def _record(entry_id: str, fields: Mapping[str, str]) -> Record:
         _offset(entry_id),
         fields["kind"],  # type: ignore[arg-type]
         fields["key"],
-        json.loads(fields["payload"]),
+        _decode(fields["payload"]),
     )
 
 
@@ -450,6 +451,32 @@ def _encode(entries: Sequence[Entry]) -> list[tuple[str, str, str]]:
             raise ValueError(f"entry {i}: payload is not JSON-serialisable ({exc})") from None
         rows.append((kind, key, body))
     return rows
+
+
+#: floats at least this large may be integers beyond 64 bits that orjson read as floats
+_HUGE = float(2**63)
+
+
+def _decode(body: str) -> dict[str, Any]:
+    """A record's payload: orjson (every worker parses every record, and json took most of a
+    replay's time), or json again where orjson read a number of 2**63 or more, which may
+    be an integer beyond 64 bits that orjson turns into a float: `_encode`'s json writes
+    any integer exactly, and it reads back exactly."""
+    payload = orjson.loads(body)
+    return json.loads(body) if _has_huge(payload) else payload
+
+
+def _has_huge(value: dict[str, Any] | list[Any]) -> bool:
+    """Whether a float of 2**63 or more sits anywhere in the payload (a plain loop: a record
+    is read by every worker, and generator expressions cost as much as orjson's parse)."""
+    for item in value.values() if type(value) is dict else value:
+        kind = type(item)
+        if kind is float:
+            if item >= _HUGE or item <= -_HUGE:
+                return True
+        elif (kind is dict or kind is list) and _has_huge(item):
+            return True
+    return False
 
 
 def _check_limit(limit: int | None) -> None:
