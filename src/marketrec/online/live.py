@@ -7,8 +7,8 @@ appends to the log first, durably, and only then applies what it wrote, and ever
 (`sync`; a recommendation may leave other users' events for up to `apply_lag_s`: see
 `_may_wait`). So with several worker processes tailing one log, a request answered by any
 worker already reflects every write acknowledged by any worker before it (other users'
-events: within the lag), and a worker that starts (or restarts) rebuilds the same state by
-replaying the log from the beginning (`recover`).
+events: within the lag), and a worker that starts (or restarts) rebuilds the same state
+from the log (`recover`: from the newest model version it names, below).
 
 Model state is mutated by `sync` and read by recommendations, from the threads of the HTTP
 server's pool: one lock serialises both. With the GIL the model's Python work runs one thread
@@ -30,7 +30,11 @@ model folder. Each worker loads it in a background thread while it keeps serving
 model, replays into it the log after the offset it was trained up to (`trained_offset`),
 then, under the lock, applies the last few records and swaps: no request fails or waits
 for the load, and each response names the version that served it. A worker that recovers
-from the log swaps to each model record as it reaches it, before it is ready.
+from the log starts from the newest model record's version, given the records after its
+trained offset, as the swap to it was (`_start_from_newest_model`); the records before
+only rebuild this worker's own state. A version's folder carries its networks' ONNX
+exports (`Recommender.warm_up` before its save), so a swap exports nothing in the process
+that serves.
 """
 
 from __future__ import annotations
