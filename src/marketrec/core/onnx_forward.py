@@ -171,7 +171,9 @@ def fingerprint(module: nn.Module) -> str:
     for name, tensor in (*module.named_parameters(), *module.named_buffers()):
         data = tensor.detach().contiguous().cpu().numpy()
         digest.update(f"{name}:{data.dtype}:{data.shape};".encode())
-        digest.update(data.tobytes())
+        # the array's own buffer: hashlib reads it with the GIL released, where a copy
+        # (`tobytes`) held it for tens of ms in a worker loading a version beside requests
+        digest.update(memoryview(data.reshape(-1)).cast("B"))
     return digest.hexdigest()
 
 
