@@ -123,6 +123,9 @@ def test_a_worker_started_on_a_fine_tuned_folder_does_not_replay_what_it_learned
     live = LiveRecommender.open(result.folder, f"sqlite:///{log_file}", recover=False)
     report = live.recover()
     assert report.records == 1 and live.offset == result.offset + 1  # only the record after
+    # the records the version learned are read once more, for the users' recent events only
+    assert report.noted == result.offset
+    assert [e["item_id"] for e in live.history("walk-in-2")] == ["c2-5", "c1-1"]
     assert exported == [] and live.recommend("u01", 3)["items"]
     tower = live.model.retrieval.scorer._model.users
     assert onnx_forward._cache[tower]["eval"] is not None  # served through ONNX Runtime

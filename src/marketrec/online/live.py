@@ -148,6 +148,9 @@ class SyncReport:
     events: int = 0
     failed: int = 0
     offset: int = 0
+    #: records read at recovery only for the worker's own state (users' recent events, items
+    #: created): those the model it starts from holds already (`recover`)
+    noted: int = 0
 
 
 @dataclass
@@ -312,14 +315,19 @@ class LiveRecommender:
         self._recovering = True
         try:
             with self._lock:
-                skipped = (
+                newest = (
                     self._start_from_newest_model()
                     if from_newest_model
                     else SyncReport(offset=self._state.offset)
                 )
+                # the records the model holds already (a newest version's or the starting
+                # folder's trained offset): only this worker's own state learns them
+                noted = self._note_upto(self._state.offset)
             report = self.sync()
-            report.records += skipped.records
-            report.events += skipped.events
+            report.records += newest.records
+            report.events += newest.events
+            report.failed += newest.failed
+            report.noted = noted
         except Exception as exc:
             self.recovery_error = f"{type(exc).__name__}: {exc}"
             raise
@@ -328,11 +336,13 @@ class LiveRecommender:
         _warm_up(self.model)
         self._ready = True
         log.info(
-            "recovered %d records (%d events) up to offset %d in %.2fs",
+            "recovered %d records (%d events) up to offset %d in %.2fs (and %d records "
+            "the model held already read for users' recent events)",
             report.records,
             report.events,
             report.offset,
             time.perf_counter() - started,
+            report.noted,
         )
         return report
 
@@ -636,11 +646,11 @@ class LiveRecommender:
         """Recovery's shortcut: load the newest model the log names and replay into it only
         the records after the offset it was trained up to, as the swap to it did when the
         record was first applied; the records before it only teach this worker's own state
-        (`_note`). A full replay would apply every event to every older model and load each
-        of them in turn, all to be thrown away at the newest one's record, so a restart
-        cost grew with the whole log and every version ever published. When the newest
-        model does not load, nothing is skipped: the full replay swaps to each model in
-        turn and keeps the last that loads, as a running worker would have."""
+        (`_note_upto`). A full replay would apply every event to every older model and load
+        each of them in turn, all to be thrown away at the newest one's record, so a
+        restart cost grew with the whole log and every version ever published. When the
+        newest model does not load, nothing is skipped: the full replay swaps to each model
+        in turn and keeps the last that loads, as a running worker would have."""
         report = SyncReport(offset=self._state.offset)
         record = self.log.newest("model") if self.follow_swaps else None
         if record is None or record.offset <= self._state.offset:
@@ -657,17 +667,7 @@ class LiveRecommender:
                 exc,
             )
             return report
-        offset = self._state.offset
-        while offset < record.offset:
-            records = [r for r in self.log.read(offset, limit=PAGE) if r.offset <= record.offset]
-            if not records:
-                break
-            for batch in _runs(records):
-                self._note(batch)
-                report.events += len(batch) if batch[0].kind == "event" else 0
-            report.records += len(records)
-            offset = records[-1].offset
-        _replay(model, self.log, trained, record.offset)
+        _replay(model, self.log, trained, record.offset, report)
         self._state.offset = record.offset
         self._install(model, record)
         log.info(
@@ -677,6 +677,20 @@ class LiveRecommender:
             trained,
         )
         return report
+
+    def _note_upto(self, upto: int) -> int:
+        """Teach this worker's own state (`_note`) the records up to `upto`, which its model
+        holds already, without applying them to it; returns how many were read."""
+        offset = read = 0
+        while offset < upto:
+            records = [r for r in self.log.read(offset, limit=PAGE) if r.offset <= upto]
+            if not records:
+                break
+            for batch in _runs(records):
+                self._note(batch)
+            read += len(records)
+            offset = records[-1].offset
+        return read
 
     def _apply(self, batch: list[Record], report: SyncReport) -> None:
         """One run of records of one kind, to the serving model and this worker's state."""
@@ -947,9 +961,11 @@ def _load_for_swap(record: Record) -> tuple[Model, int]:
     return _for_serving(load_recommender(folder)), trained_offset(folder)
 
 
-def _replay(model: Model, event_log: EventLog, after: int, upto: int) -> int:
+def _replay(
+    model: Model, event_log: EventLog, after: int, upto: int, report: SyncReport | None = None
+) -> int:
     """Apply to `model` the log's records in (after, upto], `model` records skipped;
-    returns the offset reached."""
+    returns the offset reached (`report` counts what was read and applied)."""
     offset = after
     while offset < upto:
         records = [r for r in event_log.read(offset, limit=PAGE) if r.offset <= upto]
@@ -957,7 +973,13 @@ def _replay(model: Model, event_log: EventLog, after: int, upto: int) -> int:
             break
         for batch in _runs(records):
             if batch[0].kind != "model":
-                _apply_to(model, batch)
+                applied = _apply_to(model, batch)
+                if report is not None and not applied:
+                    report.failed += len(batch)
+                elif report is not None and batch[0].kind == "event":
+                    report.events += len(batch)
+        if report is not None:
+            report.records += len(records)
         offset = records[-1].offset
     return offset
 
