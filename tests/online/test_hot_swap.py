@@ -122,6 +122,8 @@ def test_a_restart_starts_from_the_newest_model_in_the_log(
     # this worker's own record of the log still covers the records before the newest model
     assert [e["item_id"] for e in late.history("walk-in")] == ["c0-4", "c2-1", "c1-2"]
     assert late.history("u00") == live.history("u00")
+    late.recover()  # again: nothing is noted twice
+    assert [e["item_id"] for e in late.history("walk-in")] == ["c0-4", "c2-1", "c1-2"]
     # the same state as the full replay, through every version
     full = LiveRecommender(
         load_recommender(folder), SQLiteEventLog(log_file), version=model_version(folder)

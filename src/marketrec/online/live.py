@@ -161,6 +161,7 @@ class _State:
     created: set[str] = field(default_factory=set)  # items first PUT through the log
     history: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     appended_at: dict[int, float] = field(default_factory=dict)  # own appends: offset → clock
+    noted: int = 0  # the last log offset `created` and `history` have learned
 
 
 @dataclass(eq=False)
@@ -679,9 +680,10 @@ class LiveRecommender:
         return report
 
     def _note_upto(self, upto: int) -> int:
-        """Teach this worker's own state (`_note`) the records up to `upto`, which its model
-        holds already, without applying them to it; returns how many were read."""
-        offset = read = 0
+        """Teach this worker's own state (`_note`) the records up to `upto` it has not
+        noted yet, which its model holds already, without applying them to it; returns how
+        many were read."""
+        offset, read = self._state.noted, 0
         while offset < upto:
             records = [r for r in self.log.read(offset, limit=PAGE) if r.offset <= upto]
             if not records:
@@ -716,6 +718,9 @@ class LiveRecommender:
         """What a run of records teaches this worker beyond the model: each user's recent
         events, the items first PUT through the log."""
         kind, state = batch[0].kind, self._state
+        if batch[-1].offset <= state.noted:
+            return  # noted before (a second `recover`)
+        state.noted = batch[-1].offset
         if kind == "event":
             for record in batch:
                 kept = state.history.get(record.key)
