@@ -208,6 +208,8 @@ def load_exports(modules: dict[str, nn.Module], folder: Path) -> list[str]:
     unreadable file: that module exports on first use, as without them); returns the
     variants taken, as `<name>/<variant>`."""
     taken: list[str] = []
+    if not enabled():
+        return taken  # the modules run in torch: nothing to take
     for name, module in modules.items():
         source = Path(folder) / name
         try:
