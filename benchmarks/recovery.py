@@ -91,8 +91,7 @@ def build_log(folder: Path, workdir: Path, events: int, versions: int, tail: int
         written += len(body)
         if made < versions and written >= every * (made + 1):
             made += 1
-            version = runs / f"v{made}"
-            shutil.copytree(folder, version, copy_function=os.link)
+            version = service.linked_copy(folder, runs / f"v{made}")
             (version / TRAINED_LOG).write_text(json.dumps({"offset": max(offset - tail, 0)}))
             event_log.append([("model", model_version(version), {"folder": str(version)})])
     event_log.close()

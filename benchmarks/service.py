@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,7 +45,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,6 +107,13 @@ def build_model(workdir: Path, items: int, candidates: int = 300) -> Path:
     )
     log.info("built in %.0f s", time.perf_counter() - started)
     return folder
+
+
+def linked_copy(folder: Path, target: Path, ignore: Callable | None = None) -> Path:
+    """A copy of a model folder whose files are hard links (a stand-in version: no disk)."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(folder, target, copy_function=os.link, ignore=ignore)
+    return target
 
 
 def read_ids(workdir: Path, kind: str, items: int) -> list[str]:

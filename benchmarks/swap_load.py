@@ -38,18 +38,12 @@ log = logging.getLogger("swap-benchmark")
 
 def make_versions(folder: Path, workdir: Path, count: int, exports: bool, run: str) -> list[Path]:
     """`count` hard-linked copies of the model folder, with or without its ONNX exports."""
-    made = []
-    for i in range(1, count + 1):
-        target = workdir / "swap-versions" / f"{run}-{'onnx' if exports else 'plain'}-v{i}"
-        shutil.rmtree(target, ignore_errors=True)
-        ignore = None if exports else shutil.ignore_patterns("onnx")
-        shutil.copytree(folder, target, copy_function=_link, ignore=ignore)
-        made.append(target)
-    return made
-
-
-def _link(source: str, target: str) -> None:
-    Path(target).hardlink_to(source)
+    ignore = None if exports else shutil.ignore_patterns("onnx")
+    kind = "onnx" if exports else "plain"
+    return [
+        service.linked_copy(folder, workdir / "swap-versions" / f"{run}-{kind}-v{i}", ignore)
+        for i in range(1, count + 1)
+    ]
 
 
 def publisher(

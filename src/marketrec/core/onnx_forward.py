@@ -59,6 +59,9 @@ _saved: weakref.WeakKeyDictionary[nn.Module, _Saved] = weakref.WeakKeyDictionary
 _export_locks: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
 #: what `save_exports` writes beside the .onnx files
 EXPORTS_FILE = "exports.json"
+#: what a caller gives `onnx_forward` to export a variant: the network to trace, its example
+#: inputs by name (in its argument order) and their dynamic axes
+Export = Callable[[], tuple[nn.Module, dict[str, torch.Tensor], dict[str, dict[int, str]]]]
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ class OnnxForward:
 def onnx_forward(
     module: nn.Module,
     variant: str,
-    export: Callable[[], tuple[nn.Module, dict[str, torch.Tensor], dict[str, dict[int, str]]]],
+    export: Export,
 ) -> OnnxForward | None:
     """The `variant` of `module` through ONNX Runtime, exported now if its parameters changed
     since (or never exported); None when ONNX is off or this variant failed before.
@@ -233,7 +236,7 @@ def load_exports(modules: dict[str, nn.Module], folder: Path) -> list[str]:
 def _export(
     module: nn.Module,
     variant: str,
-    export: Callable[[], tuple[nn.Module, dict[str, torch.Tensor], dict[str, dict[int, str]]]],
+    export: Export,
     threads: int,
 ) -> _Entry | None:
     name = f"{type(module).__name__}/{variant}"
@@ -279,7 +282,7 @@ def _session(data: bytes, threads: int) -> object:
 
 
 def _exported(
-    export: Callable[[], tuple[nn.Module, dict[str, torch.Tensor], dict[str, dict[int, str]]]],
+    export: Export,
 ) -> bytes:
     network, example, dynamic = export()
     # the exporter restores each module's mode after the trace, and a fresh wrapper starts

@@ -49,7 +49,7 @@ import time
 import uuid
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -683,15 +683,11 @@ class LiveRecommender:
         """Teach this worker's own state (`_note`) the records up to `upto` it has not
         noted yet, which its model holds already, without applying them to it; returns how
         many were read."""
-        offset, read = self._state.noted, 0
-        while offset < upto:
-            records = [r for r in self.log.read(offset, limit=PAGE) if r.offset <= upto]
-            if not records:
-                break
+        read = 0
+        for records in _pages(self.log, self._state.noted, upto):
             for batch in _runs(records):
                 self._note(batch)
             read += len(records)
-            offset = records[-1].offset
         return read
 
     def _apply(self, batch: list[Record], report: SyncReport) -> None:
@@ -718,8 +714,6 @@ class LiveRecommender:
         """What a run of records teaches this worker beyond the model: each user's recent
         events, the items first PUT through the log."""
         kind, state = batch[0].kind, self._state
-        if batch[-1].offset <= state.noted:
-            return  # noted before (a second `recover`)
         state.noted = batch[-1].offset
         if kind == "event":
             for record in batch:
@@ -972,10 +966,7 @@ def _replay(
     """Apply to `model` the log's records in (after, upto], `model` records skipped;
     returns the offset reached (`report` counts what was read and applied)."""
     offset = after
-    while offset < upto:
-        records = [r for r in event_log.read(offset, limit=PAGE) if r.offset <= upto]
-        if not records:
-            break
+    for records in _pages(event_log, after, upto):
         for batch in _runs(records):
             if batch[0].kind != "model":
                 applied = _apply_to(model, batch)
@@ -987,6 +978,17 @@ def _replay(
             report.records += len(records)
         offset = records[-1].offset
     return offset
+
+
+def _pages(event_log: EventLog, after: int, upto: int) -> Iterator[list[Record]]:
+    """The log's records in (after, upto], a page at a time."""
+    offset = after
+    while offset < upto:
+        records = [r for r in event_log.read(offset, limit=PAGE) if r.offset <= upto]
+        if not records:
+            return
+        yield records
+        offset = records[-1].offset
 
 
 def _runs(records: Iterable[Record]) -> list[list[Record]]:

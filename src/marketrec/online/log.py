@@ -175,7 +175,7 @@ class SQLiteEventLog:
                 )
             except sqlite3.Error as exc:
                 raise EventLogError(f"event log {self.path}: read failed ({exc})") from exc
-        return [Record(int(o), kind, key, _decode(body)) for o, kind, key, body in rows]
+        return [_row_record(row) for row in rows]
 
     def last_offset(self) -> int:
         with self._lock:
@@ -201,7 +201,7 @@ class SQLiteEventLog:
                 )
             except sqlite3.Error as exc:
                 raise EventLogError(f"event log {self.path}: read failed ({exc})") from exc
-        return None if row is None else Record(int(row[0]), row[1], row[2], _decode(row[3]))
+        return None if row is None else _row_record(row)
 
     def close(self) -> None:
         with self._lock:
@@ -222,6 +222,12 @@ class SQLiteEventLog:
 
     def __repr__(self) -> str:
         return f"SQLiteEventLog({str(self.path)!r})"
+
+
+def _row_record(row: tuple[Any, ...]) -> Record:
+    """A record from a `SELECT "offset", kind, key, payload` row."""
+    offset, kind, key, body = row
+    return Record(int(offset), kind, key, _decode(body))
 
 
 def _rollback(db: sqlite3.Connection) -> None:

@@ -716,18 +716,17 @@ class Recommender:
         return found
 
     def warm_up(self) -> None:
-        """Answer a list for a known user, one for a new user and one pass over both, and
-        throw them away: a model's first requests build its lazy caches (the new items'
-        vectors, masks, search keys) and export its networks to ONNX, one variant per kind
-        of pass (one user's candidates share a history; a batch of users' do not), which
-        cost 18 ms against 3 at 100k items for the caches and seconds for the exports.
-        Done before a model serves (`online.live`), and before a version is saved for
-        serving, so its folder carries the exports (`save`)."""
+        """Answer a list for one user and one pass over a known and a new user, and throw
+        them away: a model's first requests build its lazy caches (the new items' vectors,
+        masks, search keys) and export its networks to ONNX, one variant per kind of pass
+        (one user's candidates share a history; a batch of users' do not), which cost 18 ms
+        against 3 at 100k items for the caches and seconds for the exports. Done before a
+        model serves (`online.live`), and before a version is saved for serving, so its
+        folder carries the exports (`save`)."""
         users = self.retrieval.user_ids
         known = [users[0]] if len(users) else []
         new = f"warm-up-{uuid.uuid4().hex}"
-        for user in [*known, new]:
-            self.recommend_one(user, 10)
+        self.recommend_one([*known, new][0], 10)
         self.recommend_many([*known, new], 10)
 
     def save(self, folder: str | Path) -> Path:

@@ -477,15 +477,9 @@ class _BagMean(torch.autograd.Function):
 SPARSE_ID_MIN_ROWS = 50_000
 
 
-#: tables of at least this many rows are left uninitialised when a load replaces them
-_UNINITIALISED_ROWS = 1_000
-
-
 def _uninitialised(rows: int, dim: int, initialise: bool) -> Tensor | None:
     """Storage for an id table a load fills at once (None: the table initialises itself)."""
-    if initialise or rows < _UNINITIALISED_ROWS:
-        return None
-    return torch.empty(rows, dim)
+    return None if initialise else torch.empty(rows, dim)
 
 
 class TwoTower(nn.Module):
@@ -506,10 +500,10 @@ class TwoTower(nn.Module):
             sparse_ids = sizes.item_ids + sizes.user_ids >= SPARSE_ID_MIN_ROWS
         self.items = ItemTower(sizes, dim, dropout, sparse_ids, initialise=initialise)
         self.users = UserTower(sizes, dim, dropout, sparse_ids, initialise=initialise)
+        if not initialise:
+            return  # every table is replaced by the saved one
         for module in self.modules():
             # small initial embeddings: a code no training example touched (a new user's
             # attribute value) then stays close to "nothing known" instead of random noise
-            if isinstance(module, nn.Embedding | nn.EmbeddingBag) and (
-                initialise or module.weight.shape[0] < _UNINITIALISED_ROWS
-            ):
+            if isinstance(module, nn.Embedding | nn.EmbeddingBag):
                 nn.init.normal_(module.weight, std=0.02)
