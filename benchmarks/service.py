@@ -45,9 +45,9 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -164,12 +164,14 @@ class Server:
     started_s: float = 0.0
 
 
-def start_server(model: Path, store: Store, workdir: Path, workers: int = 1) -> Server:
+def start_server(
+    model: Path, store: Store, workdir: Path, workers: int = 1, extra: Sequence[str] = ()
+) -> Server:
     port = free_port()
     output = workdir / "logs" / f"serve-{port}.log"
     output.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "marketrec.cli", "serve", str(model), "--port", str(port)]
-    command += ["--workers", str(workers), *store.args]
+    command += ["--workers", str(workers), *store.args, *extra]
     with output.open("wb") as sink:
         process = subprocess.Popen(
             command,
@@ -215,11 +217,16 @@ def stop_server(server: Server) -> None:
 
 @contextmanager
 def serving(
-    model: Path, store: Store, workdir: Path, count: int = 1, workers: int = 1
+    model: Path,
+    store: Store,
+    workdir: Path,
+    count: int = 1,
+    workers: int = 1,
+    extra: Sequence[str] = (),
 ) -> Iterator[list[Server]]:
-    """`count` servers on one store, started together; stopped (and a Redis prefix
-    deleted) afterwards."""
-    servers = [start_server(model, store, workdir, workers) for _ in range(count)]
+    """`count` servers on one store, started together (`extra`: more `marketrec serve`
+    options); stopped (and a Redis prefix deleted) afterwards."""
+    servers = [start_server(model, store, workdir, workers, extra) for _ in range(count)]
     try:
         for server in servers:
             wait_ready(server, in_a_row=10 * workers)
@@ -415,6 +422,14 @@ class Step:
     client_cpu: float = 0.0  # generator CPU seconds per wall second
     #: each request's scheduled send time (`time.monotonic()`), in `latencies_ms` order
     scheduled_at: list[float] = field(default_factory=list)
+    #: answered lists by what served them (the response's `served_by`)
+    served: Counter = field(default_factory=Counter)
+
+    @property
+    def ranked(self) -> float:
+        """The share of answered lists the ranker ordered."""
+        answered = sum(self.served.values())
+        return self.served["ranker"] / answered if answered else float("nan")
 
     @property
     def requests(self) -> int:
@@ -501,8 +516,10 @@ async def open_loop(
     async def one(user: str, scheduled: float) -> None:
         target = f"/v1/recommendations?user_id={quote(user)}&k=10"
         try:
-            status, _ = await asyncio.wait_for(client.get(target), timeout)
+            status, body = await asyncio.wait_for(client.get(target), timeout)
             failed = None if status == 200 else str(status)
+            if failed is None:
+                step.served[json.loads(body).get("served_by", "?")] += 1
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             failed = type(exc).__name__
         step.scheduled_at.append(scheduled)
@@ -550,7 +567,7 @@ def step_row(label: str, step: Step) -> str:
     return (
         f"| {label} | {step.rate:.0f} | {step.seconds:.0f} | {step.requests:,} | "
         f"{ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} | {ms(s['max'])} | {errors} | "
-        f"{step.max_send_lag_ms:.0f} | {step.client_cpu:.0%} |"
+        f"{step.max_send_lag_ms:.0f} | {step.client_cpu:.0%} | {step.ranked:.0%} |"
     )
 
 
@@ -564,6 +581,8 @@ class LoadPlan:
     ramp_seconds: float
     timeout: float
     connections: int = CONNECTIONS
+    #: the servers' `--rank-budget-ms` (None: their default)
+    rank_budget_ms: float | None = None
 
 
 def served_candidates(model: Path) -> int:
@@ -612,12 +631,16 @@ def load_run(
     """One server (two workers) on a fresh `kind` store: the steady rate, then the ramp
     until p99 passes 50 ms. → (summary line, table)."""
     label = f"{kind} store, {served_candidates(model)} candidates"
+    extra: list[str] = []
+    if plan.rank_budget_ms is not None:
+        label += f", rank budget {plan.rank_budget_ms:g} ms"
+        extra = ["--rank-budget-ms", f"{plan.rank_budget_ms:g}"]
     gauge = in_process_ms(model, users)
     log.info("load %s: in process p50 %.2f ms just before", label, gauge)
     store = new_store(kind, workdir)
     rows = []
     loads = [load_note()]
-    with serving(model, store, workdir, workers=2) as (server,):
+    with serving(model, store, workdir, workers=2, extra=extra) as (server,):
 
         def run(rate: float, seconds: float, seed: int) -> Step:
             return asyncio.run(
@@ -653,18 +676,29 @@ def load_run(
         f"back to back; ready {server.started_s:.0f} s after start; load average "
         f"{', '.join(loads)})\n\n"
         "| phase | rps | s | requests | p50 ms | p90 ms | p99 ms | max ms | errors | "
-        "max send lag ms | client CPU |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+        "max send lag ms | client CPU | ranked |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
     return summary, table
 
 
 def load_section(
-    models: list[Path], workdir: Path, items: int, stores: list[str], plan: LoadPlan
+    models: list[Path],
+    workdir: Path,
+    items: int,
+    stores: list[str],
+    plan: LoadPlan,
+    budgets: Sequence[float | None] = (None,),
 ) -> str:
-    """Each model (one per ranked-candidate count) on each store, one after the other."""
+    """Each model (one per ranked-candidate count) on each store under each rank budget,
+    one after the other."""
     users = read_ids(workdir, "users", items)
-    runs = [load_run(model, kind, workdir, users, plan) for model in models for kind in stores]
+    runs = [
+        load_run(model, kind, workdir, users, replace(plan, rank_budget_ms=budget))
+        for model in models
+        for budget in budgets
+        for kind in stores
+    ]
     summary = [line for line, _ in runs]
     parts = [table for _, table in runs]
     counts = " and ".join(str(served_candidates(m)) for m in models)
@@ -678,7 +712,10 @@ def load_section(
         "the 2 cores with the server), latency from the scheduled send time, "
         f"timeout {plan.timeout:.0f} s (a timeout is an error and counts as infinitely slow in "
         "the percentiles); `max send lag`: how late the generator itself sent its worst "
-        "request; `client CPU`: the generator's CPU seconds per wall second; `in process just "
+        "request; `client CPU`: the generator's CPU seconds per wall second; `ranked`: the "
+        "share of answered lists the ranker ordered (the others waited their ranking budget "
+        "in a worker's queue, 50 ms unless the label says otherwise, and kept retrieval "
+        "order: `served_by` in the response); `in process just "
         "before`: the same model's `recommend_one` p50 over 300 known users in a fresh "
         "one-thread process right before the server starts (this shared machine's speed "
         "moves by 1.6× within an hour). Warm-up 5 s at 20 rps first. "
@@ -730,8 +767,8 @@ def batching_section(
         "model's `recommend_one` p50 in a fresh process at the start of the round (the "
         "machine's speed).\n\n"
         "| round | max batch | in process ms | rps | s | requests | p50 ms | p90 ms | p99 ms | "
-        "max ms | errors | max send lag ms | client CPU |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+        "max ms | errors | max send lag ms | client CPU | ranked |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
 
 
@@ -817,8 +854,8 @@ def mixed_section(
         f"that long. In process just before: p50 {gauge:.2f} ms.\n\n"
         "| apply lag ms | events/s | events accepted | event failures | reads/s | s | "
         "requests | p50 ms | p90 ms | p99 ms | max ms | errors | max send lag ms | "
-        "client CPU |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+        "client CPU | ranked |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
 
 
@@ -848,6 +885,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp", type=float, nargs="+", default=[25, 50, 100, 200, 400, 800])
     parser.add_argument("--ramp-seconds", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--rank-budget-ms",
+        type=float,
+        nargs="+",
+        help="the load section's servers' --rank-budget-ms, one run per value (default: "
+        "the service's)",
+    )
     parser.add_argument(
         "--batching-rates", type=float, nargs="+", default=[100, 150, 200, 250, 300]
     )
@@ -883,7 +927,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.connections,
             )
             models = [build_model(args.workdir, args.items, n) for n in args.candidates]
-            part = load_section(models, args.workdir, args.items, args.stores, plan)
+            budgets = args.rank_budget_ms or [None]
+            part = load_section(models, args.workdir, args.items, args.stores, plan, budgets)
         elif name == "batching":
             part = batching_section(
                 model,

@@ -24,7 +24,11 @@ from rich.table import Table
 
 from marketrec.core.errors import ConfigError, DataError, MarketrecError
 from marketrec.core.logging import configure_logging
-from marketrec.pipeline.config import SERVING_APPLY_LAG_MS, SERVING_MAX_BATCH
+from marketrec.pipeline.config import (
+    SERVING_APPLY_LAG_MS,
+    SERVING_MAX_BATCH,
+    SERVING_RANK_BUDGET_MS,
+)
 
 console = Console()
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -311,6 +315,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         max_batch=args.max_batch,
         apply_lag_ms=args.apply_lag_ms,
+        rank_budget_ms=args.rank_budget_ms,
         store_prefix=args.store_prefix,
         experiments=args.experiments,
         rollouts=args.rollouts,
@@ -1109,6 +1114,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long other users' events may wait before a worker applies them (a "
         "user's own events, item and user updates are applied before their next list "
         f"always; default {SERVING_APPLY_LAG_MS:g}; 0: apply the whole log before every list)",
+    )
+    p.add_argument(
+        "--rank-budget-ms",
+        type=_positive_float,
+        default=None,
+        help="milliseconds a request may spend, waiting in a worker's queue included, "
+        "before its ranking starts; past it the list keeps retrieval order and the response "
+        "says so (`degraded`). Default: the model's own, else "
+        f"{SERVING_RANK_BUDGET_MS:g}",
     )
     p.add_argument(
         "--experiments",

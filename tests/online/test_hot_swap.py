@@ -101,9 +101,9 @@ def test_a_restart_starts_from_the_newest_model_in_the_log(
     real_apply, real_load = live_module._apply_to, live_module._load_for_swap
     folders: dict[int, str] = {}
 
-    def load(record):  # type: ignore[no-untyped-def]
+    def load(record, *args):  # type: ignore[no-untyped-def]
         loaded.append(record.key)
-        model, offset = real_load(record)
+        model, offset = real_load(record, *args)
         folders[id(model)] = record.key
         return model, offset
 

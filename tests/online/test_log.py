@@ -363,6 +363,8 @@ def test_payloads_read_back_exactly_beyond_what_orjson_parses(log: EventLog) -> 
         {"user_id": "u1", "item_id": "i1", "event": "view", "ts": 1768031415.499604},
         {"attributes": {"age": 10**30, "name": "Zoë ☃", "score": -1e-300, "none": None}},
         {"nested": [1, 2.5, {"a": [True, False]}], "big": -(2**64)},
+        {"edges": [2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63)], "id": "sku-12345678901234567890"},
+        {"fraction": 0.12345678901234567, "long": 10**19 + 1},
     ]
     log.append([("user", f"u{i}", p) for i, p in enumerate(payloads)])
     assert [r.payload for r in log.read(0)] == payloads

@@ -175,3 +175,47 @@ def test_degraded_lists_still_explore(market, fitted, monkeypatch) -> None:
     explored = recs.filter(source="exploration").get_column("item_id").to_list()
     # new: listed within 3 days (north-only too, rules keep it from the south)
     assert explored and set(explored) <= {f"new{j}" for j in range(4)} | {"north-only"}
+
+
+def test_each_list_says_what_served_it(market, fitted, monkeypatch) -> None:
+    """`recommend_many` marks each list (`Served`): ordered by the ranker, retrieval order
+    (no active ranker, or skipped: the step and its reason in `degraded`) or the region's
+    popularity; the service's response carries both."""
+    model = with_config(fitted, rank_budget_ms=60_000.0)
+    monkeypatch.setattr(model.ranking, "active", True)
+    lists = model.recommend_many(USERS, K)
+    # item-kNN cannot embed users without history: the region's popularity serves them
+    cold = ["fallback", "fallback"]  # newbie, stranger
+    assert [one.served_by for one in lists] == ["ranker"] * 3 + cold
+    assert all(one.degraded is None for one in lists)
+
+    skipped = model.recommend_many(USERS, K, skip_ranking="deadline: 80 ms in the queue")
+    plain = with_config(fitted, ranked=False).recommend_many(USERS, K)
+    assert skipped == plain  # the items of retrieval order …
+    assert [one.served_by for one in skipped] == ["retrieval"] * 3 + cold
+    reason = {"ranker_skipped": "deadline: 80 ms in the queue"}
+    assert all(one.degraded == reason for one in skipped)
+    # … which a model without a ranker serves as its usual path
+    assert [one.served_by for one in plain] == ["retrieval"] * 3 + cold
+    assert all(one.degraded is None for one in plain)
+
+    tiny = with_config(fitted, rank_budget_ms=1e-9)
+    late = tiny.recommend_many(USERS, K)
+    assert all(one.degraded["ranker_skipped"].startswith("budget: ") for one in late)
+
+    def broken(*args, **kwargs):
+        raise ValueError("index offline")
+
+    monkeypatch.setattr(model.retrieval, "top_items", broken)
+    failed = model.recommend_many(USERS, K)
+    assert all(one.served_by == "fallback" for one in failed)
+    assert all(one.degraded == {"retrieval_failed": "ValueError: index offline"} for one in failed)
+
+
+def test_an_inactive_ranker_is_not_reported_skipped(fitted, monkeypatch) -> None:
+    """A ranker its gate dropped never runs: its lists are retrieval's usual path, not a
+    degradation, even when the caller asks to skip ranking."""
+    model = with_config(fitted)
+    monkeypatch.setattr(model.ranking, "active", False)
+    lists = model.recommend_many(USERS[:3], K, skip_ranking="deadline: 1 ms")
+    assert all(one.served_by == "retrieval" and one.degraded is None for one in lists)

@@ -74,7 +74,8 @@ def test_recommendations_follow_the_contract(client: TestClient, live: LiveRecom
     response = client.get(RECS, params={"user_id": "u00", "k": 5})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"user_id", "items", "model_version", "request_id"}
+    assert set(body) == {"user_id", "items", "model_version", "request_id", "served_by", "degraded"}
+    assert body["served_by"] == "retrieval" and body["degraded"] is None  # item-kNN, no ranker
     assert body["user_id"] == "u00"
     assert body["model_version"] == live.version and live.version.startswith("model@")
     assert len(body["request_id"]) == 32 and int(body["request_id"], 16) >= 0
@@ -94,6 +95,7 @@ def test_unknown_user_is_a_cold_start(client: TestClient) -> None:
     items = response.json()["items"]
     assert len(items) == 3
     assert {i["source"] for i in items} == {"fallback"}
+    assert response.json()["served_by"] == "fallback"
 
 
 def test_region_is_request_context(client: TestClient) -> None:
@@ -424,6 +426,7 @@ def test_readyz_waits_for_recovery(model_folder: Path, log_file: Path) -> None:
             "offset": 1,
             "swapping": False,
             "swap_error": None,
+            "rank_budget_ms": 50.0,  # the service's default (the model sets none)
             "versions": [
                 {"model_version": live.version, "primary": True, "ready": True, "offset": 1}
             ],
@@ -456,6 +459,7 @@ def test_metrics_name_every_series(client: TestClient, live: LiveRecommender) ->
         "marketrec_event_to_effect_seconds_count 1.0",
         "marketrec_batch_requests_count 1.0",  # one pass, answering one request
         "marketrec_batch_requests_sum 1.0",
+        'marketrec_lists_served_total{degraded="none",served_by="retrieval"} 1.0',
     ):
         assert name in text, name
 

@@ -15,10 +15,12 @@ from marketrec.cli import main
 
 def test_serve_answers_over_http(tmp_path: Path) -> None:
     model = train_model(tmp_path / "model")
-    server = ServerProcess(model, [], tmp_path / "server.log")
+    server = ServerProcess(model, ["--rank-budget-ms", "12.5"], tmp_path / "server.log")
     base = server.url
     try:
         server.wait_ready()
+        # the option reaches the worker (through the environment granian's factory reads)
+        assert httpx.get(f"{base}/readyz").json()["rank_budget_ms"] == 12.5
         recs = httpx.get(f"{base}/v1/recommendations", params={"user_id": "u00", "k": 3})
         assert recs.status_code == 200
         assert len(recs.json()["items"]) == 3
@@ -44,6 +46,9 @@ def test_serve_refuses_a_bad_model_folder(
     (tmp_path / "empty").mkdir()
     assert main(["serve", str(tmp_path / "empty")]) == 1
     assert "not a model folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: a budget that is not positive
+        main(["serve", str(tmp_path / "empty"), "--rank-budget-ms", "0"])
+    assert "--rank-budget-ms: must be a positive number" in capsys.readouterr().err
 
 
 def test_serve_refuses_a_bad_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -108,6 +108,7 @@ class HostedVersions:
             follow_swaps=False,
             max_batch=self.primary.max_batch,
             apply_lag_s=self.primary.apply_lag_s,
+            rank_budget_ms=self.primary.rank_budget_ms,
         )
 
     def _load_later(self, path: Path) -> None:

@@ -76,7 +76,7 @@ from marketrec.online.records import (
 )
 from marketrec.online.versions import model_version, trained_offset
 from marketrec.pipeline.config import SERVING_MAX_BATCH, SERVING_RANK_BUDGET_MS, PipelineConfig
-from marketrec.pipeline.recommender import Recommender, load_recommender
+from marketrec.pipeline.recommender import Recommender, Served, load_recommender
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ class Observer(Protocol):
 
     def batch(self, requests: int) -> None: ...
 
+    def served(self, served_by: str, degraded: Mapping[str, str] | None) -> None: ...
+
 
 class NullObserver:
     """An `Observer` that keeps nothing (the default; a base for one that keeps a part)."""
@@ -137,6 +139,9 @@ class NullObserver:
         pass
 
     def batch(self, requests: int) -> None:
+        pass
+
+    def served(self, served_by: str, degraded: Mapping[str, str] | None) -> None:
         pass
 
 
@@ -177,6 +182,11 @@ class _Request:
     error: Exception | None = None
     #: an asyncio caller's (`recommend_async`): done once the request is answered
     future: asyncio.Future[None] | None = None
+    #: when it joined the queue (`time.perf_counter`): its wait counts against its deadline
+    queued_at: float = field(default_factory=time.perf_counter)
+    #: what served its list (`pipeline.recommender.Served`)
+    served_by: str = ""
+    degraded: dict[str, str] | None = None
 
     @property
     def answered(self) -> bool:
@@ -206,6 +216,8 @@ class _Request:
             "items": self.items,
             "model_version": self.version,
             "request_id": request_id or uuid.uuid4().hex,
+            "served_by": self.served_by,
+            "degraded": self.degraded,
         }
 
     def group(self) -> tuple[int, tuple[tuple[str, Any], ...]]:
@@ -234,6 +246,7 @@ class LiveRecommender:
         follow_swaps: bool = True,
         max_batch: int = SERVING_MAX_BATCH,
         apply_lag_s: float = 0.0,
+        rank_budget_ms: float | None = None,
     ) -> None:
         """`trained_up_to`: the log offset the model was trained up to (a retrained or
         fine-tuned folder's `trained_offset`): those records are in the model already and
@@ -241,12 +254,18 @@ class LiveRecommender:
         name (False: keep this version whatever the log publishes, as the extra versions a
         service hosts for experiments do). `max_batch`: queued requests answered in one pass
         (1: one at a time). `apply_lag_s`: how long other users' events may wait before a
-        pass applies them (`_may_wait`; 0: every pass applies the whole log first)."""
+        pass applies them (`_may_wait`; 0: every pass applies the whole log first).
+        `rank_budget_ms`: each request's ranking budget, its wait in the queue included
+        (`_answer_queued`), for this model and every version swapped in (None: the
+        model's own `rank_budget_ms`, else `SERVING_RANK_BUDGET_MS`)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if not apply_lag_s >= 0:
             raise ValueError(f"apply_lag_s must be 0 or more, got {apply_lag_s}")
-        self.model = _for_serving(model)
+        if rank_budget_ms is not None and not rank_budget_ms > 0:
+            raise ValueError(f"rank_budget_ms must be positive, got {rank_budget_ms}")
+        self.rank_budget_ms = rank_budget_ms
+        self.model = _for_serving(model, rank_budget_ms)
         self.log = log
         self.version = version
         self.observer: Observer = observer or NullObserver()
@@ -287,10 +306,11 @@ class LiveRecommender:
         prefix: str = DEFAULT_REDIS_PREFIX,
         max_batch: int = SERVING_MAX_BATCH,
         apply_lag_s: float = 0.0,
+        rank_budget_ms: float | None = None,
     ) -> LiveRecommender:
         """Load a model folder and its event log (`store` URL; default: SQLite in
         MODEL/state/; `prefix`: the Redis store's key prefix), then, with `recover`, replay
-        the log; `max_batch`, `apply_lag_s`: see the constructor."""
+        the log; `max_batch`, `apply_lag_s`, `rank_budget_ms`: see the constructor."""
         folder = Path(model_folder)
         model = load_recommender(folder)
         event_log = open_log(store, folder / STATE_FOLDER, prefix=prefix)
@@ -301,6 +321,7 @@ class LiveRecommender:
             trained_up_to=trained_offset(folder),
             max_batch=max_batch,
             apply_lag_s=apply_lag_s,
+            rank_budget_ms=rank_budget_ms,
         )
         if recover:
             live.recover()
@@ -451,19 +472,30 @@ class LiveRecommender:
         try:
             self._sync_locked(serving={request.user_id for request in taken})
             synced = time.perf_counter()
-            groups: dict[tuple[int, tuple[tuple[str, Any], ...]], list[_Request]] = {}
+            budget_ms = _rank_budget_ms(self.model)
+            groups: dict[tuple[bool, int, tuple[tuple[str, Any], ...]], list[_Request]] = {}
             for request in taken:
-                groups.setdefault(request.group(), []).append(request)
-            for group in groups.values():
+                # a request that waited its whole ranking budget in the queue keeps its
+                # deadline with retrieval order: under overload the late lists cost less,
+                # and the queue drains instead of growing
+                late = budget_ms is not None and (synced - request.queued_at) * 1e3 >= budget_ms
+                groups.setdefault((late, *request.group()), []).append(request)
+            for (late, *_), group in groups.items():
+                skip = None
+                if late:
+                    waited = max((synced - r.queued_at) * 1e3 for r in group)
+                    skip = f"deadline: {waited:.0f} ms in the queue (budget {budget_ms:g} ms)"
                 try:
-                    answers = self._top(group)
+                    answers = self._top(group, skip)
                 except Exception as exc:  # each request of the group raises it
                     for request in group:
                         request.error = exc
                     continue
-                for request, (items, new) in zip(group, answers, strict=True):
+                for request, (items, new, served) in zip(group, answers, strict=True):
                     self._count_impressions(new)
+                    request.served_by, request.degraded = served.served_by, served.degraded
                     request.version, request.items = self.version, items
+                    self.observer.served(served.served_by, served.degraded)
         except Exception as exc:
             failed = True
             for request in taken:
@@ -657,7 +689,7 @@ class LiveRecommender:
         if record is None or record.offset <= self._state.offset:
             return report
         try:
-            model, trained = _load_for_swap(record)
+            model, trained = _load_for_swap(record, self.rank_budget_ms)
         except Exception as exc:
             log.warning(
                 "recovery: the newest model %s (log offset %d) does not load (%s: %s); "
@@ -737,7 +769,7 @@ class LiveRecommender:
                     self._swapper = None
                     return
             try:
-                model, offset = _load_for_swap(wanted)
+                model, offset = _load_for_swap(wanted, self.rank_budget_ms)
                 # catch up without the lock while the old model serves …
                 offset = _replay(model, self.log, offset, self._state.offset)
                 _warm_up(model)
@@ -755,7 +787,7 @@ class LiveRecommender:
         wanted = self._wanted
         assert wanted is not None
         try:
-            model, offset = _load_for_swap(wanted)
+            model, offset = _load_for_swap(wanted, self.rank_budget_ms)
             _replay(model, self.log, offset, self._state.offset)
             self._install(model, wanted)
         except Exception as exc:
@@ -801,15 +833,20 @@ class LiveRecommender:
             names = retrieval.region_names
             return known, names[index] if 0 <= index < len(names) else None
 
-    def _top(self, group: list[_Request]) -> list[tuple[list[dict[str, Any]], list[str]]]:
-        """Each request's items, and the new listings among them (`_count_impressions`);
-        the requests share k and settings."""
+    def _top(
+        self, group: list[_Request], skip_ranking: str | None = None
+    ) -> list[tuple[list[dict[str, Any]], list[str], Served]]:
+        """Each request's items, the new listings among them (`_count_impressions`) and
+        its list (what served it); the requests share k and settings. `skip_ranking`:
+        retrieval order, for this reason (`Recommender.recommend_many`)."""
         model, k, settings = self.model, group[0].k, group[0].settings
         users, regions = [r.user_id for r in group], [r.region for r in group]
         if isinstance(model, Recommender):
             model.on_stage = self.observer.stage
             config = _with_settings(model.config, settings) if settings else None
-            lists = model.recommend_many(users, k, regions=regions, config=config)
+            lists = model.recommend_many(
+                users, k, regions=regions, config=config, skip_ranking=skip_ranking
+            )
             return [
                 (
                     [
@@ -817,6 +854,7 @@ class LiveRecommender:
                         for e in one
                     ],
                     [e.item_id for e in one if e.new_listing],
+                    one,
                 )
                 for one in lists
             ]
@@ -833,7 +871,7 @@ class LiveRecommender:
                     strict=True,
                 )
             ]
-            answers.append((items, []))  # a single model does not explore
+            answers.append((items, [], Served([], source)))  # a single model does not explore
         return answers
 
     def _count_impressions(self, new: list[str]) -> None:
@@ -892,10 +930,20 @@ def _with_settings(config: PipelineConfig, settings: Mapping[str, Any]) -> Pipel
     return _settings_config(config, tuple(sorted(known.items())))
 
 
-def _for_serving(model: Model) -> Model:
-    """A live request keeps its deadline: past the rank budget, retrieval order."""
-    if isinstance(model, Recommender) and model.config.rank_budget_ms is None:
-        model.config = model.config.model_copy(update={"rank_budget_ms": SERVING_RANK_BUDGET_MS})
+def _rank_budget_ms(model: Model) -> float | None:
+    """The ranking budget a request of `model` has (None: none, or no ranker to skip)."""
+    if not isinstance(model, Recommender) or model.ranking is None or not model.ranking.active:
+        return None
+    return model.config.rank_budget_ms
+
+
+def _for_serving(model: Model, rank_budget_ms: float | None = None) -> Model:
+    """A live request keeps its deadline: past the rank budget, retrieval order. The
+    budget: `rank_budget_ms` when given, else the model's own, else the service's."""
+    if isinstance(model, Recommender):
+        budget = rank_budget_ms or model.config.rank_budget_ms or SERVING_RANK_BUDGET_MS
+        if model.config.rank_budget_ms != budget:
+            model.config = model.config.model_copy(update={"rank_budget_ms": budget})
     return model
 
 
@@ -951,13 +999,13 @@ def _warm_up(model: Model) -> None:
         log.exception("warming up the model failed; it serves anyway")
 
 
-def _load_for_swap(record: Record) -> tuple[Model, int]:
+def _load_for_swap(record: Record, rank_budget_ms: float | None) -> tuple[Model, int]:
     """The model folder a `model` record names, loaded for serving, and the log offset it
     was trained up to (the replay into it starts after that)."""
     folder = Path(str(record.payload.get("folder", "")))
     if not folder.is_dir():
         raise MarketrecError(f"model folder {folder} (log offset {record.offset}) not found")
-    return _for_serving(load_recommender(folder)), trained_offset(folder)
+    return _for_serving(load_recommender(folder), rank_budget_ms), trained_offset(folder)
 
 
 def _replay(

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -82,6 +82,22 @@ class Listed(NamedTuple):
     #: new to exploration in a list that explores (always False in one that cannot): the
     #: impressions that feed `record_impressions`
     new_listing: bool
+
+
+class Served(list[Listed]):
+    """One user's list from `recommend_many` (its items, best first) and what served it:
+    `served_by` "ranker" (retrieval's candidates ordered by the ranker), "retrieval"
+    (retrieval order: no active ranker, or it was skipped) or "fallback" (the retrieval
+    model's popularity for the user's region: a user it cannot embed, or retrieval failed);
+    `degraded`: why the usual path was cut (`ranker_skipped`, `retrieval_failed` → reason),
+    None when it was not. A list, so it compares equal to the same items in a plain one."""
+
+    def __init__(
+        self, items: Iterable[Listed], served_by: str, degraded: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(items)
+        self.served_by = served_by
+        self.degraded = degraded
 
 
 @dataclass(frozen=True)
@@ -276,7 +292,7 @@ class Recommender:
         *,
         region: str | None = None,
         config: PipelineConfig | None = None,
-    ) -> list[Listed]:
+    ) -> Served:
         """One user's list now, best first (`recommend_many` for one user)."""
         return self.recommend_many([user_id], k, regions=[region], config=config)[0]
 
@@ -287,12 +303,15 @@ class Recommender:
         *,
         regions: Sequence[str | None] | None = None,
         config: PipelineConfig | None = None,
-    ) -> list[list[Listed]]:
+        skip_ranking: str | None = None,
+    ) -> list[Served]:
         """Each user's list now, best first: the lists of `recommend_detailed` without their
         signals and without a data frame around them (the live service's requests, which
         need neither; it passes the requests that queued while a batch ran together, which
         share most of a request's fixed costs), each item marked when exploration counts it
-        as a new listing (only in lists that explore: the mask is not computed otherwise)."""
+        as a new listing (only in lists that explore: the mask is not computed otherwise),
+        each list with what served it (`Served`). `skip_ranking`: keep retrieval order, for
+        this reason (the service's requests that waited their ranking budget in its queue)."""
         self._check_request(k)
         if not user_ids:
             return []
@@ -300,7 +319,9 @@ class Recommender:
         moments = _moments(None, ids.len(), self._reference_ts)
         cfg = config or self.config
         wanted = None if regions is None else list(regions)
-        out = self._chunk_lists(ids, k, False, wanted, moments, False, False, False, cfg)
+        out = self._chunk_lists(
+            ids, k, False, wanted, moments, False, False, False, cfg, skip_ranking
+        )
         columns = np.asarray(out["item_idx"], dtype=np.int64)
         new = (
             self._new_items(float(moments[0]))[columns]
@@ -314,7 +335,12 @@ class Recommender:
             )
         ]
         ends = np.cumsum(out["list_length"]).tolist()
-        return [entries[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        return [
+            Served(entries[a:b], served_by, degraded)
+            for a, b, served_by, degraded in zip(
+                [0, *ends[:-1]], ends, out["served_by"], out["degraded"], strict=True
+            )
+        ]
 
     def _frame(self, out: dict[str, list[Any]], with_signals: bool) -> pl.DataFrame:
         """`_chunk_lists` columns as the CONTRACT §2 frame (plus source and signals)."""
@@ -340,9 +366,12 @@ class Recommender:
         explain: bool,
         with_signals: bool,
         cfg: PipelineConfig | None,
+        skip_ranking: str | None = None,
     ) -> dict[str, list[Any]]:
         """The lists of a chunk of users as columns (user_id, item_idx, rank, score, source,
-        signals), every step of the pipeline included; `list_length`: each user's rows."""
+        signals), every step of the pipeline included; per user: `list_length` (its rows),
+        `served_by` and `degraded` (`Served`). `skip_ranking`: the reason to keep
+        retrieval order (`recommend_many`)."""
         started = time.perf_counter()
         assert self._seen is not None and self.stats is not None
         cfg, retrieval = cfg or self.config, self.retrieval
@@ -375,7 +404,12 @@ class Recommender:
             cold = np.ones(len(rows), dtype=bool)
         retrieved = time.perf_counter()
         scored = None
-        if self.ranking is not None and not notes:
+        active = self.ranking is not None and self.ranking.active
+        if active and not notes and skip_ranking is not None:
+            # the caller's decision (a request past its deadline): no warning per list, the
+            # service counts them (`served_by`, `degraded` in its metrics)
+            notes["ranker_skipped"] = skip_ranking
+        elif self.ranking is not None and not notes:
             spent = (time.perf_counter() - started) * 1000.0
             # a replay at given moments (`at`: offline evaluation) has no deadline
             budget = None if cfg.rank_budget_ms is None or timed else cfg.rank_budget_ms * len(rows)
@@ -401,8 +435,13 @@ class Recommender:
         rank_done = time.perf_counter()
         out: dict[str, list[Any]] = {
             name: []
-            for name in ("user_id", "item_idx", "rank", "score", "source", "signals", "list_length")
+            for name in (
+                *("user_id", "item_idx", "rank", "score", "source", "signals"),
+                *("list_length", "served_by", "degraded"),
+            )
         }
+        # with an active ranker, ordered by it; a scorer's popularity fallback says so
+        order = "ranker" if ranked and active else None
         for u, user in enumerate(ids.to_list()):
             before = len(out["item_idx"])
             seed = (cfg.seed, int(rows[u]) + 1, int(np.nan_to_num(moments[u])))
@@ -432,6 +471,8 @@ class Recommender:
                 cfg=cfg,
             )
             out["list_length"].append(len(out["item_idx"]) - before)
+            out["served_by"].append("fallback" if cold[u] else order or "retrieval")
+            out["degraded"].append(dict(notes) if notes else None)
         if self.on_stage is not None:
             self.on_stage("retrieve", retrieved - started)
             self.on_stage("rank", rank_done - retrieved)

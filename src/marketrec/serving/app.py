@@ -79,6 +79,18 @@ class Recommendations(BaseModel):
     items: list[RecommendedItem]
     model_version: str
     request_id: str
+    served_by: str = Field(
+        description="what ordered the list: ranker (retrieval's candidates re-ranked), "
+        "retrieval (retrieval order: the model has no active ranker, or it was skipped), "
+        "fallback (the popularity of the user's region: a user the retrieval model cannot "
+        "embed, or retrieval failed)"
+    )
+    degraded: dict[str, str] | None = Field(
+        default=None,
+        description="why the usual path was cut, by step: ranker_skipped (deadline: the "
+        "request waited its ranking budget in the worker's queue; budget: the pass spent it "
+        "before ranking; error), retrieval_failed; null when it was not",
+    )
     experiments: list[ExperimentVariant] | None = Field(
         default=None,
         description="the A/B variants this response was served under (only when the service "
@@ -337,6 +349,7 @@ def create_app(
             "offset": live.offset,
             "swapping": live.swapping,
             "swap_error": live.swap_error,
+            "rank_budget_ms": _rank_budget(live),
             "versions": hosts.describe(),
         }
 
@@ -419,6 +432,12 @@ def _decoded(payload: Any) -> Any:
         return json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError("body", f"invalid JSON ({exc})") from None
+
+
+def _rank_budget(live: LiveRecommender) -> float | None:
+    """The ranking budget a request of this worker has (`/readyz`); None: no ranker."""
+    config = getattr(live.model, "config", None)
+    return None if config is None else config.rank_budget_ms
 
 
 def _request_id(request: Request) -> str:

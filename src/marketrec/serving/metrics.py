@@ -8,6 +8,8 @@ worker per scrape target).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -101,6 +103,15 @@ class ServiceMetrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
             registry=self.registry,
         )
+        self.lists = Counter(
+            "marketrec_lists_served",
+            "Recommendation lists by what served them (served_by: ranker, retrieval, "
+            "fallback) and why the usual path was cut (degraded: none, or the step skipped "
+            "and its cause, e.g. ranker_skipped:deadline for a request that waited its "
+            "ranking budget in the queue).",
+            ["served_by", "degraded"],
+            registry=self.registry,
+        )
         self.swaps = Counter(
             "marketrec_model_swaps",
             "Retrained models swapped in by this worker since it started.",
@@ -124,6 +135,16 @@ class ServiceMetrics:
 
     def batch(self, requests: int) -> None:
         self.batches.observe(requests)
+
+    def served(self, served_by: str, degraded: Mapping[str, str] | None) -> None:
+        # the label keeps each cut step and the first word of its reason ("deadline",
+        # "budget", "error"): bounded, where the reasons themselves carry numbers
+        cause = (
+            ",".join(f"{step}:{reason.split(':', 1)[0]}" for step, reason in degraded.items())
+            if degraded
+            else "none"
+        )
+        self.lists.labels(served_by=served_by, degraded=cause).inc()
 
     def hosting(self, versions: list[str]) -> None:
         """Every hosted version is served (1)."""

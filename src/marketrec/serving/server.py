@@ -34,6 +34,7 @@ ENV_EXPOSURES = "MARKETREC_SERVE_EXPOSURES"
 ENV_MODELS = "MARKETREC_SERVE_MODELS"
 ENV_MAX_BATCH = "MARKETREC_SERVE_MAX_BATCH"
 ENV_APPLY_LAG_MS = "MARKETREC_SERVE_APPLY_LAG_MS"
+ENV_RANK_BUDGET_MS = "MARKETREC_SERVE_RANK_BUDGET_MS"
 TARGET = "marketrec.serving.server:worker_app"
 #: Model folder manifests: a pipeline's, then a single model's.
 _MANIFESTS = ("pipeline.json", "manifest.json")
@@ -66,6 +67,7 @@ def serve(
     workers: int = 1,
     max_batch: int | None = None,
     apply_lag_ms: float | None = None,
+    rank_budget_ms: float | None = None,
     store_prefix: str | None = None,
     experiments: str | Path | None = None,
     rollouts: str | Path | None = None,
@@ -79,7 +81,9 @@ def serve(
     prefix (default `marketrec:`), so several deployments or tests share one database.
     `max_batch`: queued requests a worker answers in one pass (default
     `marketrec.pipeline.config.SERVING_MAX_BATCH`); `apply_lag_ms`: how long other users'
-    events may wait before a worker applies them (default `SERVING_APPLY_LAG_MS`).
+    events may wait before a worker applies them (default `SERVING_APPLY_LAG_MS`);
+    `rank_budget_ms`: a request's ranking budget, its wait in a worker's queue included
+    (default: the model's own, else `SERVING_RANK_BUDGET_MS`).
     `models`: extra model folders every worker hosts beside MODEL (`--model-version DIR`),
     for the variants and rollouts that name their versions; the folders variants name
     (`model = "DIR"`) are hosted as well."""
@@ -92,6 +96,8 @@ def serve(
         raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
     if apply_lag_ms is not None and not apply_lag_ms >= 0:
         raise ConfigError(f"--apply-lag-ms must be 0 or more, got {apply_lag_ms}")
+    if rank_budget_ms is not None and not rank_budget_ms > 0:
+        raise ConfigError(f"--rank-budget-ms must be positive, got {rank_budget_ms}")
     if not 0 < port < 65_536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
     if store_prefix is not None and not store_prefix:
@@ -107,7 +113,11 @@ def serve(
     else:
         os.environ[ENV_STORE] = store
     os.environ[ENV_STORE_PREFIX] = prefix
-    for name, value in ((ENV_MAX_BATCH, max_batch), (ENV_APPLY_LAG_MS, apply_lag_ms)):
+    for name, value in (
+        (ENV_MAX_BATCH, max_batch),
+        (ENV_APPLY_LAG_MS, apply_lag_ms),
+        (ENV_RANK_BUDGET_MS, rank_budget_ms),
+    ):
         if value is None:
             os.environ.pop(name, None)
         else:
@@ -191,6 +201,7 @@ def worker_app() -> FastAPI:
         prefix=os.environ.get(ENV_STORE_PREFIX) or DEFAULT_REDIS_PREFIX,
         max_batch=int(os.environ.get(ENV_MAX_BATCH) or SERVING_MAX_BATCH),
         apply_lag_s=float(os.environ.get(ENV_APPLY_LAG_MS) or SERVING_APPLY_LAG_MS) / 1000.0,
+        rank_budget_ms=float(os.environ.get(ENV_RANK_BUDGET_MS) or 0) or None,
     )
     log.info("worker %d: model %s loaded", os.getpid(), live.version)
     models = [m for m in os.environ.get(ENV_MODELS, "").split(os.pathsep) if m]
