@@ -470,7 +470,12 @@ class RawHttp:
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
-            writer.write(f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+            # stamped as a front proxy would (nginx: X-Request-Start "t=${msec}"): the
+            # workers' deadlines then count the wait before their event loop reads it
+            writer.write(
+                f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\n"
+                f"X-Request-Start: t={time.time():.6f}\r\n\r\n".encode()
+            )
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             status = int(lines[0].split(" ", 2)[1])
@@ -713,9 +718,10 @@ def load_section(
         f"timeout {plan.timeout:.0f} s (a timeout is an error and counts as infinitely slow in "
         "the percentiles); `max send lag`: how late the generator itself sent its worst "
         "request; `client CPU`: the generator's CPU seconds per wall second; `ranked`: the "
-        "share of answered lists the ranker ordered (the others waited their ranking budget "
-        "in a worker's queue, 50 ms unless the label says otherwise, and kept retrieval "
-        "order: `served_by` in the response); `in process just "
+        "share of answered lists the ranker ordered (the others had waited their ranking "
+        "budget, 50 ms unless the label says otherwise, counted from the `X-Request-Start` "
+        "stamp the generator sends as a front proxy would, and kept retrieval order: "
+        "`served_by` in the response); `in process just "
         "before`: the same model's `recommend_one` p50 over 300 known users in a fresh "
         "one-thread process right before the server starts (this shared machine's speed "
         "moves by 1.6× within an hour). Warm-up 5 s at 20 rps first. "

@@ -189,11 +189,11 @@ def test_each_list_says_what_served_it(market, fitted, monkeypatch) -> None:
     assert [one.served_by for one in lists] == ["ranker"] * 3 + cold
     assert all(one.degraded is None for one in lists)
 
-    skipped = model.recommend_many(USERS, K, skip_ranking="deadline: 80 ms in the queue")
+    skipped = model.recommend_many(USERS, K, skip_ranking="deadline: waited 80 ms (budget 50 ms)")
     plain = with_config(fitted, ranked=False).recommend_many(USERS, K)
     assert skipped == plain  # the items of retrieval order …
     assert [one.served_by for one in skipped] == ["retrieval"] * 3 + cold
-    reason = {"ranker_skipped": "deadline: 80 ms in the queue"}
+    reason = {"ranker_skipped": "deadline: waited 80 ms (budget 50 ms)"}
     assert all(one.degraded == reason for one in skipped)
     # … which a model without a ranker serves as its usual path
     assert [one.served_by for one in plain] == ["retrieval"] * 3 + cold

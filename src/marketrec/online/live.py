@@ -182,7 +182,8 @@ class _Request:
     error: Exception | None = None
     #: an asyncio caller's (`recommend_async`): done once the request is answered
     future: asyncio.Future[None] | None = None
-    #: when it joined the queue (`time.perf_counter`): its wait counts against its deadline
+    #: when it reached the service (`time.perf_counter`; by default when it joined the
+    #: queue): what it waited since counts against its deadline
     queued_at: float = field(default_factory=time.perf_counter)
     #: what served its list (`pipeline.recommender.Served`)
     served_by: str = ""
@@ -406,14 +407,19 @@ class LiveRecommender:
         *,
         request_id: str | None = None,
         settings: Mapping[str, Any] | None = None,
+        received_at: float | None = None,
     ) -> dict[str, Any]:
         """The CONTRACT §6 body of `GET /v1/recommendations` for one user.
 
         `device` is accepted as request context for logs; no model reads it yet.
         `settings`: pipeline settings for this request only (an experiment variant's
-        candidates, diversity_strength, exploration_share); a single-stage model has none."""
+        candidates, diversity_strength, exploration_share); a single-stage model has none.
+        `received_at`: when the request reached the service (`time.perf_counter`; default
+        now): its deadline counts from then (`_answer_queued`)."""
         self._check_ready()
         request = _Request(user_id, k, region, settings)
+        if received_at is not None:
+            request.queued_at = min(received_at, request.queued_at)
         self._queue.append(request)
         while not request.answered:
             with self._lock:
@@ -430,6 +436,7 @@ class LiveRecommender:
         *,
         request_id: str | None = None,
         settings: Mapping[str, Any] | None = None,
+        received_at: float | None = None,
     ) -> dict[str, Any]:
         """`recommend` for a caller on an asyncio loop (the HTTP endpoint), answered by a
         pass that runs on the loop itself: no hand-off to a pool thread and back, which cost
@@ -439,6 +446,8 @@ class LiveRecommender:
         self._check_ready()
         loop = asyncio.get_running_loop()
         request = _Request(user_id, k, region, settings, future=loop.create_future())
+        if received_at is not None:
+            request.queued_at = min(received_at, request.queued_at)
         self._queue.append(request)
         if loop not in self._passes_due:
             self._passes_due.add(loop)
@@ -484,7 +493,7 @@ class LiveRecommender:
                 skip = None
                 if late:
                     waited = max((synced - r.queued_at) * 1e3 for r in group)
-                    skip = f"deadline: {waited:.0f} ms in the queue (budget {budget_ms:g} ms)"
+                    skip = f"deadline: waited {waited:.0f} ms (budget {budget_ms:g} ms)"
                 try:
                     answers = self._top(group, skip)
                 except Exception as exc:  # each request of the group raises it

@@ -223,12 +223,15 @@ def create_app(
         which batches the requests that queue meanwhile); with them, in the thread pool
         (assignment reads the user's state under the worker's lock)."""
         started = time.perf_counter()
+        received = received_at(request.headers.get(REQUEST_START_HEADER), started, time.time())
         if experiments is None:
             body = await live.recommend_async(
-                user_id, k, region, device, request_id=_request_id(request)
+                user_id, k, region, device, request_id=_request_id(request), received_at=received
             )
         else:
-            body = await run_in_threadpool(with_experiments, request, user_id, k, region, device)
+            body = await run_in_threadpool(
+                with_experiments, request, user_id, k, region, device, received
+            )
         metrics.stage("total", time.perf_counter() - started)
         # the body is built to the schema (`_Request.body`: strings and finite floats), so it
         # is written as it is: validating it against `Recommendations` and encoding it through
@@ -237,7 +240,12 @@ def create_app(
         return Response(json.dumps(body).encode(), media_type="application/json")
 
     def with_experiments(
-        request: Request, user_id: str, k: int, region: str | None, device: str | None
+        request: Request,
+        user_id: str,
+        k: int,
+        region: str | None,
+        device: str | None,
+        received: float,
     ) -> dict[str, Any]:
         """`recommendations` under the experiments' assignment (a pool thread)."""
         assert experiments is not None
@@ -248,7 +256,13 @@ def create_app(
         assignments, serving = _hosted(experiments.assign(context), hosts)
         settings = experiments.settings(assignments).model_dump(exclude_none=True)
         body = serving.recommend(
-            user_id, k, region, device, request_id=_request_id(request), settings=settings
+            user_id,
+            k,
+            region,
+            device,
+            request_id=_request_id(request),
+            settings=settings,
+            received_at=received,
         )
         body["experiments"] = [
             {"experiment": a.experiment, "variant": a.variant} for a in assignments
@@ -432,6 +446,34 @@ def _decoded(payload: Any) -> Any:
         return json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError("body", f"invalid JSON ({exc})") from None
+
+
+#: the header a front proxy stamps with the moment it received the request (nginx:
+#: `proxy_set_header X-Request-Start "t=${msec}"`): a worker's event loop reads a request
+#: only once its current pass is done, so without it the wait before that is not seen
+REQUEST_START_HEADER = "x-request-start"
+#: a stamp further back than this is taken for a skewed clock and ignored
+_MAX_PROXY_WAIT_S = 60.0
+
+
+def received_at(stamp: str | None, now: float, wall: float) -> float:
+    """When the request reached the service, on the `time.perf_counter` clock whose value
+    is `now` at the wall-clock time `wall`: the `X-Request-Start` stamp (epoch seconds,
+    milliseconds or microseconds, optionally after "t="), else `now`. An unreadable
+    stamp, one in the future or one more than a minute old is ignored: it only moves a
+    deadline, so a proxy's bad clock must not cut every list short."""
+    if not stamp:
+        return now
+    try:
+        value = float(stamp.strip().removeprefix("t="))
+    except ValueError:
+        return now
+    if value > 1e14:  # microseconds
+        value /= 1e6
+    elif value > 1e11:  # milliseconds
+        value /= 1e3
+    waited = wall - value
+    return now - waited if 0.0 <= waited <= _MAX_PROXY_WAIT_S else now
 
 
 def _rank_budget(live: LiveRecommender) -> float | None:
