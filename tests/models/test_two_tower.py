@@ -233,3 +233,50 @@ def test_training_threads_apply_to_the_fit_only(content_world, monkeypatch) -> N
         assert torch.get_num_threads() == 1  # served with `threads` after the fit
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_requests_device_is_the_towers_device_input(content_world, tmp_path: Path) -> None:
+    """Training gives the user tower the device of the event it predicts; a request's device
+    takes that place (without one, the device of the user's last event stands in; a name
+    training never saw is the unknown device), in the model, the pipeline and the service."""
+    from marketrec.online.live import LiveRecommender
+    from marketrec.online.log import SQLiteEventLog
+    from marketrec.pipeline.config import PipelineConfig
+    from marketrec.pipeline.recommender import Recommender
+
+    events = content_world.events.sort("ts")
+    devices = pl.Series("device", ["mobile" if i % 3 else "desktop" for i in range(events.height)])
+    world = make_dataset(events.with_columns(devices), content_world.items, content_world.users)
+    model = create("two-tower", {**FAST, "epochs": 3}).fit(world)
+    rows = model.user_rows(pl.Series(["g00"]))
+    region = model.regions_of(rows)
+    last = world.events.filter(user_id="g00").sort("ts").get_column("device")[-1]
+    other = "desktop" if last == "mobile" else "mobile"
+    vectors = {
+        name: model.scorer.user_vectors(rows, region, devices=None if name == "-" else [name])
+        for name in ("-", last, other, "smart-tv", "fridge")
+    }
+    assert np.array_equal(model.scorer.user_vectors(rows, region, devices=[None]), vectors["-"])
+    assert np.array_equal(vectors[last], vectors["-"])  # the last event's device stands in
+    assert not np.allclose(vectors[other], vectors["-"])
+    assert np.array_equal(vectors["smart-tv"], vectors["fridge"])  # both unknown
+    assert not np.allclose(vectors["smart-tv"], vectors["-"])
+    # retrieval's scores, the pipeline's lists and the service's answers read it
+    plain = model.top_items(rows, region, 5)[1]
+    assert np.array_equal(model.top_items(rows, region, 5, devices=[last])[1], plain)
+    assert not np.allclose(model.top_items(rows, region, 5, devices=[other])[1], plain)
+    pipeline = Recommender(create("two-tower", {**FAST, "epochs": 3}), PipelineConfig())
+    pipeline.fit(world)
+    asked = pipeline.recommend_many(["g00", "k00"], 5, devices=[other, None])
+    alone = pipeline.recommend_many(["g00"], 5, devices=[other])[0]
+    assert [e.item_id for e in asked[0]] == [e.item_id for e in alone]  # in a batch too
+    assert [e.score for e in asked[0]] == pytest.approx([e.score for e in alone], rel=1e-5)
+    default = pipeline.recommend_many(["g00"], 5)[0]
+    assert [e.score for e in alone] != [e.score for e in default]
+    live = LiveRecommender(pipeline, SQLiteEventLog(tmp_path / "events.sqlite"), version="v")
+    live.recover()
+    served = live.recommend("g00", 5, device=other)
+    assert [(i["item_id"], i["score"]) for i in served["items"]] == [
+        (e.item_id, e.score) for e in alone
+    ]
+    live.close()

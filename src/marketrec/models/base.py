@@ -195,10 +195,13 @@ class CollaborativeRecommender:
         moments: np.ndarray | None = None,
         exclude: sp.csr_matrix | None = None,
         include_seen: bool = False,
+        devices: Sequence[str | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The numeric core of `recommend` for user rows (-1 = unknown) and region indices:
         (len(rows), k) item columns and scores, best first; -inf scores where fewer than k
-        items may be shown. The pipeline calls it directly, without id lookups or frames."""
+        items may be shown. The pipeline calls it directly, without id lookups or frames.
+        `devices`: each request's device, for scorers that read one (`reads_devices`: the
+        two-tower's user tower); None per user or for all: none given."""
         assert self._items is not None
         n_items = self.n_items
         if exclude is not None and exclude.shape != (len(rows), n_items):
@@ -215,6 +218,7 @@ class CollaborativeRecommender:
             stop = min(start + _BATCH, len(rows))
             batch_moments = None if moments is None else moments[start:stop]
             batch_exclude = None if exclude is None else exclude[start:stop]
+            context = self._device_context(devices, start, stop)
             found = (
                 None
                 if index is None
@@ -227,19 +231,35 @@ class CollaborativeRecommender:
                     batch_exclude,
                     include_seen,
                     slots if reserved is not None else 0,
+                    context,
                 )
             )
             if found is not None:
                 out_cols[start:stop], out_scores[start:stop] = found
                 continue
             scores = self._scores_batch(
-                rows[start:stop], region_idx[start:stop], include_seen, batch_moments, batch_exclude
+                rows[start:stop],
+                region_idx[start:stop],
+                include_seen,
+                batch_moments,
+                batch_exclude,
+                context,
             )
             cols, best = _top_k(scores, k)
             if reserved is not None and slots > 0:
                 cols, best = _with_reserved(scores, cols, best, reserved, slots)
             out_cols[start:stop], out_scores[start:stop] = cols, best
         return out_cols, out_scores
+
+    def _device_context(
+        self, devices: Sequence[str | None] | None, start: int, stop: int
+    ) -> dict[str, Any]:
+        """What the scorer's `score` / `query_vectors` take beyond the users: the batch's
+        devices, for a scorer that reads them and when any was given."""
+        if devices is None or not getattr(self.scorer, "reads_devices", False):
+            return {}
+        batch = list(devices[start:stop])
+        return {"devices": batch} if any(d is not None for d in batch) else {}
 
     def _serving_index(self) -> Any:
         """The scorer's ANN index over every column (`TwoTowerScorer.serving_index`: large
@@ -262,6 +282,7 @@ class CollaborativeRecommender:
         exclude: sp.csr_matrix | None,
         include_seen: bool,
         slots: int,
+        context: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """`top_items` of one batch through the scorer's ANN index: the same filters
         (sellable in the region, listed by the moment, not excluded or seen) and reserved
@@ -290,7 +311,7 @@ class CollaborativeRecommender:
         fetch = [k + len(s) for s in skip]
         if max(fetch) > n_items // 4:
             return None
-        queries = self.scorer.query_vectors(rows, region_idx, moments)
+        queries = self.scorer.query_vectors(rows, region_idx, moments, **(context or {}))
         if queries is None:
             return None
         blocked = np.zeros(n_items, dtype=bool)
@@ -379,6 +400,7 @@ class CollaborativeRecommender:
         include_seen: bool,
         moments: np.ndarray | None,
         exclude: sp.csr_matrix | None = None,
+        context: dict[str, Any] | None = None,
     ) -> np.ndarray:
         assert self._history is not None and self._sellable is not None
         known = rows >= 0
@@ -398,6 +420,9 @@ class CollaborativeRecommender:
         scores = np.empty((len(rows), self._history.shape[1]), dtype=np.float32)
         if warm.any():
             warm_rows = np.flatnonzero(warm)
+            extra = dict(context or {})
+            if "devices" in extra:
+                extra["devices"] = [extra["devices"][r] for r in warm_rows]
             _fill(
                 scores,
                 warm_rows,
@@ -406,6 +431,7 @@ class CollaborativeRecommender:
                     trained[warm_rows],
                     region_idx[warm_rows],
                     None if moments is None else moments[warm_rows],
+                    **extra,
                 ),
             )
         if (~warm).any():

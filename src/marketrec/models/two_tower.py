@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -233,10 +233,11 @@ class TwoTowerScorer:
         history: sp.csr_matrix,
         region_idx: np.ndarray,
         at: np.ndarray | None = None,
+        devices: Sequence[str | None] | None = None,
     ) -> np.ndarray:
         """`at`: each user's ranking moment (epoch seconds, NaN = the model's "now", one
-        second past its last training event)."""
-        users = self.user_vectors(user_rows, region_idx, at)
+        second past its last training event); `devices`: see `user_vectors`."""
+        users = self.user_vectors(user_rows, region_idx, at, devices)
         if at is None or np.isnan(at).all() or not self.params.time_features:
             return self._dot(users, self._item_vectors)
         # items trend and age: each user meets the catalogue as it was at their own moment
@@ -269,11 +270,16 @@ class TwoTowerScorer:
         return item_vectors(self._model, self._data, at)
 
     def user_vectors(
-        self, user_rows: np.ndarray, region_idx: np.ndarray, at: np.ndarray | None = None
+        self,
+        user_rows: np.ndarray,
+        region_idx: np.ndarray,
+        at: np.ndarray | None = None,
+        devices: Sequence[str | None] | None = None,
     ) -> np.ndarray:
         """(len(user_rows), dim) user vectors from the stored state (-1 rows: unknown users);
-        `region_idx` indexes the model's regions (len(regions) = unknown). Append a column of
-        ones to query `index_vectors`."""
+        `region_idx` indexes the model's regions (len(regions) = unknown); `devices`: each
+        request's device (None: the device of the user's last event; a name training never
+        saw: unknown). Append a column of ones to query `index_vectors`."""
         from marketrec.retrieval.training import user_vectors
 
         n_regions = len(self._meta["regions"])
@@ -291,7 +297,20 @@ class TwoTowerScorer:
             self._config,
             catalogue=self._item_vectors if at_now else None,
             fast=True,  # a fitted model's requests: the tower through ONNX Runtime
+            devices=None if devices is None else self._device_codes(devices),
         )
+
+    #: `top_items` passes each request's device to `score` and `query_vectors`
+    reads_devices = True
+
+    def _device_codes(self, devices: Sequence[str | None]) -> np.ndarray:
+        """Codes of the devices in training's vocabulary: -1 for None, 0 for a name it
+        never saw (a dict kept per model: `Vocab.encode` is a join, a request's fixed cost)."""
+        codes = self._per_model(
+            "_device_code_cache",
+            lambda: {v: i + 1 for i, v in enumerate(self._device_vocab.values)},
+        )
+        return np.array([-1 if d is None else codes.get(d, 0) for d in devices], dtype=np.int64)
 
     def reserved_items(self, k: int) -> tuple[np.ndarray, int]:
         """(mask of new items, places reserved for them in a list of k; see
@@ -344,7 +363,11 @@ class TwoTowerScorer:
         return FaissConfig(nprobe=self.params.ann_nprobe)
 
     def query_vectors(
-        self, user_rows: np.ndarray, region_idx: np.ndarray, at: np.ndarray | None = None
+        self,
+        user_rows: np.ndarray,
+        region_idx: np.ndarray,
+        at: np.ndarray | None = None,
+        devices: Sequence[str | None] | None = None,
     ) -> np.ndarray | None:
         """[u, 1] queries for `index_vectors` / `serving_index`, whose inner products are
         exactly what `score` gives; None when `score` would read catalogue vectors of another
@@ -353,7 +376,7 @@ class TwoTowerScorer:
             moments = np.where(np.isnan(at), self._meta["reference_ts"], at)
             if (moments < self._meta["reference_ts"]).any():
                 return None
-        users = self.user_vectors(user_rows, region_idx, at)
+        users = self.user_vectors(user_rows, region_idx, at, devices)
         ones = np.ones((len(users), 1), dtype=np.float32)
         return np.hstack([users.astype(np.float32, copy=False), ones])
 

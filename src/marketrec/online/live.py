@@ -177,6 +177,7 @@ class _Request:
     k: int
     region: str | None
     settings: Mapping[str, Any] | None
+    device: str | None = None
     items: list[dict[str, Any]] | None = None
     version: str = ""
     error: Exception | None = None
@@ -411,13 +412,14 @@ class LiveRecommender:
     ) -> dict[str, Any]:
         """The CONTRACT §6 body of `GET /v1/recommendations` for one user.
 
-        `device` is accepted as request context for logs; no model reads it yet.
+        `device`: the request's device, which the two-tower's user tower reads (trained on
+        the device of the event it predicts; without one, the user's last event's).
         `settings`: pipeline settings for this request only (an experiment variant's
         candidates, diversity_strength, exploration_share); a single-stage model has none.
         `received_at`: when the request reached the service (`time.perf_counter`; default
         now): its deadline counts from then (`_answer_queued`)."""
         self._check_ready()
-        request = _Request(user_id, k, region, settings)
+        request = _Request(user_id, k, region, settings, device)
         if received_at is not None:
             request.queued_at = min(received_at, request.queued_at)
         self._queue.append(request)
@@ -445,7 +447,7 @@ class LiveRecommender:
         while the previous pass ran) join it."""
         self._check_ready()
         loop = asyncio.get_running_loop()
-        request = _Request(user_id, k, region, settings, future=loop.create_future())
+        request = _Request(user_id, k, region, settings, device, future=loop.create_future())
         if received_at is not None:
             request.queued_at = min(received_at, request.queued_at)
         self._queue.append(request)
@@ -853,8 +855,14 @@ class LiveRecommender:
         if isinstance(model, Recommender):
             model.on_stage = self.observer.stage
             config = _with_settings(model.config, settings) if settings else None
+            devices = [r.device for r in group]
             lists = model.recommend_many(
-                users, k, regions=regions, config=config, skip_ranking=skip_ranking
+                users,
+                k,
+                regions=regions,
+                config=config,
+                skip_ranking=skip_ranking,
+                devices=devices if any(devices) else None,
             )
             return [
                 (

@@ -304,6 +304,7 @@ class Recommender:
         regions: Sequence[str | None] | None = None,
         config: PipelineConfig | None = None,
         skip_ranking: str | None = None,
+        devices: Sequence[str | None] | None = None,
     ) -> list[Served]:
         """Each user's list now, best first: the lists of `recommend_detailed` without their
         signals and without a data frame around them (the live service's requests, which
@@ -311,7 +312,12 @@ class Recommender:
         share most of a request's fixed costs), each item marked when exploration counts it
         as a new listing (only in lists that explore: the mask is not computed otherwise),
         each list with what served it (`Served`). `skip_ranking`: keep retrieval order, for
-        this reason (the service's requests that waited their ranking budget in its queue)."""
+        this reason (the service's requests that waited their ranking budget). `devices`:
+        each request's device, read by retrieval models that take one (the two-tower's user
+        tower, trained on the device of the event it predicts; None: the user's last
+        event's)."""
+        if devices is not None and len(devices) != len(user_ids):
+            raise ConfigError(f"got {len(devices)} devices for {len(user_ids)} users")
         self._check_request(k)
         if not user_ids:
             return []
@@ -320,7 +326,7 @@ class Recommender:
         cfg = config or self.config
         wanted = None if regions is None else list(regions)
         out = self._chunk_lists(
-            ids, k, False, wanted, moments, False, False, False, cfg, skip_ranking
+            ids, k, False, wanted, moments, False, False, False, cfg, skip_ranking, devices
         )
         columns = np.asarray(out["item_idx"], dtype=np.int64)
         new = (
@@ -367,11 +373,12 @@ class Recommender:
         with_signals: bool,
         cfg: PipelineConfig | None,
         skip_ranking: str | None = None,
+        devices: Sequence[str | None] | None = None,
     ) -> dict[str, list[Any]]:
         """The lists of a chunk of users as columns (user_id, item_idx, rank, score, source,
         signals), every step of the pipeline included; per user: `list_length` (its rows),
         `served_by` and `degraded` (`Served`). `skip_ranking`: the reason to keep
-        retrieval order (`recommend_many`)."""
+        retrieval order, `devices`: each request's (`recommend_many`)."""
         started = time.perf_counter()
         assert self._seen is not None and self.stats is not None
         cfg, retrieval = cfg or self.config, self.retrieval
@@ -388,7 +395,9 @@ class Recommender:
         at = moments if timed or self._clock_moved else None
         notes: dict[str, str] = {}  # degradations: signal name → reason
         try:
-            columns, retrieval_scores = retrieval.top_items(rows, region_idx, wanted, at, exclude)
+            columns, retrieval_scores = retrieval.top_items(
+                rows, region_idx, wanted, at, exclude, devices=devices
+            )
             cold = self._served_by_fallback(rows)
         except Exception as exc:  # degrade: the popularity of the user's region
             notes["retrieval_failed"] = f"{type(exc).__name__}: {exc}"

@@ -402,11 +402,15 @@ def user_vectors(
     batch: int = 2048,
     catalogue: np.ndarray | None = None,
     fast: bool = False,
+    devices: np.ndarray | None = None,
 ) -> np.ndarray:
     """(len(rows), D) vectors of users (-1 = unknown) from their whole stored history, as of
     time `at` (one time, or one per user: the ranking moment); `region` = region code per
     user (0 = unknown); `catalogue`: the item vectors as of `at`, when already computed;
-    `fast`: see `embed_users`."""
+    `fast`: see `embed_users`. `devices`: the request's device code per user (0 = one the
+    model does not know; -1 = none given: the device of the user's last event). Training
+    gives the tower the device of the event it predicts, so a request's own is the input
+    it was trained for; the last event's stands in when a request names none."""
     if model.training:  # eval() walks every module: a measurable part of a one-user request
         model.eval()
     seq = data.seq
@@ -422,6 +426,9 @@ def user_vectors(
                 seq.device[np.minimum(last, max(len(seq.device) - 1, 0))] if len(seq.device) else 0,
                 0,
             )
+            if devices is not None:
+                asked = devices[start : start + batch]
+                device = np.where(asked >= 0, asked, device)
             now = np.broadcast_to(np.asarray(at, dtype=np.float64), rows.shape)[
                 start : start + batch
             ].copy()
