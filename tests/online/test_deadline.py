@@ -72,7 +72,7 @@ def test_requests_past_their_budget_in_the_queue_keep_retrieval_order(folder, tm
     try:
         on_time = [live.recommend(user, K) for user in USERS]
         assert all(a["served_by"] == "ranker" and a["degraded"] is None for a in on_time)
-        # two wait past the budget, one joins the queue at the end: one pass, two groups
+        # two wait past the budget, one joins the queue at the end: one pass ranks only it
         answers = ask_all(live, [*USERS[:2], USERS[2]], hold_s=0.6, late=2)
         model = live.model
         assert isinstance(model, Recommender)

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from conftest import market_world, small_two_stage
+from marketrec.core.errors import ConfigError
 from marketrec.data.schema import Dataset
 from marketrec.pipeline.config import PipelineConfig
 from marketrec.pipeline.recommender import Recommender
@@ -195,6 +196,17 @@ def test_each_list_says_what_served_it(market, fitted, monkeypatch) -> None:
     assert [one.served_by for one in skipped] == ["retrieval"] * 3 + cold
     reason = {"ranker_skipped": "deadline: waited 80 ms (budget 50 ms)"}
     assert all(one.degraded == reason for one in skipped)
+    # per user, in one pass: the others are ranked as they were
+    late = [None, reason["ranker_skipped"], None, None, None]
+    mixed = model.recommend_many(USERS, K, skip_ranking=late)
+    assert [one.served_by for one in mixed] == ["ranker", "retrieval", "ranker", *cold]
+    assert mixed[1] == skipped[1] and mixed[1].degraded == reason
+    for u in (0, 2, 3, 4):
+        assert [e.item_id for e in mixed[u]] == [e.item_id for e in lists[u]]
+        assert [e.score for e in mixed[u]] == pytest.approx([e.score for e in lists[u]], rel=1e-5)
+        assert mixed[u].degraded is None
+    with pytest.raises(ConfigError, match="2 ranking skips for 5 users"):
+        model.recommend_many(USERS, K, skip_ranking=[None, None])
     # … which a model without a ranker serves as its usual path
     assert [one.served_by for one in plain] == ["retrieval"] * 3 + cold
     assert all(one.degraded is None for one in plain)

@@ -484,18 +484,14 @@ class LiveRecommender:
             self._sync_locked(serving={request.user_id for request in taken})
             synced = time.perf_counter()
             budget_ms = _rank_budget_ms(self.model)
-            groups: dict[tuple[bool, int, tuple[tuple[str, Any], ...]], list[_Request]] = {}
+            groups: dict[tuple[int, tuple[tuple[str, Any], ...]], list[_Request]] = {}
             for request in taken:
-                # a request that waited its whole ranking budget in the queue keeps its
-                # deadline with retrieval order: under overload the late lists cost less,
-                # and the queue drains instead of growing
-                late = budget_ms is not None and (synced - request.queued_at) * 1e3 >= budget_ms
-                groups.setdefault((late, *request.group()), []).append(request)
-            for (late, *_), group in groups.items():
-                skip = None
-                if late:
-                    waited = max((synced - r.queued_at) * 1e3 for r in group)
-                    skip = f"deadline: waited {waited:.0f} ms (budget {budget_ms:g} ms)"
+                groups.setdefault(request.group(), []).append(request)
+            for group in groups.values():
+                # a request that waited its whole ranking budget keeps its deadline with
+                # retrieval order, in the same pass as the others: under overload the late
+                # lists cost less, and the queue drains instead of growing
+                skip = [_late(request, synced, budget_ms) for request in group]
                 try:
                     answers = self._top(group, skip)
                 except Exception as exc:  # each request of the group raises it
@@ -845,11 +841,11 @@ class LiveRecommender:
             return known, names[index] if 0 <= index < len(names) else None
 
     def _top(
-        self, group: list[_Request], skip_ranking: str | None = None
+        self, group: list[_Request], skip_ranking: list[str | None] | None = None
     ) -> list[tuple[list[dict[str, Any]], list[str], Served]]:
         """Each request's items, the new listings among them (`_count_impressions`) and
-        its list (what served it); the requests share k and settings. `skip_ranking`:
-        retrieval order, for this reason (`Recommender.recommend_many`)."""
+        its list (what served it); the requests share k and settings. `skip_ranking`: per
+        request, retrieval order for this reason (`Recommender.recommend_many`)."""
         model, k, settings = self.model, group[0].k, group[0].settings
         users, regions = [r.user_id for r in group], [r.region for r in group]
         if isinstance(model, Recommender):
@@ -861,7 +857,7 @@ class LiveRecommender:
                 k,
                 regions=regions,
                 config=config,
-                skip_ranking=skip_ranking,
+                skip_ranking=skip_ranking if skip_ranking and any(skip_ranking) else None,
                 devices=devices if any(devices) else None,
             )
             return [
@@ -945,6 +941,14 @@ def _with_settings(config: PipelineConfig, settings: Mapping[str, Any]) -> Pipel
     fields = PipelineConfig.model_fields
     known = {k: v for k, v in settings.items() if v is not None and k in fields}
     return _settings_config(config, tuple(sorted(known.items())))
+
+
+def _late(request: _Request, now: float, budget_ms: float | None) -> str | None:
+    """Why `request` skips the ranker (it waited its whole budget by `now`), or None."""
+    waited = (now - request.queued_at) * 1e3
+    if budget_ms is None or waited < budget_ms:
+        return None
+    return f"deadline: waited {waited:.0f} ms (budget {budget_ms:g} ms)"
 
 
 def _rank_budget_ms(model: Model) -> float | None:

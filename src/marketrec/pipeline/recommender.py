@@ -303,7 +303,7 @@ class Recommender:
         *,
         regions: Sequence[str | None] | None = None,
         config: PipelineConfig | None = None,
-        skip_ranking: str | None = None,
+        skip_ranking: str | Sequence[str | None] | None = None,
         devices: Sequence[str | None] | None = None,
     ) -> list[Served]:
         """Each user's list now, best first: the lists of `recommend_detailed` without their
@@ -312,7 +312,8 @@ class Recommender:
         share most of a request's fixed costs), each item marked when exploration counts it
         as a new listing (only in lists that explore: the mask is not computed otherwise),
         each list with what served it (`Served`). `skip_ranking`: keep retrieval order, for
-        this reason (the service's requests that waited their ranking budget). `devices`:
+        this reason, or per user (None: rank that user; the service's requests that waited
+        their ranking budget, ranked or not in the same pass). `devices`:
         each request's device, read by retrieval models that take one (the two-tower's user
         tower, trained on the device of the event it predicts; None: the user's last
         event's)."""
@@ -372,7 +373,7 @@ class Recommender:
         explain: bool,
         with_signals: bool,
         cfg: PipelineConfig | None,
-        skip_ranking: str | None = None,
+        skip_ranking: str | Sequence[str | None] | None = None,
         devices: Sequence[str | None] | None = None,
     ) -> dict[str, list[Any]]:
         """The lists of a chunk of users as columns (user_id, item_idx, rank, score, source,
@@ -414,11 +415,13 @@ class Recommender:
         retrieved = time.perf_counter()
         scored = None
         active = self.ranking is not None and self.ranking.active
-        if active and not notes and skip_ranking is not None:
-            # the caller's decision (a request past its deadline): no warning per list, the
-            # service counts them (`served_by`, `degraded` in its metrics)
-            notes["ranker_skipped"] = skip_ranking
-        elif self.ranking is not None and not notes:
+        # the caller's per-user decisions (requests past their deadline): no warning per
+        # list, the service counts them (`served_by`, `degraded` in its metrics)
+        skips = _per_user(skip_ranking, len(rows)) if active else [None] * len(rows)
+        wanted_rows = np.array([u for u, skip in enumerate(skips) if skip is None], dtype=np.int64)
+        #: each user's row in `scored` (-1: not ranked)
+        position = np.full(len(rows), -1, dtype=np.int64)
+        if self.ranking is not None and not notes and len(wanted_rows):
             spent = (time.perf_counter() - started) * 1000.0
             # a replay at given moments (`at`: offline evaluation) has no deadline
             budget = None if cfg.rank_budget_ms is None or timed else cfg.rank_budget_ms * len(rows)
@@ -427,10 +430,19 @@ class Recommender:
                     f"budget: {spent:.1f} ms spent before ranking (budget {budget:g} ms)"
                 )
             else:
+                # only the users still within their deadline, in the same pass
+                some = len(wanted_rows) < len(rows)
+                part = wanted_rows if some else slice(None)
                 try:
                     scored = self.ranking.score(
-                        retrieval, rows, region_idx, moments, columns, retrieval_scores
+                        retrieval,
+                        rows[part],
+                        region_idx[part],
+                        moments[part],
+                        columns[part],
+                        retrieval_scores[part],
                     )
+                    position[wanted_rows] = np.arange(len(wanted_rows))
                 except Exception as exc:
                     notes["ranker_skipped"] = f"error: {type(exc).__name__}: {exc}"
             if "ranker_skipped" in notes:
@@ -439,8 +451,9 @@ class Recommender:
                     ids.len(),
                     notes["ranker_skipped"],
                 )
-        scores = retrieval_scores.astype(np.float64) if scored is None else scored.scores
-        ranked = self.ranking is not None and not notes
+        scores = retrieval_scores.astype(np.float64)
+        if scored is not None:
+            scores[wanted_rows] = scored.scores
         rank_done = time.perf_counter()
         out: dict[str, list[Any]] = {
             name: []
@@ -449,10 +462,12 @@ class Recommender:
                 *("list_length", "served_by", "degraded"),
             )
         }
-        # with an active ranker, ordered by it; a scorer's popularity fallback says so
-        order = "ranker" if ranked and active else None
         for u, user in enumerate(ids.to_list()):
             before = len(out["item_idx"])
+            user_notes = notes
+            if skips[u] is not None and not notes:
+                user_notes = {"ranker_skipped": skips[u]}
+            ranked = self.ranking is not None and not user_notes
             seed = (cfg.seed, int(rows[u]) + 1, int(np.nan_to_num(moments[u])))
             explorer = ThompsonExplorer(
                 cfg.exploration_prior, self.stats, np.random.default_rng(seed)
@@ -473,15 +488,17 @@ class Recommender:
                 source="fallback" if cold[u] else "retrieval",
                 why=None
                 if not explain or scored is None or scored.features is None or not ranked
-                else partial(self.ranking.explain, scored, u),  # type: ignore[union-attr]
+                else partial(self.ranking.explain, scored, int(position[u])),  # type: ignore[union-attr]
                 ranked=ranked,
-                notes=notes if with_signals else None,
+                notes=user_notes if with_signals else None,
                 with_signals=with_signals,
                 cfg=cfg,
             )
             out["list_length"].append(len(out["item_idx"]) - before)
-            out["served_by"].append("fallback" if cold[u] else order or "retrieval")
-            out["degraded"].append(dict(notes) if notes else None)
+            # with an active ranker, ordered by it; a scorer's popularity fallback says so
+            order = "ranker" if ranked and active else "retrieval"
+            out["served_by"].append("fallback" if cold[u] else order)
+            out["degraded"].append(dict(user_notes) if user_notes else None)
         if self.on_stage is not None:
             self.on_stage("retrieve", retrieved - started)
             self.on_stage("rank", rank_done - retrieved)
@@ -835,6 +852,15 @@ class Recommender:
         model._reference_ts = float(manifest["reference_ts"])
         load_exports(model.networks(), path / EXPORTS)
         return model
+
+
+def _per_user(reason: str | Sequence[str | None] | None, n: int) -> list[str | None]:
+    """`skip_ranking` as one reason (or None) per user."""
+    if reason is None or isinstance(reason, str):
+        return [reason] * n
+    if len(reason) != n:
+        raise ConfigError(f"got {len(reason)} ranking skips for {n} users")
+    return list(reason)
 
 
 def _moments(at: Sequence[datetime | None] | None, n: int, reference: float) -> np.ndarray:
