@@ -966,6 +966,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             + (f" --ramp {' '.join(f'{r:g}' for r in args.ramp)}" if name == "load" else "")
             + (
+                f" --rank-budget-ms {' '.join(f'{b:g}' for b in args.rank_budget_ms)}"
+                if name == "load" and args.rank_budget_ms
+                else ""
+            )
+            + (
                 f" --batching-rates {' '.join(f'{r:g}' for r in args.batching_rates)}"
                 f" --batching-seconds {args.batching_seconds:g}"
                 f" --batching-rounds {args.batching_rounds}"

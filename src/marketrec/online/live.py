@@ -257,9 +257,10 @@ class LiveRecommender:
         service hosts for experiments do). `max_batch`: queued requests answered in one pass
         (1: one at a time). `apply_lag_s`: how long other users' events may wait before a
         pass applies them (`_may_wait`; 0: every pass applies the whole log first).
-        `rank_budget_ms`: each request's ranking budget, its wait in the queue included
-        (`_answer_queued`), for this model and every version swapped in (None: the
-        model's own `rank_budget_ms`, else `SERVING_RANK_BUDGET_MS`)."""
+        `rank_budget_ms`: each request's ranking budget, its wait before its pass included
+        (a pass whose oldest request spent it skips the ranker: `_answer_queued`), for this
+        model and every version swapped in (None: the model's own `rank_budget_ms`, else
+        `SERVING_RANK_BUDGET_MS`)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if not apply_lag_s >= 0:
@@ -487,11 +488,12 @@ class LiveRecommender:
             groups: dict[tuple[int, tuple[tuple[str, Any], ...]], list[_Request]] = {}
             for request in taken:
                 groups.setdefault(request.group(), []).append(request)
+            # a pass whose oldest request waited its whole ranking budget skips the ranker
+            # for all of them: the worker has fallen behind, and a pass that still ranked
+            # its on-time requests would cost nearly as much (the ranker's cost is mostly
+            # per pass), so the queue would not drain
+            skip = _late(taken, synced, budget_ms)
             for group in groups.values():
-                # a request that waited its whole ranking budget keeps its deadline with
-                # retrieval order, in the same pass as the others: under overload the late
-                # lists cost less, and the queue drains instead of growing
-                skip = [_late(request, synced, budget_ms) for request in group]
                 try:
                     answers = self._top(group, skip)
                 except Exception as exc:  # each request of the group raises it
@@ -841,11 +843,11 @@ class LiveRecommender:
             return known, names[index] if 0 <= index < len(names) else None
 
     def _top(
-        self, group: list[_Request], skip_ranking: list[str | None] | None = None
+        self, group: list[_Request], skip_ranking: str | None = None
     ) -> list[tuple[list[dict[str, Any]], list[str], Served]]:
         """Each request's items, the new listings among them (`_count_impressions`) and
-        its list (what served it); the requests share k and settings. `skip_ranking`: per
-        request, retrieval order for this reason (`Recommender.recommend_many`)."""
+        its list (what served it); the requests share k and settings. `skip_ranking`:
+        retrieval order, for this reason (`Recommender.recommend_many`)."""
         model, k, settings = self.model, group[0].k, group[0].settings
         users, regions = [r.user_id for r in group], [r.region for r in group]
         if isinstance(model, Recommender):
@@ -857,7 +859,7 @@ class LiveRecommender:
                 k,
                 regions=regions,
                 config=config,
-                skip_ranking=skip_ranking if skip_ranking and any(skip_ranking) else None,
+                skip_ranking=skip_ranking,
                 devices=devices if any(devices) else None,
             )
             return [
@@ -943,12 +945,15 @@ def _with_settings(config: PipelineConfig, settings: Mapping[str, Any]) -> Pipel
     return _settings_config(config, tuple(sorted(known.items())))
 
 
-def _late(request: _Request, now: float, budget_ms: float | None) -> str | None:
-    """Why `request` skips the ranker (it waited its whole budget by `now`), or None."""
-    waited = (now - request.queued_at) * 1e3
-    if budget_ms is None or waited < budget_ms:
+def _late(requests: list[_Request], now: float, budget_ms: float | None) -> str | None:
+    """Why a pass over `requests` skips the ranker (the oldest waited its whole budget by
+    `now`: the worker is behind), or None."""
+    if budget_ms is None or not requests:
         return None
-    return f"deadline: waited {waited:.0f} ms (budget {budget_ms:g} ms)"
+    waited = (now - min(r.queued_at for r in requests)) * 1e3
+    if waited < budget_ms:
+        return None
+    return f"deadline: the pass's oldest request waited {waited:.0f} ms (budget {budget_ms:g} ms)"
 
 
 def _rank_budget_ms(model: Model) -> float | None:
