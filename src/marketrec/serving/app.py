@@ -216,7 +216,14 @@ def create_app(
         user_id: Annotated[str, Query(**_ID)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         region: Annotated[str | None, Query(max_length=512)] = None,
-        device: Annotated[str | None, Query(max_length=512)] = None,
+        device: Annotated[
+            str | None,
+            Query(
+                max_length=512,
+                description="the request's device (the user tower's device input; without "
+                "it, the device of the user's last event)",
+            ),
+        ] = None,
     ) -> Response:
         """Top k for a user; unknown users are valid (cold start). Without experiments the
         list is computed by a pass on this event loop (`LiveRecommender.recommend_async`,
