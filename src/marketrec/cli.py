@@ -1119,9 +1119,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--rank-budget-ms",
         type=_positive_float,
         default=None,
-        help="milliseconds a request may spend, waiting in a worker's queue included, "
-        "before its ranking starts; past it the list keeps retrieval order and the response "
-        "says so (`degraded`). Default: the model's own, else "
+        help="milliseconds a request may spend, its wait before a worker reads it included "
+        "(X-Request-Start), before its ranking starts; a pass whose oldest request is past "
+        "it keeps retrieval order and the responses say so (`degraded`). Default: the "
+        "model's own, else "
         f"{SERVING_RANK_BUDGET_MS:g}",
     )
     p.add_argument(

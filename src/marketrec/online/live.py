@@ -76,7 +76,7 @@ from marketrec.online.records import (
 )
 from marketrec.online.versions import model_version, trained_offset
 from marketrec.pipeline.config import SERVING_MAX_BATCH, SERVING_RANK_BUDGET_MS, PipelineConfig
-from marketrec.pipeline.recommender import Recommender, Served, load_recommender
+from marketrec.pipeline.recommender import Listed, Recommender, Served, load_recommender
 
 log = logging.getLogger(__name__)
 
@@ -420,9 +420,7 @@ class LiveRecommender:
         `received_at`: when the request reached the service (`time.perf_counter`; default
         now): its deadline counts from then (`_answer_queued`)."""
         self._check_ready()
-        request = _Request(user_id, k, region, settings, device)
-        if received_at is not None:
-            request.queued_at = min(received_at, request.queued_at)
+        request = _Request(user_id, k, region, settings, device, queued_at=_arrival(received_at))
         self._queue.append(request)
         while not request.answered:
             with self._lock:
@@ -448,9 +446,15 @@ class LiveRecommender:
         while the previous pass ran) join it."""
         self._check_ready()
         loop = asyncio.get_running_loop()
-        request = _Request(user_id, k, region, settings, device, future=loop.create_future())
-        if received_at is not None:
-            request.queued_at = min(received_at, request.queued_at)
+        request = _Request(
+            user_id,
+            k,
+            region,
+            settings,
+            device,
+            future=loop.create_future(),
+            queued_at=_arrival(received_at),
+        )
         self._queue.append(request)
         if loop not in self._passes_due:
             self._passes_due.add(loop)
@@ -500,10 +504,14 @@ class LiveRecommender:
                     for request in group:
                         request.error = exc
                     continue
-                for request, (items, new, served) in zip(group, answers, strict=True):
-                    self._count_impressions(new)
+                for request, served in zip(group, answers, strict=True):
+                    self._count_impressions([e.item_id for e in served if e.new_listing])
                     request.served_by, request.degraded = served.served_by, served.degraded
-                    request.version, request.items = self.version, items
+                    request.version = self.version
+                    request.items = [
+                        {"item_id": e.item_id, "score": _finite(e.score), "source": e.source}
+                        for e in served
+                    ]
                     self.observer.served(served.served_by, served.degraded)
         except Exception as exc:
             failed = True
@@ -842,19 +850,16 @@ class LiveRecommender:
             names = retrieval.region_names
             return known, names[index] if 0 <= index < len(names) else None
 
-    def _top(
-        self, group: list[_Request], skip_ranking: str | None = None
-    ) -> list[tuple[list[dict[str, Any]], list[str], Served]]:
-        """Each request's items, the new listings among them (`_count_impressions`) and
-        its list (what served it); the requests share k and settings. `skip_ranking`:
-        retrieval order, for this reason (`Recommender.recommend_many`)."""
+    def _top(self, group: list[_Request], skip_ranking: str | None = None) -> list[Served]:
+        """Each request's list and what served it; the requests share k and settings.
+        `skip_ranking`: retrieval order, for this reason (`Recommender.recommend_many`)."""
         model, k, settings = self.model, group[0].k, group[0].settings
         users, regions = [r.user_id for r in group], [r.region for r in group]
         if isinstance(model, Recommender):
             model.on_stage = self.observer.stage
             config = _with_settings(model.config, settings) if settings else None
             devices = [r.device for r in group]
-            lists = model.recommend_many(
+            return model.recommend_many(
                 users,
                 k,
                 regions=regions,
@@ -862,31 +867,20 @@ class LiveRecommender:
                 skip_ranking=skip_ranking,
                 devices=devices if any(devices) else None,
             )
-            return [
-                (
-                    [
-                        {"item_id": e.item_id, "score": _finite(e.score), "source": e.source}
-                        for e in one
-                    ],
-                    [e.item_id for e in one if e.new_listing],
-                    one,
-                )
-                for one in lists
-            ]
         answers = []
         for user, region in zip(users, regions, strict=True):  # single models: rarely served
             frame = model.recommend([user], k, regions=[region])
             known = model.user_rows(pl.Series([user], dtype=pl.String))[0] >= 0
             source = "retrieval" if known else "fallback"
-            items = [
-                {"item_id": item, "score": _finite(score), "source": source}
+            listed = [
+                Listed(item, score, source, False)  # a single model does not explore
                 for item, score in zip(
                     frame.get_column("item_id").to_list(),
                     frame.get_column("score").to_list(),
                     strict=True,
                 )
             ]
-            answers.append((items, [], Served([], source)))  # a single model does not explore
+            answers.append(Served(listed, source))
         return answers
 
     def _count_impressions(self, new: list[str]) -> None:
@@ -943,6 +937,13 @@ def _with_settings(config: PipelineConfig, settings: Mapping[str, Any]) -> Pipel
     fields = PipelineConfig.model_fields
     known = {k: v for k, v in settings.items() if v is not None and k in fields}
     return _settings_config(config, tuple(sorted(known.items())))
+
+
+def _arrival(received_at: float | None) -> float:
+    """When a request reached the service (`time.perf_counter`): `received_at` (a front
+    proxy's stamp), never later than now."""
+    now = time.perf_counter()
+    return now if received_at is None else min(received_at, now)
 
 
 def _late(requests: list[_Request], now: float, budget_ms: float | None) -> str | None:

@@ -35,8 +35,8 @@ class PipelineConfig(BaseModel):
     deadline. None = no budget (the default: offline results must not depend on the
     machine's speed; the service sets `SERVING_RANK_BUDGET_MS`). A batch of n users gets n
     times the budget; requests at given moments (`at`: offline replays) have none. In the
-    service a request's wait in the worker's queue counts too: one that waited the whole
-    budget there skips the ranker (`online.live.LiveRecommender`)."""
+    service a request's wait before its pass counts too: a pass whose oldest request waited
+    the whole budget skips the ranker (`online.live.LiveRecommender`)."""
     seed: int = 0
 
     @model_validator(mode="after")

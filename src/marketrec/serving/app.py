@@ -88,8 +88,8 @@ class Recommendations(BaseModel):
     degraded: dict[str, str] | None = Field(
         default=None,
         description="why the usual path was cut, by step: ranker_skipped (deadline: the "
-        "request waited its ranking budget in the worker's queue; budget: the pass spent it "
-        "before ranking; error), retrieval_failed; null when it was not",
+        "pass's oldest request had waited its ranking budget, the worker is behind; budget: "
+        "the pass spent it before ranking; error), retrieval_failed; null when it was not",
     )
     experiments: list[ExperimentVariant] | None = Field(
         default=None,
@@ -484,7 +484,8 @@ def received_at(stamp: str | None, now: float, wall: float) -> float:
 
 
 def _rank_budget(live: LiveRecommender) -> float | None:
-    """The ranking budget a request of this worker has (`/readyz`); None: no ranker."""
+    """The ranking budget this worker's model is served with (`/readyz`); None for a
+    single-stage model, which has no pipeline settings."""
     config = getattr(live.model, "config", None)
     return None if config is None else config.rank_budget_ms
 

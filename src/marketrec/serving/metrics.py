@@ -107,8 +107,8 @@ class ServiceMetrics:
             "marketrec_lists_served",
             "Recommendation lists by what served them (served_by: ranker, retrieval, "
             "fallback) and why the usual path was cut (degraded: none, or the step skipped "
-            "and its cause, e.g. ranker_skipped:deadline for a request that waited its "
-            "ranking budget in the queue).",
+            "and its cause, e.g. ranker_skipped:deadline for a pass whose oldest request "
+            "had waited its ranking budget).",
             ["served_by", "degraded"],
             registry=self.registry,
         )

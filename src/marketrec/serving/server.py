@@ -82,7 +82,7 @@ def serve(
     `max_batch`: queued requests a worker answers in one pass (default
     `marketrec.pipeline.config.SERVING_MAX_BATCH`); `apply_lag_ms`: how long other users'
     events may wait before a worker applies them (default `SERVING_APPLY_LAG_MS`);
-    `rank_budget_ms`: a request's ranking budget, its wait in a worker's queue included
+    `rank_budget_ms`: a request's ranking budget, its wait before its pass included
     (default: the model's own, else `SERVING_RANK_BUDGET_MS`).
     `models`: extra model folders every worker hosts beside MODEL (`--model-version DIR`),
     for the variants and rollouts that name their versions; the folders variants name
